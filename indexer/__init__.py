@@ -1,0 +1,1 @@
+"""Offline indexing: read corpora, chunk, embed with the frozen retriever, write index artifacts."""

@@ -1,0 +1,81 @@
+"""Token-window chunking with overlap, measured in the retriever's own tokens.
+
+A window is cut early at a sentence end when one falls in its last 40%, so chunks rarely stop
+mid-sentence; the next window starts `overlap` tokens before the cut.
+"""
+
+from dataclasses import dataclass
+from typing import Any
+
+from indexer.sources import Document
+from retriever.encoder import TokenizedText
+from retriever.errors import InvalidInputError
+
+SENTENCE_END = ".?!\n"
+MIN_FILL = 0.6  # a sentence cut may shorten a window to 60% of its size, no more
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkingConfig:
+    chunk_tokens: int = 200
+    overlap_tokens: int = 40
+
+    def validate(self, model_max_tokens: int) -> None:
+        if not 1 <= self.chunk_tokens <= model_max_tokens:
+            raise InvalidInputError(f"chunk_tokens must be in 1..{model_max_tokens} (the retriever's window)")
+        if not 0 <= self.overlap_tokens < self.chunk_tokens:
+            raise InvalidInputError("overlap_tokens must be >= 0 and smaller than chunk_tokens")
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    doc_id: str
+    ordinal: int
+    title: str
+    text: str
+    start_char: int
+    end_char: int
+    token_ids: list[int]
+    metadata: dict[str, Any]
+
+    @property
+    def chunk_id(self) -> str:
+        return f"{self.doc_id}#{self.ordinal}"
+
+
+def chunk_document(doc: Document, tokens: TokenizedText, config: ChunkingConfig) -> list[Chunk]:
+    """Cut one tokenized document into overlapping windows; an empty document gives no chunks."""
+    n = len(tokens.ids)
+    chunks: list[Chunk] = []
+    start = 0
+    while start < n:
+        end = min(start + config.chunk_tokens, n)
+        if end < n:
+            end = _sentence_cut(doc.text, tokens.offsets, start, end, config.chunk_tokens)
+        begin_char, end_char = tokens.offsets[start][0], tokens.offsets[end - 1][1]
+        chunks.append(
+            Chunk(
+                doc_id=doc.id,
+                ordinal=len(chunks),
+                title=doc.title,
+                text=doc.text[begin_char:end_char],
+                start_char=begin_char,
+                end_char=end_char,
+                token_ids=tokens.ids[start:end],
+                metadata=doc.metadata,
+            )
+        )
+        if end == n:
+            break
+        start = max(end - config.overlap_tokens, start + 1)
+    return chunks
+
+
+def _sentence_cut(text: str, offsets: list[tuple[int, int]], start: int, end: int, size: int) -> int:
+    """The largest cut in (start + 60% of size, end] that follows a sentence end, else `end`."""
+    floor = start + int(size * MIN_FILL)
+    for cut in range(end, floor, -1):
+        last_char = offsets[cut - 1][1] - 1
+        if last_char >= 0 and text[last_char] in SENTENCE_END:
+            return cut
+    return end

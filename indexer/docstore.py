@@ -1,0 +1,85 @@
+"""SQLite docstore of chunks; the row id of a chunk is its id in the FAISS index."""
+
+import json
+import sqlite3
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from indexer.chunking import Chunk
+
+SCHEMA = """
+CREATE TABLE chunks (
+    row INTEGER PRIMARY KEY,
+    chunk_id TEXT NOT NULL UNIQUE,
+    doc_id TEXT NOT NULL,
+    title TEXT NOT NULL,
+    text TEXT NOT NULL,
+    start_char INTEGER NOT NULL,
+    end_char INTEGER NOT NULL,
+    metadata TEXT NOT NULL
+);
+CREATE INDEX chunks_doc ON chunks(doc_id);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredChunk:
+    row: int
+    chunk_id: str
+    doc_id: str
+    title: str
+    text: str
+    start_char: int
+    end_char: int
+    metadata: dict[str, Any]
+
+
+class DocstoreWriter:
+    def __init__(self, path: Path) -> None:
+        self._db = sqlite3.connect(path)
+        self._db.executescript(SCHEMA)
+        self.rows = 0
+
+    def add(self, chunks: Sequence[Chunk]) -> None:
+        records = [
+            (self.rows + i, c.chunk_id, c.doc_id, c.title, c.text, c.start_char, c.end_char, json.dumps(c.metadata))
+            for i, c in enumerate(chunks)
+        ]
+        with self._db:
+            self._db.executemany("INSERT INTO chunks VALUES (?, ?, ?, ?, ?, ?, ?, ?)", records)
+        self.rows += len(records)
+
+    def close(self) -> None:
+        self._db.close()
+
+
+class Docstore:
+    """Read-only and safe to share between threads (one connection per thread)."""
+
+    def __init__(self, path: Path) -> None:
+        self._uri = f"file:{path}?mode=ro&immutable=1"
+        self._local = threading.local()
+
+    def _conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self._uri, uri=True, check_same_thread=False)
+            self._local.conn = conn
+        return conn
+
+    def get(self, rows: Sequence[int]) -> dict[int, StoredChunk]:
+        if not rows:
+            return {}
+        marks = ",".join("?" * len(rows))
+        cursor = self._conn().execute(
+            f"SELECT row, chunk_id, doc_id, title, text, start_char, end_char, metadata "
+            f"FROM chunks WHERE row IN ({marks})",
+            [int(r) for r in rows],
+        )
+        found = {}
+        for row, chunk_id, doc_id, title, text, start, end, metadata in cursor:
+            found[row] = StoredChunk(row, chunk_id, doc_id, title, text, start, end, json.loads(metadata))
+        return found

@@ -1,0 +1,1 @@
+"""Answer generation over retrieved passages."""

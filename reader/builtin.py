@@ -1,0 +1,5 @@
+"""Importing this module registers every built-in reader."""
+
+from reader import stuffing
+
+__all__ = ["stuffing"]

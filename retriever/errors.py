@@ -1,0 +1,37 @@
+"""Domain exceptions shared by every package.
+
+The HTTP layer maps each class to a status code in exactly one place (service/errors.py);
+library code raises these and never thinks about HTTP.
+"""
+
+
+class RagserveError(Exception):
+    """Base class of every error ragserve raises on purpose."""
+
+
+class InvalidInputError(RagserveError):
+    """The caller sent something unusable (bad corpus line, unknown option, ...)."""
+
+
+class UnknownReaderError(InvalidInputError):
+    """A reader name that is not registered."""
+
+
+class ArtifactError(RagserveError):
+    """An index artifact is missing, incomplete or malformed."""
+
+
+class IntegrityError(ArtifactError):
+    """A file of an artifact does not match the checksum in its manifest."""
+
+
+class ModelMismatchError(ArtifactError):
+    """The artifact was built with another retriever model than the one loaded."""
+
+
+class ModelNotFoundError(RagserveError):
+    """A configured model is neither a known bundled alias nor a local folder."""
+
+
+class NotReadyError(RagserveError):
+    """Models or the index are still loading."""

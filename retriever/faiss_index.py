@@ -1,0 +1,61 @@
+"""FAISS helpers: factory choice, build (GPU when faiss reports one), load, search parameters."""
+
+import logging
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+METRIC = "inner_product"  # embeddings are L2-normalised, so this is cosine similarity
+ADD_BATCH = 65_536
+TRAIN_SAMPLE = 200_000
+
+
+def gpu_count() -> int:
+    get = getattr(faiss, "get_num_gpus", None)
+    return int(get()) if get is not None else 0
+
+
+def default_factory(n_vectors: int, exact_below: int) -> str:
+    """Exact search below the threshold, HNSW graph above it (no training pass needed)."""
+    return "Flat" if n_vectors < exact_below else "HNSW32"
+
+
+def build(vectors: np.ndarray, factory: str) -> faiss.Index:
+    """Index (n, dim) float32 vectors; trains on a sample when the index type needs it."""
+    n, dim = vectors.shape
+    index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+    work = _to_gpu(index)
+    if not work.is_trained:
+        sample = vectors[np.random.default_rng(0).permutation(n)[:TRAIN_SAMPLE]]
+        work.train(np.ascontiguousarray(sample, dtype=np.float32))
+    for start in range(0, n, ADD_BATCH):
+        work.add(np.ascontiguousarray(vectors[start : start + ADD_BATCH], dtype=np.float32))
+    return faiss.index_gpu_to_cpu(work) if work is not index else index
+
+
+def _to_gpu(index: faiss.Index) -> faiss.Index:
+    if gpu_count() == 0:
+        return index
+    try:
+        return faiss.index_cpu_to_all_gpus(index)
+    except RuntimeError as exc:  # some index types have no GPU implementation (e.g. HNSW)
+        log.info("index stays on CPU: %s", exc)
+        return index
+
+
+def write(index: faiss.Index, path: Path) -> None:
+    faiss.write_index(index, str(path))
+
+
+def load(path: Path, ef_search: int, nprobe: int) -> faiss.Index:
+    index = faiss.read_index(str(path))
+    hnsw = getattr(index, "hnsw", None)
+    if hnsw is not None:
+        hnsw.efSearch = ef_search
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is not None:
+        ivf.nprobe = nprobe
+    return _to_gpu(index)
