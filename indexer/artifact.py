@@ -99,9 +99,7 @@ def staging_directory(out: Path) -> Iterator[Path]:
 def seal(staging: Path, out: Path, manifest_fields: dict[str, Any]) -> Manifest:
     """Checksum every file, write the manifest, fsync, and rename the directory into place."""
     files = {
-        p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size}
-        for p in sorted(staging.iterdir())
-        if p.is_file()
+        p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size} for p in sorted(staging.iterdir()) if p.is_file()
     }
     manifest = Manifest(version=new_version_id(files), files=files, **manifest_fields)
     (staging / MANIFEST).write_text(manifest.to_json(), encoding="utf-8")

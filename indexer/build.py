@@ -7,7 +7,7 @@ file in the staging directory as they are produced; the FAISS index is built fro
 
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +26,7 @@ EMBEDDINGS_FILE = "embeddings.f32"
 
 @dataclass(frozen=True, slots=True)
 class BuildConfig:
-    chunking: ChunkingConfig = ChunkingConfig()
+    chunking: ChunkingConfig = field(default_factory=ChunkingConfig)
     index_factory: str | None = None  # None: chosen by size (see faiss_index.default_factory)
     exact_below: int = 50_000
     doc_batch: int = 256  # documents tokenized together
@@ -49,10 +49,11 @@ def build_artifact(
     documents: Iterable[Document],
     out: Path,
     encoder: Encoder,
-    config: BuildConfig = BuildConfig(),
+    config: BuildConfig | None = None,
     progress: bool = True,
 ) -> Manifest:
     """Build an index artifact at `out` (which must not exist yet) and return its manifest."""
+    config = config or BuildConfig()
     config.chunking.validate(encoder.max_tokens)
     clean_stale_staging(out.parent)
     started = time.perf_counter()

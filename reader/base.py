@@ -20,7 +20,6 @@ if TYPE_CHECKING:
 class ReaderConfig:
     max_new_tokens: int = 32
     max_passage_tokens: int = 384  # each passage is cut to this many generator tokens
-    passages: int = 1  # how many of the retrieved passages the reader reads, best first
 
 
 @dataclass(frozen=True, slots=True)

@@ -67,7 +67,7 @@ def convert_gguf(source: GgufSource, cache_dir: Path) -> Path:
         tokenizer = AutoTokenizer.from_pretrained(source.folder, gguf_file=source.file)
         model = AutoModelForCausalLM.from_pretrained(source.folder, gguf_file=source.file, dtype=torch.float32)
         # Weights are plain float32 after dequantization; drop the GGUF marker so they can be saved.
-        model.hf_quantizer = None
+        setattr(model, "hf_quantizer", None)  # noqa: B010
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
         model.save_pretrained(staging)
@@ -89,7 +89,9 @@ def resolve_generator(name_or_path: str, cache_dir: Path) -> Path:
     if (path / "config.json").is_file():
         return path
     known = ", ".join(sorted(BUNDLED_GENERATORS))
-    raise ModelNotFoundError(f"generator {name_or_path!r} is not a bundled alias ({known}), a .gguf file, nor a local folder")
+    raise ModelNotFoundError(
+        f"generator {name_or_path!r} is not a bundled alias ({known}), a .gguf file, nor a local folder"
+    )
 
 
 class Generator:
@@ -103,7 +105,7 @@ class Generator:
         self.model: PreTrainedModel = AutoModelForCausalLM.from_pretrained(
             self.path, local_files_only=True, dtype=torch.float32
         )
-        self.model.eval()
+        self.model.train(False)  # inference mode for dropout and friends
         eos = self.tokenizer.eos_token_id
         self.stop_ids: set[int] = {eos} if isinstance(eos, int) else set(eos or [])
         if isinstance(self.model.generation_config.eos_token_id, int):
@@ -115,7 +117,8 @@ class Generator:
         return ids
 
     def decode(self, ids: Sequence[int]) -> str:
-        text: str = self.tokenizer.decode(list(ids), skip_special_tokens=True)
+        text = self.tokenizer.decode(list(ids), skip_special_tokens=True)
+        assert isinstance(text, str)
         return text
 
     def chat_prompt(self, messages: list[dict[str, str]]) -> list[int]:
@@ -132,12 +135,13 @@ class Generator:
         """Greedy decoding with a KV cache; stops at end-of-sequence or (optionally) a newline."""
         with self.lock:
             input_ids = torch.tensor([prompt_ids], dtype=torch.long)  # (1, T)
-            past = None
+            cache = None
             out: list[int] = []
             for _ in range(max_new_tokens):
-                result = self.model(input_ids=input_ids, past_key_values=past, use_cache=True)
-                past = result.past_key_values
-                next_id = int(result.logits[0, -1].argmax())  # logits: (1, T, V)
+                # logits_to_keep=1: only the last position needs the (large) vocabulary projection.
+                result = self.model(input_ids=input_ids, cache=cache, use_cache=True, logits_to_keep=1)
+                cache = result.cache
+                next_id = int(result.logits[0, -1].argmax())  # logits: (1, 1, V)
                 if next_id in self.stop_ids:
                     break
                 out.append(next_id)

@@ -25,7 +25,7 @@ class StuffingReader(Reader):
         return replace(passage, text=self.generator.decode(ids[: self.config.max_passage_tokens]))
 
     def answer(self, question: str, passages: Sequence[Passage]) -> Answer:
-        used = list(passages[: self.config.passages])
+        used = list(passages)
         prompt = self.generator.chat_prompt(qa_messages(question, [self._truncate(p) for p in used]))
         started = time.perf_counter()
         tokens = self.generator.greedy(prompt, self.config.max_new_tokens)

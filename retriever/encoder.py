@@ -79,7 +79,7 @@ class Encoder:
         self.model = SentenceTransformer(str(self.path), device=self.device, local_files_only=True)
         self.model.eval()
         self.weights_sha256 = weights_sha256(self.path)
-        dim = self.model.get_sentence_embedding_dimension()
+        dim = self.model.get_embedding_dimension()
         assert dim is not None, "model does not report its embedding dimension"
         self.dimension: int = dim
         hf_tokenizer = self.model.tokenizer
@@ -90,7 +90,8 @@ class Encoder:
         self.pad_id: int = hf_tokenizer.pad_token_id or 0
         self._uses_token_types = "token_type_ids" in hf_tokenizer.model_input_names
         # Room left for text once the special tokens are in.
-        self.max_tokens: int = int(self.model.max_seq_length) - len(self._prefix) - len(self._suffix)
+        window = self.model.max_seq_length or hf_tokenizer.model_max_length
+        self.max_tokens: int = int(window) - len(self._prefix) - len(self._suffix)
 
     def _special_tokens(self) -> tuple[list[int], list[int]]:
         bare = self._tokenizer.encode("a", add_special_tokens=False).ids

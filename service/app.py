@@ -1,0 +1,63 @@
+"""The application factory. Nothing is created at import time."""
+
+import logging
+import threading
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from service.engine import QAEngine
+from service.errors import install_error_handlers
+from service.limits import BodySizeLimit
+from service.routes import build_router
+from service.settings import Settings
+from service.state import ServiceState
+
+log = logging.getLogger(__name__)
+
+EngineLoader = Callable[[Settings], QAEngine]
+
+
+def _default_loader(settings: Settings) -> QAEngine:
+    from service.loading import load_engine  # torch and the models stay out of the HTTP modules
+
+    return load_engine(settings)
+
+
+def create_app(settings: Settings, loader: EngineLoader = _default_loader) -> FastAPI:
+    """Build the app. Models and the index load in the background after start-up; /readyz turns
+    200 when they are in, and the QA endpoints answer 503 until then."""
+    state = ServiceState(settings=settings)
+
+    def load() -> None:
+        try:
+            state.engine = loader(settings)
+            log.info("ready: serving index version %s", state.engine.index_version)
+        except Exception as exc:
+            log.exception("loading models or index failed")
+            state.load_error = f"loading failed: {exc}"
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        thread = threading.Thread(target=load, name="ragserve-loader", daemon=True)
+        thread.start()
+        yield
+
+    app = FastAPI(
+        title="ragserve",
+        summary="Answers grounded in your own documents, with citations.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.state.ragserve = state
+    install_error_handlers(app)
+    app.middleware("http")(state.metrics.middleware)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.include_router(build_router(settings))
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """For `uvicorn --factory service.app:app_from_env`: settings from RAGSERVE_* variables."""
+    return create_app(Settings())

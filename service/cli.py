@@ -1,0 +1,167 @@
+"""The `ragserve` command line: serve, index build/verify, eval squad, models prepare.
+
+Heavy imports (torch, transformers, faiss) happen inside the commands, so `--help` is instant.
+"""
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from retriever.errors import RagserveError
+from service.settings import Settings
+
+log = logging.getLogger("ragserve")
+
+
+def _settings(**overrides: Any) -> Settings:
+    return Settings(**{k: v for k, v in overrides.items() if v is not None})
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from service.app import create_app
+    from service.loading import prepare
+
+    settings = _settings(index_path=args.index, host=args.host, port=args.port)
+    prepare(settings)  # first run: convert the generator, build the demo index (with progress)
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=args.log_level)
+    return 0
+
+
+def cmd_index_build(args: argparse.Namespace) -> int:
+    from indexer.build import build_artifact
+    from indexer.sources import read_corpus
+    from retriever.encoder import Encoder
+    from service.loading import build_config, configure_threads
+
+    settings = _settings(
+        chunk_tokens=args.chunk_tokens, overlap_tokens=args.overlap_tokens, index_factory=args.index_factory
+    )
+    configure_threads(settings)
+    encoder = Encoder(settings.retriever_model)
+    started = time.perf_counter()
+    manifest = build_artifact(
+        read_corpus(args.input), args.out, encoder, build_config(settings), progress=not args.no_progress
+    )
+    seconds = time.perf_counter() - started
+    counts = manifest.counts
+    print(
+        json.dumps(
+            {
+                "artifact": str(args.out),
+                "version": manifest.version,
+                "index_factory": manifest.index_factory,
+                "counts": counts,
+                "seconds": round(seconds, 2),
+                "chunks_per_second": round(counts["chunks"] / seconds, 1),
+                "tokens_per_second": round(counts["tokens"] / seconds, 1),
+            },
+            indent=2,
+        )
+    )
+    return 0
+
+
+def cmd_index_verify(args: argparse.Namespace) -> int:
+    from indexer.artifact import verify_artifact
+
+    manifest = verify_artifact(args.path)
+    print(
+        f"ok: {args.path} version {manifest.version}, {manifest.counts['chunks']} chunks, "
+        f"{len(manifest.files)} files verified"
+    )
+    return 0
+
+
+def cmd_eval_squad(args: argparse.Namespace) -> int:
+    from service.evaluation import run_squad_eval
+
+    settings = _settings()
+    report = run_squad_eval(
+        settings,
+        args.data,
+        args.limit,
+        args.reader,
+        args.retrieval_only,
+        args.top_k or settings.ask_top_k,
+        progress=not args.no_progress,
+    )
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + "\n", encoding="utf-8")
+    return 0
+
+
+def cmd_models_prepare(args: argparse.Namespace) -> int:
+    from service.loading import prepare
+
+    prepare(_settings())
+    print("models and demo index are ready")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ragserve", description="Retrieval-augmented question answering service.")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the HTTP API (default: demo index on 127.0.0.1:8000)")
+    serve.add_argument("--index", type=Path, help="index artifact directory (default: the demo index)")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.set_defaults(func=cmd_serve)
+
+    index = sub.add_parser("index", help="build or verify index artifacts").add_subparsers(dest="action", required=True)
+    build = index.add_parser("build", help="build an index artifact from JSONL, text/Markdown or Parquet")
+    build.add_argument("--input", type=Path, nargs="+", required=True, help="files or folders")
+    build.add_argument("--out", type=Path, required=True, help="artifact directory to create (must not exist)")
+    build.add_argument("--chunk-tokens", type=int)
+    build.add_argument("--overlap-tokens", type=int)
+    build.add_argument("--index-factory", help="FAISS factory string, e.g. Flat, HNSW32, IVF1024,Flat")
+    build.add_argument("--no-progress", action="store_true")
+    build.set_defaults(func=cmd_index_build)
+    verify = index.add_parser("verify", help="check an artifact's checksums")
+    verify.add_argument("path", type=Path)
+    verify.set_defaults(func=cmd_index_verify)
+
+    ev = sub.add_parser("eval", help="evaluations").add_subparsers(dest="suite", required=True)
+    squad = ev.add_parser("squad", help="open-domain SQuAD v1.1: recall@k, exact match, F1")
+    squad.add_argument("--data", type=Path, default=Path("../shared/data/squad-v1.1-dev.parquet"))
+    squad.add_argument("--limit", type=int, help="evaluate N questions spread evenly over the set")
+    squad.add_argument("--reader", help="reader name (default: the configured default reader)")
+    squad.add_argument("--top-k", type=int, help="passages given to the reader (default: setting ask_top_k)")
+    squad.add_argument("--retrieval-only", action="store_true", help="skip the reader")
+    squad.add_argument("--out", type=Path, help="also write the report as JSON here")
+    squad.add_argument("--no-progress", action="store_true")
+    squad.set_defaults(func=cmd_eval_squad)
+
+    models = sub.add_parser("models", help="model preparation").add_subparsers(dest="action", required=True)
+    prep = models.add_parser("prepare", help="convert the bundled generator once and build the demo index")
+    prep.set_defaults(func=cmd_models_prepare)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        code: int = args.func(args)
+        return code
+    except ValidationError as exc:
+        print(f"ragserve: invalid configuration:\n{exc}", file=sys.stderr)
+    except RagserveError as exc:
+        print(f"ragserve: error: {exc}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,75 @@
+"""The one place where domain exceptions become HTTP status codes and JSON bodies."""
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from retriever.errors import (
+    ArtifactError,
+    InvalidInputError,
+    ModelNotFoundError,
+    NotReadyError,
+    RagserveError,
+    UnknownReaderError,
+)
+
+log = logging.getLogger(__name__)
+
+# Looked up along the exception's MRO, so a subclass inherits its parent's status.
+STATUS: dict[type[RagserveError], tuple[int, str]] = {
+    UnknownReaderError: (422, "unknown_reader"),
+    InvalidInputError: (422, "invalid_input"),
+    NotReadyError: (503, "not_ready"),
+    ArtifactError: (500, "index_unavailable"),
+    ModelNotFoundError: (500, "model_unavailable"),
+    RagserveError: (500, "internal_error"),
+}
+
+
+def error_body(code: str, message: str, detail: object = None) -> dict[str, object]:
+    body: dict[str, object] = {"error": {"code": code, "message": message}}
+    if detail is not None:
+        body["detail"] = detail
+    return body
+
+
+def _domain_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RagserveError)
+    status, code = next(STATUS[cls] for cls in type(exc).__mro__ if cls in STATUS)
+    if status >= 500:
+        log.error("request failed: %s", exc)
+    return JSONResponse(error_body(code, str(exc)), status_code=status)
+
+
+def _validation_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    problems = [
+        {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")} for e in exc.errors()
+    ]
+    summary = "; ".join(f"{'.'.join(str(p) for p in d['loc'])}: {d['msg']}" for d in problems)
+    return JSONResponse(
+        error_body("invalid_request", summary or "invalid request", jsonable_encoder(problems)), status_code=422
+    )
+
+
+def _http_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    return JSONResponse(
+        error_body(f"http_{exc.status_code}", str(exc.detail)), status_code=exc.status_code, headers=exc.headers
+    )
+
+
+def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error", exc_info=exc)
+    return JSONResponse(error_body("internal_error", "internal error"), status_code=500)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(RagserveError, _domain_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected)

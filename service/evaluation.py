@@ -1,0 +1,186 @@
+"""Open-domain SQuAD evaluation: index every distinct paragraph, answer each question from
+retrieval alone, report recall of the gold paragraph and SQuAD EM/F1."""
+
+import hashlib
+import json
+import logging
+import statistics
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from indexer.build import build_artifact
+from indexer.sources import Document
+from reader.base import Reader
+from retriever.base import Retriever
+from retriever.dense import DenseRetriever
+from retriever.encoder import Encoder
+from retriever.errors import InvalidInputError
+from retriever.types import SearchResult
+from service.settings import Settings
+from service.squad import exact_match, f1_score
+
+log = logging.getLogger(__name__)
+
+RECALL_AT = (1, 5, 20)
+SEARCH_BATCH = 64
+
+
+@dataclass(frozen=True, slots=True)
+class Question:
+    id: str
+    question: str
+    answers: list[str]
+    gold_doc: str
+
+
+@dataclass(frozen=True, slots=True)
+class SquadData:
+    paragraphs: list[Document]
+    questions: list[Question]
+
+
+def load_squad(path: Path) -> SquadData:
+    """Distinct paragraphs become documents `<title>/<n>`; each question points at its paragraph."""
+    import pyarrow.parquet as pq
+
+    if not path.is_file():
+        raise InvalidInputError(f"{path}: no such file (SQuAD v1.1 dev as Parquet)")
+    rows = pq.read_table(path, columns=["id", "title", "context", "question", "answers"]).to_pylist()
+    doc_of: dict[str, str] = {}
+    per_title: dict[str, int] = {}
+    paragraphs: list[Document] = []
+    questions: list[Question] = []
+    for row in rows:
+        context = row["context"]
+        if context not in doc_of:
+            n = per_title.get(row["title"], 0)
+            per_title[row["title"]] = n + 1
+            doc_of[context] = f"{row['title']}/{n}"
+            paragraphs.append(Document(doc_of[context], row["title"].replace("_", " "), context))
+        questions.append(Question(row["id"], row["question"], list(row["answers"]["text"]), doc_of[context]))
+    return SquadData(paragraphs, questions)
+
+
+def spread_sample(items: list[Question], limit: int | None) -> list[Question]:
+    """`limit` questions evenly spaced over the whole set (so every article is represented)."""
+    if limit is None or limit >= len(items):
+        return items
+    step = len(items) / limit
+    return [items[int(i * step)] for i in range(limit)]
+
+
+def squad_index(settings: Settings, data_path: Path, data: SquadData, encoder: Encoder) -> Path:
+    """The artifact for this data file and configuration, built on first use and reused after."""
+    from service.loading import build_config
+
+    key = hashlib.sha256(
+        json.dumps(
+            [
+                hashlib.sha256(data_path.read_bytes()).hexdigest(),
+                encoder.weights_sha256,
+                settings.chunk_tokens,
+                settings.overlap_tokens,
+                settings.index_factory,
+            ]
+        ).encode()
+    ).hexdigest()[:12]
+    path = settings.cache_dir / "indexes" / f"squad-{key}"
+    if not path.exists():
+        manifest = build_artifact(data.paragraphs, path, encoder, build_config(settings))
+        log.info("built %s: %s", path, manifest.counts)
+    return path
+
+
+def ranked_docs(result: SearchResult) -> list[str]:
+    """Distinct documents in rank order (a long paragraph may come back as several chunks)."""
+    return list(dict.fromkeys(p.doc_id for p in result.passages))
+
+
+def _batches(items: list[Question], size: int) -> Iterator[list[Question]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def evaluate(
+    retriever: Retriever, reader: Reader | None, questions: list[Question], top_k: int, progress: bool = True
+) -> dict[str, Any]:
+    """Recall@1/5/20 of the gold paragraph; with a reader, EM/F1 of answers from the top_k passages."""
+    hits = dict.fromkeys(RECALL_AT, 0)
+    em: list[float] = []
+    f1: list[float] = []
+    latencies: list[float] = []
+    depth = max(*RECALL_AT, top_k) * 2  # chunks fetched, so that 20 distinct paragraphs remain
+    started = time.perf_counter()
+    bar = tqdm(total=len(questions), desc="evaluating", unit=" q", disable=not progress)
+    for batch in _batches(questions, SEARCH_BATCH):
+        results = retriever.search_batch([q.question for q in batch], depth)
+        for q, result in zip(batch, results, strict=True):
+            docs = ranked_docs(result)
+            for k in RECALL_AT:
+                hits[k] += q.gold_doc in docs[:k]
+            if reader is not None:
+                t0 = time.perf_counter()
+                answer = reader.answer(q.question, result.passages[:top_k])
+                latencies.append(
+                    (time.perf_counter() - t0) * 1000 + result.timings_ms["embed"] + result.timings_ms["search"]
+                )
+                em.append(exact_match(answer.text, q.answers))
+                f1.append(f1_score(answer.text, q.answers))
+            bar.update()
+    bar.close()
+    elapsed = time.perf_counter() - started
+    n = len(questions)
+    report: dict[str, Any] = {f"recall@{k}": round(hits[k] / n, 4) for k in RECALL_AT}
+    report["exact_match"] = round(statistics.fmean(em), 4) if em else None
+    report["f1"] = round(statistics.fmean(f1), 4) if f1 else None
+    report["questions"] = n
+    report["questions_per_second"] = round(n / elapsed, 3)
+    report["p50_latency_ms"] = round(statistics.median(latencies), 1) if latencies else None
+    return report
+
+
+def run_squad_eval(
+    settings: Settings,
+    data_path: Path,
+    limit: int | None,
+    reader_name: str | None,
+    retrieval_only: bool,
+    top_k: int,
+    progress: bool = True,
+) -> dict[str, Any]:
+    from service.loading import configure_threads, load_engine
+
+    configure_threads(settings)
+    data = load_squad(data_path)
+    questions = spread_sample(data.questions, limit)
+    encoder = Encoder(settings.retriever_model)
+    index_path = squad_index(settings, data_path, data, encoder)
+    eval_settings = settings.model_copy(update={"index_path": index_path})
+    if retrieval_only:
+        retriever: Retriever = DenseRetriever(index_path, encoder, settings.hnsw_ef_search, settings.ivf_nprobe)
+        reader = None
+    else:
+        engine = load_engine(eval_settings, encoder=encoder)
+        retriever, reader = engine.retriever, engine.reader(reader_name)
+    report = evaluate(retriever, reader, questions, top_k, progress)
+    report["settings"] = {
+        "data": str(data_path),
+        "limit": limit,
+        "paragraphs": len(data.paragraphs),
+        "index": str(index_path),
+        "index_version": retriever.index_version,
+        "reader": None if reader is None else reader.name,
+        "top_k": top_k,
+        "retriever_model": settings.retriever_model,
+        "generator_model": None if reader is None else settings.generator_model,
+        "chunk_tokens": settings.chunk_tokens,
+        "overlap_tokens": settings.overlap_tokens,
+        "max_new_tokens": settings.max_new_tokens,
+        "torch_threads": settings.torch_threads,
+    }
+    return report

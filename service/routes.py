@@ -1,0 +1,71 @@
+"""HTTP routes: thin, they validate, call the engine and shape the answer."""
+
+from typing import Any, cast
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse, Response
+
+from service.schemas import (
+    AskRequestBase,
+    AskResponse,
+    PassageOut,
+    RetrieveRequestBase,
+    RetrieveResponse,
+    request_models,
+)
+from service.settings import Settings
+from service.state import EngineDep, StateDep
+
+
+def build_router(settings: Settings) -> APIRouter:
+    router = APIRouter()
+    models = request_models(settings)
+    AskRequest, RetrieveRequest = models.ask, models.retrieve
+
+    @router.post("/v1/ask", response_model=AskResponse, tags=["qa"])
+    def ask(body: AskRequest, engine: EngineDep, state: StateDep) -> AskResponse:  # type: ignore[valid-type]
+        req = cast(AskRequestBase, body)  # the settings-bound subclass built above
+        result = engine.ask(req.question, req.top_k, req.reader)
+        state.metrics.observe_stages("/v1/ask", result.timings_ms)
+        return AskResponse(
+            answer=result.answer,
+            citations=[PassageOut.of(p) for p in result.passages],
+            reader=result.reader,
+            index_version=result.index_version,
+            timings_ms=result.timings_ms,
+        )
+
+    @router.post("/v1/retrieve", response_model=RetrieveResponse, tags=["qa"])
+    def retrieve(body: RetrieveRequest, engine: EngineDep, state: StateDep) -> RetrieveResponse:  # type: ignore[valid-type]
+        req = cast(RetrieveRequestBase, body)
+        result = engine.retrieve(req.query, req.top_k)
+        state.metrics.observe_stages("/v1/retrieve", result.timings_ms)
+        return RetrieveResponse(
+            passages=[PassageOut.of(p) for p in result.passages],
+            index_version=result.index_version,
+            timings_ms=result.timings_ms,
+        )
+
+    @router.get("/healthz", tags=["ops"])
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @router.get("/readyz", tags=["ops"])
+    def readyz(state: StateDep) -> JSONResponse:
+        if state.engine is None:
+            status = "failed" if state.load_error else "loading"
+            body: dict[str, Any] = {"status": status, "error": state.load_error}
+            return JSONResponse(body, status_code=503)
+        body = {
+            "status": "ready",
+            "index_version": state.engine.index_version,
+            "readers": sorted(state.engine.readers),
+            "default_reader": state.engine.default_reader,
+        }
+        return JSONResponse(body)
+
+    @router.get("/metrics", tags=["ops"])
+    def metrics(state: StateDep) -> Response:
+        return Response(state.metrics.render(), media_type="text/plain; version=0.0.4")
+
+    return router

@@ -1,0 +1,79 @@
+"""Request and response bodies. Request limits come from Settings, so the OpenAPI document at
+/docs shows the limits this server really enforces."""
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from retriever.types import Passage
+from service.settings import Settings
+
+ReaderName = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9_-]*$")]
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class PassageOut(BaseModel):
+    chunk_id: str
+    doc_id: str
+    title: str
+    score: float
+    text: str
+
+    @classmethod
+    def of(cls, p: Passage) -> "PassageOut":
+        return cls(chunk_id=p.chunk_id, doc_id=p.doc_id, title=p.title, score=p.score, text=p.text)
+
+
+class AskResponse(BaseModel):
+    answer: str
+    citations: list[PassageOut]
+    reader: str
+    index_version: str
+    timings_ms: dict[str, float]
+
+
+class RetrieveResponse(BaseModel):
+    passages: list[PassageOut]
+    index_version: str
+    timings_ms: dict[str, float]
+
+
+class AskRequestBase(StrictModel):
+    question: str
+    top_k: int
+    reader: ReaderName | None = None
+
+
+class RetrieveRequestBase(StrictModel):
+    query: str
+    top_k: int
+
+
+@dataclass(frozen=True)
+class RequestModels:
+    ask: type[AskRequestBase]
+    retrieve: type[RetrieveRequestBase]
+
+
+def request_models(settings: Settings) -> RequestModels:
+    """Request models whose constraints are this server's settings."""
+    Text = Annotated[
+        str, StringConstraints(strip_whitespace=True, min_length=1, max_length=settings.max_question_chars)
+    ]
+
+    class AskRequest(AskRequestBase):
+        question: Text = Field(description="The question, answered from the indexed documents only.")
+        top_k: Annotated[int, Field(ge=1, le=settings.max_ask_top_k)] = Field(
+            settings.ask_top_k, description="Passages retrieved, given to the reader and cited."
+        )
+        reader: ReaderName | None = Field(None, description=f"Reader to use; default {settings.default_reader!r}.")
+
+    class RetrieveRequest(RetrieveRequestBase):
+        query: Text
+        top_k: Annotated[int, Field(ge=1, le=settings.max_retrieve_top_k)] = settings.retrieve_top_k
+
+    return RequestModels(ask=AskRequest, retrieve=RetrieveRequest)

@@ -1,0 +1,73 @@
+"""All configuration in one place: environment variables with the prefix RAGSERVE_.
+
+Every limit the API enforces is here, and unsafe or contradictory values are refused at start-up.
+"""
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RAGSERVE_", extra="forbid")
+
+    # --- where things live -------------------------------------------------------------------
+    home: Path = Field(Path("~/.cache/ragserve"), description="Cache of converted models and built indexes.")
+    index_path: Path | None = Field(None, description="Index artifact to serve; default: the demo index.")
+
+    # --- models -------------------------------------------------------------------------------
+    retriever_model: str = Field("all-MiniLM-L6-v2", description="Bundled alias or local sentence-transformers folder.")
+    generator_model: str = Field(
+        "SmolLM2-135M-Instruct", description="Bundled alias, local causal-LM folder, or local .gguf file."
+    )
+    default_reader: str = "stuff"
+    torch_threads: Annotated[int, Field(ge=1, le=64)] = 2
+
+    # --- indexing -----------------------------------------------------------------------------
+    chunk_tokens: Annotated[int, Field(ge=16, le=1024)] = 200
+    overlap_tokens: Annotated[int, Field(ge=0, le=512)] = 40
+    index_factory: str | None = Field(None, description="FAISS factory string; default chosen by corpus size.")
+    exact_search_below: Annotated[int, Field(ge=1)] = 50_000
+    hnsw_ef_search: Annotated[int, Field(ge=1, le=4096)] = 128
+    ivf_nprobe: Annotated[int, Field(ge=1, le=65_536)] = 16
+
+    # --- generation ---------------------------------------------------------------------------
+    max_new_tokens: Annotated[int, Field(ge=1, le=512)] = 32
+    max_passage_tokens: Annotated[int, Field(ge=16, le=2048)] = 384
+
+    # --- HTTP and its limits ------------------------------------------------------------------
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=1, le=65_535)] = 8000
+    max_question_chars: Annotated[int, Field(ge=1, le=10_000)] = 1_000
+    retrieve_top_k: Annotated[int, Field(ge=1)] = 5
+    max_retrieve_top_k: Annotated[int, Field(ge=1, le=1_000)] = 50
+    ask_top_k: Annotated[int, Field(ge=1)] = 1
+    max_ask_top_k: Annotated[int, Field(ge=1, le=32)] = 8
+    max_body_bytes: Annotated[int, Field(ge=1_024, le=16 * 1024 * 1024)] = 64 * 1024
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Settings":
+        if self.overlap_tokens >= self.chunk_tokens:
+            raise ValueError("overlap_tokens must be smaller than chunk_tokens")
+        if self.retrieve_top_k > self.max_retrieve_top_k:
+            raise ValueError("retrieve_top_k must not exceed max_retrieve_top_k")
+        if self.ask_top_k > self.max_ask_top_k:
+            raise ValueError("ask_top_k must not exceed max_ask_top_k")
+        if self.torch_threads > (os.cpu_count() or 1) * 2:
+            raise ValueError(f"torch_threads={self.torch_threads} oversubscribes this machine's {os.cpu_count()} cores")
+        return self
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.home.expanduser()
+
+    @property
+    def demo_index_path(self) -> Path:
+        return self.cache_dir / "indexes" / "demo"
+
+    @property
+    def serving_index_path(self) -> Path:
+        return (self.index_path or self.demo_index_path).expanduser()
