@@ -74,8 +74,10 @@ def document_from_record(record: Any, where: str) -> Document:
         raise InvalidInputError(f"{where}: 'id' must be a non-empty string")
     if not isinstance(text, str):
         raise InvalidInputError(f"{where}: 'text' must be a string")
-    title = record.get("title") or ""
-    metadata = record.get("metadata") or {}
+    title = record.get("title")
+    title = "" if title is None else title
+    metadata = record.get("metadata")
+    metadata = {} if metadata is None else metadata
     if not isinstance(title, str) or not isinstance(metadata, dict):
         raise InvalidInputError(f"{where}: 'title' must be a string and 'metadata' an object")
     return Document(id=str(doc_id), title=title, text=text, metadata=metadata)

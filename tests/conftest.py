@@ -1,0 +1,103 @@
+"""Real models, loaded once per test session; a tiny corpus and its index built once."""
+
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from fastapi import FastAPI  # noqa: E402
+from fastapi.testclient import TestClient  # noqa: E402
+
+from indexer.build import BuildConfig, build_artifact  # noqa: E402
+from indexer.sources import Document  # noqa: E402
+from reader.generator import Generator  # noqa: E402
+from retriever.encoder import Encoder  # noqa: E402
+from service.app import create_app  # noqa: E402
+from service.loading import load_engine  # noqa: E402
+from service.settings import Settings  # noqa: E402
+
+# Facts that exist nowhere but here, so a right answer proves the answer came from retrieval.
+TINY_CORPUS = [
+    Document(
+        "festival",
+        "Zorblat festival",
+        "The Zorblat festival is held every spring in the town of Quenmoor. "
+        "Visitors eat roasted chestnuts and watch the lantern parade.",
+    ),
+    Document(
+        "quenmoor",
+        "Quenmoor",
+        "Quenmoor is a small river town with 4,200 inhabitants. The mayor of Quenmoor is Ilse Varga, elected in 2019.",
+    ),
+    Document(
+        "bridge",
+        "Harrow bridge",
+        "The Harrow bridge over the river Tessel was built from grey granite in 1871 by the engineer Tomas Brell.",
+    ),
+    Document(
+        "ferment",
+        "Velt cheese",
+        "Velt cheese is ripened for nine months in limestone caves near the village of Oskar Hollow.",
+    ),
+    Document("empty", "Nothing", "   "),
+]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    import torch
+
+    torch.set_num_threads(int(os.environ.get("RAGSERVE_TORCH_THREADS", "2")))
+
+
+@pytest.fixture(scope="session")
+def cache_home() -> Path:
+    """Converted models are cached per machine (as in production), not per test run."""
+    return Path(os.environ.get("RAGSERVE_HOME", "~/.cache/ragserve")).expanduser()
+
+
+@pytest.fixture(scope="session")
+def encoder() -> Encoder:
+    return Encoder()
+
+
+@pytest.fixture(scope="session")
+def generator(cache_home: Path) -> Generator:
+    return Generator(cache_dir=cache_home)
+
+
+@pytest.fixture(scope="session")
+def tiny_index(tmp_path_factory: pytest.TempPathFactory, encoder: Encoder) -> Path:
+    out = tmp_path_factory.mktemp("indexes") / "tiny"
+    build_artifact(TINY_CORPUS, out, encoder, BuildConfig(), progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def settings(tiny_index: Path, cache_home: Path) -> Settings:
+    return Settings(home=cache_home, index_path=tiny_index)
+
+
+def wait_ready(client: TestClient, seconds: float = 120) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if client.get("/readyz").status_code == 200:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"not ready after {seconds}s: {client.get('/readyz').json()}")
+
+
+@pytest.fixture(scope="session")
+def app(settings: Settings, encoder: Encoder, generator: Generator) -> FastAPI:
+    return create_app(settings, loader=lambda s: load_engine(s, encoder=encoder, generator=generator))
+
+
+@pytest.fixture(scope="session")
+def client(app: FastAPI) -> Iterator[TestClient]:
+    with TestClient(app) as c:
+        wait_ready(c)
+        yield c
