@@ -121,15 +121,6 @@ class Generator:
         assert isinstance(text, str)
         return text
 
-    def chat_prompt(self, messages: list[dict[str, str]]) -> list[int]:
-        """Token ids of a chat, ending where the assistant's reply begins."""
-        if self.tokenizer.chat_template is None:  # a base model: plain concatenation
-            text = "\n\n".join(m["content"] for m in messages) + "\n"
-            return self.encode(text)
-        rendered = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        assert isinstance(rendered, str)
-        return self.encode(rendered)
-
     @torch.inference_mode()
     def greedy(self, prompt_ids: list[int], max_new_tokens: int, stop_at_newline: bool = True) -> list[int]:
         """Greedy decoding with a KV cache; stops at end-of-sequence or (optionally) a newline."""

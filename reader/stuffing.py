@@ -6,7 +6,7 @@ from dataclasses import replace
 
 from reader.base import Answer, Reader, ReaderConfig, register
 from reader.generator import Generator
-from reader.prompt import qa_messages
+from reader.prompt import qa_prompt
 from retriever.types import Passage
 
 
@@ -26,7 +26,7 @@ class StuffingReader(Reader):
 
     def answer(self, question: str, passages: Sequence[Passage]) -> Answer:
         used = list(passages)
-        prompt = self.generator.chat_prompt(qa_messages(question, [self._truncate(p) for p in used]))
+        prompt = self.generator.encode(qa_prompt(question, [self._truncate(p) for p in used]))
         started = time.perf_counter()
         tokens = self.generator.greedy(prompt, self.config.max_new_tokens)
         elapsed = (time.perf_counter() - started) * 1000

@@ -1,0 +1,108 @@
+"""The `ragserve` command line, run in-process (and once as a real server process)."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from reader.generator import Generator
+from service.cli import main
+
+
+def test_index_build_and_verify(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "a.md").write_text("# Kettle rules\nThe kettle in room 4 must be descaled every Friday.", "utf-8")
+    (corpus / "b.jsonl").write_text(json.dumps({"id": "b", "text": "Bikes are parked in the yard."}) + "\n", "utf-8")
+    out = tmp_path / "idx"
+    assert main(["index", "build", "--input", str(corpus), "--out", str(out), "--no-progress"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["counts"]["documents"] == 2 and report["counts"]["chunks"] == 2
+    assert report["chunks_per_second"] > 0 and report["index_factory"] == "Flat"
+    assert main(["index", "verify", str(out)]) == 0
+    assert "2 files verified" in capsys.readouterr().out
+
+
+def test_cli_errors_are_one_clear_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("{oops\n", "utf-8")
+    assert main(["index", "build", "--input", str(bad), "--out", str(tmp_path / "idx"), "--no-progress"]) == 2
+    assert "bad.jsonl:1: invalid JSON" in capsys.readouterr().err
+    assert not (tmp_path / "idx").exists()
+    assert main(["index", "build", "--input", str(bad), "--out", str(tmp_path / "x"), "--chunk-tokens", "5"]) == 2
+    assert "invalid configuration" in capsys.readouterr().err
+
+
+def test_eval_squad_reports_recall_and_answer_scores(
+    tmp_path: Path, generator: Generator, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ctx_a = "The Harrow bridge over the river Tessel was built in 1871 by the engineer Tomas Brell."
+    ctx_b = "Velt cheese is ripened for nine months in limestone caves near Oskar Hollow."
+    rows = [
+        ("q1", "Bridges", ctx_a, "Who built the Harrow bridge?", "Tomas Brell", 62),
+        ("q2", "Bridges", ctx_a, "When was the Harrow bridge built?", "1871", 46),
+        ("q3", "Cheese", ctx_b, "How long is Velt cheese ripened?", "nine months", 30),
+    ]
+    table = pa.table(
+        {
+            "id": [r[0] for r in rows],
+            "title": [r[1] for r in rows],
+            "context": [r[2] for r in rows],
+            "question": [r[3] for r in rows],
+            "answers": [{"text": [r[4]], "answer_start": [r[5]]} for r in rows],
+        }
+    )
+    data = tmp_path / "squad.parquet"
+    pq.write_table(table, data)
+    monkeypatch.setenv("RAGSERVE_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("RAGSERVE_GENERATOR_MODEL", str(generator.path))  # the converted copy: no re-conversion
+    out = tmp_path / "report.json"
+    assert main(["eval", "squad", "--data", str(data), "--out", str(out), "--no-progress"]) == 0
+    report = json.loads(out.read_text())
+    assert json.loads(capsys.readouterr().out) == report
+    assert {"recall@1", "recall@5", "recall@20", "exact_match", "f1", "questions_per_second", "settings"} <= set(report)
+    assert report["recall@1"] == 1.0 and report["questions"] == 3
+    assert 0 < report["exact_match"] <= report["f1"] <= 1  # the 135M generator gets "1871" right
+    assert report["settings"]["paragraphs"] == 2 and report["settings"]["reader"] == "stuff"
+    # the artifact is reused by a second run, and --retrieval-only skips the reader
+    assert main(["eval", "squad", "--data", str(data), "--retrieval-only", "--limit", "2", "--no-progress"]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["exact_match"] is None and again["questions"] == 2
+    assert again["settings"]["index"] == report["settings"]["index"]
+
+
+def test_serve_runs_a_real_server(tiny_index: Path, cache_home: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "RAGSERVE_HOME": str(cache_home), "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "service.cli", "--log-level", "warning", "serve", "--index", str(tiny_index)]
+    server = subprocess.Popen([*cmd, "--port", str(port)], env=env)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            assert server.poll() is None, "server exited"
+            try:
+                with urllib.request.urlopen(base + "/readyz", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                time.sleep(0.2)
+        body = json.dumps({"question": "What is ripened in limestone caves?"}).encode()
+        request = urllib.request.Request(base + "/v1/ask", body, {"content-type": "application/json"})
+        with urllib.request.urlopen(request, timeout=60) as r:
+            answer = json.loads(r.read())
+        assert answer["citations"][0]["doc_id"] == "ferment"
+        assert "cheese" in answer["answer"].lower()
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

@@ -1,0 +1,40 @@
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from service.settings import Settings
+
+
+def test_defaults_are_safe_and_documented() -> None:
+    s = Settings()
+    assert (s.host, s.port) == ("127.0.0.1", 8000)
+    assert s.serving_index_path == s.demo_index_path
+    assert s.ask_top_k <= s.max_ask_top_k and s.retrieve_top_k <= s.max_retrieve_top_k
+
+
+def test_environment_variables_configure_it(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("RAGSERVE_MAX_ASK_TOP_K", "4")
+    monkeypatch.setenv("RAGSERVE_INDEX_PATH", str(tmp_path))
+    s = Settings()
+    assert s.max_ask_top_k == 4 and s.serving_index_path == tmp_path
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"overlap_tokens": 200, "chunk_tokens": 200},
+        {"retrieve_top_k": 60, "max_retrieve_top_k": 50},
+        {"ask_top_k": 9},
+        {"max_ask_top_k": 1000},
+        {"max_body_bytes": 10**9},
+        {"torch_threads": 0},
+        {"torch_threads": 10_000},
+        {"port": 70_000},
+        {"max_new_tokens": 100_000},
+        {"no_such_setting": 1},
+    ],
+)
+def test_unsafe_or_contradictory_settings_are_refused(bad: dict[str, object]) -> None:
+    with pytest.raises(ValidationError):
+        Settings(**bad)
