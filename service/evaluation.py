@@ -74,7 +74,7 @@ def spread_sample(items: list[Question], limit: int | None) -> list[Question]:
     return [items[int(i * step)] for i in range(limit)]
 
 
-def squad_index(settings: Settings, data_path: Path, data: SquadData, encoder: Encoder) -> Path:
+def squad_index(settings: Settings, data_path: Path, data: SquadData, encoder: Encoder, progress: bool = True) -> Path:
     """The artifact for this data file and configuration, built on first use and reused after."""
     from service.loading import build_config
 
@@ -91,7 +91,7 @@ def squad_index(settings: Settings, data_path: Path, data: SquadData, encoder: E
     ).hexdigest()[:12]
     path = settings.cache_dir / "indexes" / f"squad-{key}"
     if not path.exists():
-        manifest = build_artifact(data.paragraphs, path, encoder, build_config(settings))
+        manifest = build_artifact(data.paragraphs, path, encoder, build_config(settings), progress)
         log.info("built %s: %s", path, manifest.counts)
     return path
 
@@ -159,7 +159,7 @@ def run_squad_eval(
     data = load_squad(data_path)
     questions = spread_sample(data.questions, limit)
     encoder = Encoder(settings.retriever_model)
-    index_path = squad_index(settings, data_path, data, encoder)
+    index_path = squad_index(settings, data_path, data, encoder, progress)
     eval_settings = settings.model_copy(update={"index_path": index_path})
     if retrieval_only:
         retriever: Retriever = DenseRetriever(index_path, encoder, settings.hnsw_ef_search, settings.ivf_nprobe)

@@ -10,16 +10,16 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from fastapi import FastAPI  # noqa: E402
-from fastapi.testclient import TestClient  # noqa: E402
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
 
-from indexer.build import BuildConfig, build_artifact  # noqa: E402
-from indexer.sources import Document  # noqa: E402
-from reader.generator import Generator  # noqa: E402
-from retriever.encoder import Encoder  # noqa: E402
-from service.app import create_app  # noqa: E402
-from service.loading import load_engine  # noqa: E402
-from service.settings import Settings  # noqa: E402
+from indexer.build import BuildConfig, build_artifact
+from indexer.sources import Document
+from reader.generator import Generator
+from retriever.encoder import Encoder
+from service.app import create_app
+from service.loading import load_engine
+from service.settings import Settings
 
 # Facts that exist nowhere but here, so a right answer proves the answer came from retrieval.
 TINY_CORPUS = [

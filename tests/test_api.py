@@ -32,7 +32,7 @@ def test_retrieve_returns_scored_passages(client: TestClient) -> None:
     response = client.post("/v1/retrieve", json={"query": "cheese ripened in caves", "top_k": 2})
     assert response.status_code == 200
     body = response.json()
-    assert [p["doc_id"] for p in body["passages"]][0] == "ferment"
+    assert next(p["doc_id"] for p in body["passages"]) == "ferment"
     assert len(body["passages"]) == 2
     assert body["passages"][0]["score"] >= body["passages"][1]["score"]
     assert set(body["passages"][0]) == {"chunk_id", "doc_id", "title", "score", "text"}

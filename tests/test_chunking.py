@@ -1,3 +1,5 @@
+import itertools
+
 import pytest
 
 from indexer.chunking import ChunkingConfig, chunk_document
@@ -31,7 +33,7 @@ def test_windows_cover_the_text_with_the_configured_overlap(encoder: Encoder) ->
     tokens = encoder.tokenize([words])[0].ids
     assert all(len(c.token_ids) <= size for c in chunks)
     assert chunks[0].token_ids == tokens[:size]
-    for prev, nxt in zip(chunks, chunks[1:], strict=False):
+    for prev, nxt in itertools.pairwise(chunks):
         assert prev.token_ids[-overlap:] == nxt.token_ids[:overlap]
         assert nxt.start_char < prev.end_char  # overlapping character spans
     assert chunks[-1].token_ids[-1] == tokens[-1] and chunks[-1].end_char == len(words)
