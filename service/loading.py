@@ -6,12 +6,13 @@ from pathlib import Path
 
 import torch
 
+from indexer.artifact import read_manifest
 from indexer.build import BuildConfig, build_artifact
 from indexer.chunking import ChunkingConfig
 from indexer.sources import read_corpus
 from reader import builtin  # noqa: F401  (registers the built-in readers)
 from reader.base import ReaderConfig, create_reader, reader_names
-from reader.generator import Generator
+from reader.generator import Generator, resolve_generator
 from retriever.dense import DenseRetriever
 from retriever.encoder import Encoder
 from service.engine import QAEngine
@@ -60,8 +61,8 @@ def load_engine(settings: Settings, encoder: Encoder | None = None, generator: G
 def prepare(settings: Settings) -> None:
     """Do the slow one-time work before serving: convert the generator, build the demo index.
     Cheap when both exist already (a second start takes seconds)."""
-    from reader.generator import resolve_generator
-
+    if settings.index_path is not None:
+        read_manifest(settings.index_path)  # fail now, with a clear message, if it is no artifact
     resolve_generator(settings.generator_model, settings.cache_dir)
     if settings.index_path is None and not settings.demo_index_path.exists():
         configure_threads(settings)

@@ -106,3 +106,8 @@ def test_serve_runs_a_real_server(tiny_index: Path, cache_home: Path) -> None:
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_serve_refuses_a_missing_index_before_listening(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["serve", "--index", str(tmp_path / "nowhere"), "--port", "1"]) == 2
+    assert "not an index artifact" in capsys.readouterr().err
