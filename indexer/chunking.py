@@ -1,7 +1,9 @@
 """Token-window chunking with overlap, measured in the retriever's own tokens.
 
 A window is cut early at a sentence end when one falls in its last 40%, so chunks rarely stop
-mid-sentence; the next window starts `overlap` tokens before the cut.
+mid-sentence; the next window starts `overlap` tokens before the cut. Windows never start or end
+inside a word (between two word pieces), so a chunk's text tokenizes back to exactly its tokens
+and its embedding equals that of the text.
 """
 
 from dataclasses import dataclass
@@ -52,6 +54,7 @@ def chunk_document(doc: Document, tokens: TokenizedText, config: ChunkingConfig)
         end = min(start + config.chunk_tokens, n)
         if end < n:
             end = _sentence_cut(doc.text, tokens.offsets, start, end, config.chunk_tokens)
+            end = _word_start(tokens.word_ids, end, floor=start + 1)
         begin_char, end_char = tokens.offsets[start][0], tokens.offsets[end - 1][1]
         chunks.append(
             Chunk(
@@ -67,8 +70,17 @@ def chunk_document(doc: Document, tokens: TokenizedText, config: ChunkingConfig)
         )
         if end == n:
             break
-        start = max(end - config.overlap_tokens, start + 1)
+        start = _word_start(tokens.word_ids, max(end - config.overlap_tokens, start + 1), floor=start + 1)
     return chunks
+
+
+def _word_start(word_ids: list[int | None], i: int, floor: int) -> int:
+    """Token index `i` moved back to the first piece of its word; unchanged when that would go
+    below `floor` (a single "word" longer than the window has to be cut somewhere)."""
+    j = i
+    while j > floor and word_ids[j] is not None and word_ids[j] == word_ids[j - 1]:
+        j -= 1
+    return j if word_ids[j] is None or j == 0 or word_ids[j] != word_ids[j - 1] else i
 
 
 def _sentence_cut(text: str, offsets: list[tuple[int, int]], start: int, end: int, size: int) -> int:

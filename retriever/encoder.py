@@ -66,7 +66,8 @@ def weights_sha256(model_dir: Path) -> str:
 @dataclass(frozen=True, slots=True)
 class TokenizedText:
     ids: list[int]
-    offsets: list[tuple[int, int]]
+    offsets: list[tuple[int, int]]  # character span of each token in the source text
+    word_ids: list[int | None]  # tokens of one word share an id (word pieces)
 
 
 class Encoder:
@@ -102,7 +103,7 @@ class Encoder:
     def tokenize(self, texts: Sequence[str]) -> list[TokenizedText]:
         """Token ids and character offsets, without special tokens or truncation."""
         encodings = self._tokenizer.encode_batch(list(texts), add_special_tokens=False)
-        return [TokenizedText(e.ids, e.offsets) for e in encodings]
+        return [TokenizedText(e.ids, e.offsets, e.word_ids) for e in encodings]
 
     def encode_ids(self, token_ids: Sequence[Sequence[int]], batch_size: int = 64) -> np.ndarray:
         """Embed pre-tokenized texts (each at most `max_tokens` long) -> (n, dim) float32."""

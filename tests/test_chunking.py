@@ -34,8 +34,9 @@ def test_windows_cover_the_text_with_the_configured_overlap(encoder: Encoder) ->
     assert all(len(c.token_ids) <= size for c in chunks)
     assert chunks[0].token_ids == tokens[:size]
     for prev, nxt in itertools.pairwise(chunks):
-        assert prev.token_ids[-overlap:] == nxt.token_ids[:overlap]
-        assert nxt.start_char < prev.end_char  # overlapping character spans
+        shared = words[nxt.start_char : prev.end_char]  # windows overlap by whole words, >= overlap tokens
+        assert prev.text.endswith(shared) and nxt.text.startswith(shared)
+        assert len(encoder.tokenize([shared])[0].ids) >= overlap
     assert chunks[-1].token_ids[-1] == tokens[-1] and chunks[-1].end_char == len(words)
     assert [c.ordinal for c in chunks] == list(range(len(chunks)))
 
@@ -57,3 +58,18 @@ def test_windows_prefer_sentence_ends(encoder: Encoder) -> None:
 def test_bad_chunking_settings_are_refused(encoder: Encoder, size: int, overlap: int) -> None:
     with pytest.raises(InvalidInputError):
         ChunkingConfig(size, overlap).validate(encoder.max_tokens)
+
+
+def test_chunks_never_split_a_word_so_their_text_tokenizes_back_to_their_tokens(encoder: Encoder) -> None:
+    text = ("Electroencephalography and immunohistochemistry are polysyllabic; tokenizers split them. " * 12).strip()
+    for size, overlap in [(17, 5), (23, 7), (40, 13)]:
+        for chunk in chunks_of(encoder, text, size, overlap):
+            assert encoder.tokenize([chunk.text])[0].ids == chunk.token_ids
+            assert len(chunk.token_ids) <= size
+
+
+def test_one_word_longer_than_the_window_is_still_cut(encoder: Encoder) -> None:
+    text = "supercalifragilisticexpialidocious" * 2  # one word of many pieces
+    chunks = chunks_of(encoder, text, 8, 2)
+    assert len(chunks) > 1 and all(len(c.token_ids) <= 8 for c in chunks)
+    assert chunks[-1].end_char == len(text)
