@@ -14,7 +14,7 @@ import numpy as np
 from tqdm import tqdm
 
 from indexer.artifact import DOCSTORE_FILE, INDEX_FILE, Manifest, clean_stale_staging, seal, staging_directory
-from indexer.chunking import Chunk, ChunkingConfig, chunk_document
+from indexer.chunking import CHUNKER_VERSION, Chunk, ChunkingConfig, chunk_document
 from indexer.docstore import DocstoreWriter
 from indexer.sources import Document
 from retriever import faiss_index
@@ -109,6 +109,7 @@ def build_artifact(
                 "chunking": {
                     "chunk_tokens": config.chunking.chunk_tokens,
                     "overlap_tokens": config.chunking.overlap_tokens,
+                    "version": CHUNKER_VERSION,
                 },
                 "counts": counts,
                 "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

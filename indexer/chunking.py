@@ -13,6 +13,7 @@ from indexer.sources import Document
 from retriever.encoder import TokenizedText
 from retriever.errors import InvalidInputError
 
+CHUNKER_VERSION = 2  # bump when the cutting rules change: artifacts record it, caches key on it
 SENTENCE_END = ".?!\n"
 MIN_FILL = 0.6  # a sentence cut may shorten a window to 60% of its size, no more
 

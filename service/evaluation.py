@@ -14,6 +14,7 @@ from typing import Any
 from tqdm import tqdm
 
 from indexer.build import build_artifact
+from indexer.chunking import CHUNKER_VERSION
 from indexer.sources import Document
 from reader.base import Reader
 from retriever.base import Retriever
@@ -85,6 +86,7 @@ def squad_index(settings: Settings, data_path: Path, data: SquadData, encoder: E
                 encoder.weights_sha256,
                 settings.chunk_tokens,
                 settings.overlap_tokens,
+                CHUNKER_VERSION,
                 settings.index_factory,
             ]
         ).encode()
