@@ -1,8 +1,6 @@
 """Open-domain SQuAD evaluation: index every distinct paragraph, answer each question from
 retrieval alone, report recall of the gold paragraph and SQuAD EM/F1."""
 
-import hashlib
-import json
 import logging
 import statistics
 import time
@@ -13,8 +11,6 @@ from typing import Any
 
 from tqdm import tqdm
 
-from indexer.build import build_artifact
-from indexer.chunking import CHUNKER_VERSION
 from indexer.sources import Document
 from reader.base import Reader
 from retriever.base import Retriever
@@ -75,29 +71,6 @@ def spread_sample(items: list[Question], limit: int | None) -> list[Question]:
     return [items[int(i * step)] for i in range(limit)]
 
 
-def squad_index(settings: Settings, data_path: Path, data: SquadData, encoder: Encoder, progress: bool = True) -> Path:
-    """The artifact for this data file and configuration, built on first use and reused after."""
-    from service.loading import build_config
-
-    key = hashlib.sha256(
-        json.dumps(
-            [
-                hashlib.sha256(data_path.read_bytes()).hexdigest(),
-                encoder.weights_sha256,
-                settings.chunk_tokens,
-                settings.overlap_tokens,
-                CHUNKER_VERSION,
-                settings.index_factory,
-            ]
-        ).encode()
-    ).hexdigest()[:12]
-    path = settings.cache_dir / "indexes" / f"squad-{key}"
-    if not path.exists():
-        manifest = build_artifact(data.paragraphs, path, encoder, build_config(settings), progress)
-        log.info("built %s: %s", path, manifest.counts)
-    return path
-
-
 def ranked_docs(result: SearchResult) -> list[str]:
     """Distinct documents in rank order (a long paragraph may come back as several chunks)."""
     return list(dict.fromkeys(p.doc_id for p in result.passages))
@@ -155,13 +128,14 @@ def run_squad_eval(
     top_k: int,
     progress: bool = True,
 ) -> dict[str, Any]:
-    from service.loading import configure_threads, load_engine
+    from service.loading import cached_index_path, configure_threads, ensure_index, load_engine
 
     configure_threads(settings)
     data = load_squad(data_path)
     questions = spread_sample(data.questions, limit)
     encoder = Encoder(settings.retriever_model)
-    index_path = squad_index(settings, data_path, data, encoder, progress)
+    index_path = cached_index_path(settings, "squad", data_path)
+    ensure_index(settings, index_path, lambda: data.paragraphs, lambda: encoder, progress)
     eval_settings = settings.model_copy(update={"index_path": index_path})
     if retrieval_only:
         retriever: Retriever = DenseRetriever(index_path, encoder, settings.hnsw_ef_search, settings.ivf_nprobe)

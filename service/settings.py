@@ -63,11 +63,3 @@ class Settings(BaseSettings):
     @property
     def cache_dir(self) -> Path:
         return self.home.expanduser()
-
-    @property
-    def demo_index_path(self) -> Path:
-        return self.cache_dir / "indexes" / "demo"
-
-    @property
-    def serving_index_path(self) -> Path:
-        return (self.index_path or self.demo_index_path).expanduser()

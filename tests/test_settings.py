@@ -9,7 +9,7 @@ from service.settings import Settings
 def test_defaults_are_safe_and_documented() -> None:
     s = Settings()
     assert (s.host, s.port) == ("127.0.0.1", 8000)
-    assert s.serving_index_path == s.demo_index_path
+    assert s.index_path is None  # the demo index
     assert s.ask_top_k <= s.max_ask_top_k and s.retrieve_top_k <= s.max_retrieve_top_k
 
 
@@ -17,7 +17,7 @@ def test_environment_variables_configure_it(monkeypatch: pytest.MonkeyPatch, tmp
     monkeypatch.setenv("RAGSERVE_MAX_ASK_TOP_K", "4")
     monkeypatch.setenv("RAGSERVE_INDEX_PATH", str(tmp_path))
     s = Settings()
-    assert s.max_ask_top_k == 4 and s.serving_index_path == tmp_path
+    assert s.max_ask_top_k == 4 and s.index_path == tmp_path
 
 
 @pytest.mark.parametrize(
