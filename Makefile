@@ -39,6 +39,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.latency
 	$(BIN)/python -m bench.threads
 	$(BIN)/python -m bench.demo_questions
+	$(BIN)/python -m bench.startup
 
 clean-env:
 	rm -rf $(VENV)
