@@ -74,10 +74,11 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def clean_stale_staging(parent: Path) -> None:
-    """Remove staging directories left behind by an interrupted build."""
-    if parent.is_dir():
-        for stale in parent.glob(STAGING_PREFIX + "*"):
+def clean_stale_staging(out: Path) -> None:
+    """Remove staging directories that an interrupted build of `out` left behind (only those:
+    builds of other artifacts in the same folder keep theirs)."""
+    if out.parent.is_dir():
+        for stale in out.parent.glob(f"{STAGING_PREFIX}{out.name}-*"):
             shutil.rmtree(stale, ignore_errors=True)
 
 

@@ -55,7 +55,7 @@ def build_artifact(
     """Build an index artifact at `out` (which must not exist yet) and return its manifest."""
     config = config or BuildConfig()
     config.chunking.validate(encoder.max_tokens)
-    clean_stale_staging(out.parent)
+    clean_stale_staging(out)
     started = time.perf_counter()
     with staging_directory(out) as staging:
         docstore = DocstoreWriter(staging / DOCSTORE_FILE)

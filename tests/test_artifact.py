@@ -93,3 +93,22 @@ def test_large_corpora_get_an_approximate_index(tmp_path: Path, encoder: Encoder
     assert manifest.index_factory == "HNSW32"
     hit = DenseRetriever(tmp_path / "hnsw", encoder).search("note number 17 about topic 3", 1).passages[0]
     assert hit.doc_id == "17"
+
+
+def test_a_crashed_build_leaves_only_a_staging_dir_that_the_next_build_removes(
+    tmp_path: Path, encoder: Encoder
+) -> None:
+    def crashing_corpus():
+        yield Document("a", "", "some text")
+        raise KeyboardInterrupt  # like a kill in the middle of reading
+
+    out = tmp_path / "idx"
+    with pytest.raises(KeyboardInterrupt):
+        build_artifact(crashing_corpus(), out, encoder, progress=False)
+    assert list(tmp_path.iterdir()) == []
+    leftover = tmp_path / ".staging-idx-deadbeef"  # what a SIGKILL would leave
+    leftover.mkdir()
+    other = tmp_path / ".staging-other-deadbeef"  # another artifact's build in progress
+    other.mkdir()
+    build_artifact([Document("a", "", "some text")], out, encoder, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".staging-other-deadbeef", "idx"]
