@@ -4,7 +4,6 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import faiss
 import numpy as np
 
 from indexer.artifact import DOCSTORE_FILE, INDEX_FILE, Manifest, verify_artifact
@@ -14,10 +13,6 @@ from retriever.base import Retriever
 from retriever.encoder import Encoder
 from retriever.errors import ModelMismatchError
 from retriever.types import Passage, SearchResult
-
-# faiss only uses BLAS for batched exact search above this many queries; its default is far
-# higher than the batches ragserve sends, which would leave them on the slow scalar path.
-faiss.cvar.distance_compute_blas_threshold = 8
 
 
 class DenseRetriever(Retriever):

@@ -11,6 +11,7 @@ log = logging.getLogger(__name__)
 METRIC = "inner_product"  # embeddings are L2-normalised, so this is cosine similarity
 ADD_BATCH = 65_536
 TRAIN_SAMPLE = 200_000
+BLAS_THRESHOLD = 8
 
 
 def gpu_count() -> int:
@@ -51,6 +52,9 @@ def write(index: faiss.Index, path: Path) -> None:
 
 
 def load(path: Path, ef_search: int, nprobe: int) -> faiss.Index:
+    # faiss uses BLAS for batched exact search only above this many queries; its default is far
+    # higher than the batches ragserve sends, which would leave them on the slow scalar path.
+    faiss.cvar.distance_compute_blas_threshold = BLAS_THRESHOLD
     index = faiss.read_index(str(path))
     hnsw = getattr(index, "hnsw", None)
     if hnsw is not None:
