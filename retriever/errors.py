@@ -35,3 +35,11 @@ class ModelNotFoundError(RagserveError):
 
 class NotReadyError(RagserveError):
     """Models or the index are still loading."""
+
+
+class UnauthorizedError(RagserveError):
+    """No bearer token, or one that matches no configured digest."""
+
+
+class ForbiddenError(RagserveError):
+    """A valid token without the scope the endpoint needs."""

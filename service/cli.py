@@ -109,6 +109,16 @@ def cmd_models_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_token_new(args: argparse.Namespace) -> int:
+    from service.auth import new_token
+
+    token, digest = new_token()
+    variable = "RAGSERVE_ADMIN_TOKEN_SHA256" if args.scope == "admin" else "RAGSERVE_READ_TOKEN_SHA256"
+    print(f"token:  {token}\nsha256: {digest}\n\nGive the token to the client; configure only the digest:")
+    print(f"  export {variable}={digest}   # comma-separate several")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ragserve", description="Retrieval-augmented question answering service.")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
@@ -147,6 +157,10 @@ def parser() -> argparse.ArgumentParser:
     models = sub.add_parser("models", help="model preparation").add_subparsers(dest="action", required=True)
     prep = models.add_parser("prepare", help="convert the bundled generator once and build the demo index")
     prep.set_defaults(func=cmd_models_prepare)
+    token = sub.add_parser("token", help="bearer tokens").add_subparsers(dest="action", required=True)
+    new = token.add_parser("new", help="print a fresh random token and the SHA-256 digest to configure")
+    new.add_argument("--scope", choices=["read", "admin"], default="read")
+    new.set_defaults(func=cmd_token_new)
     return p
 
 

@@ -10,10 +10,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from retriever.errors import (
     ArtifactError,
+    ForbiddenError,
     InvalidInputError,
     ModelNotFoundError,
     NotReadyError,
     RagserveError,
+    UnauthorizedError,
     UnknownReaderError,
 )
 
@@ -23,6 +25,8 @@ log = logging.getLogger(__name__)
 STATUS: dict[type[RagserveError], tuple[int, str]] = {
     UnknownReaderError: (422, "unknown_reader"),
     InvalidInputError: (422, "invalid_input"),
+    UnauthorizedError: (401, "unauthorized"),
+    ForbiddenError: (403, "forbidden"),
     NotReadyError: (503, "not_ready"),
     ArtifactError: (500, "index_unavailable"),
     ModelNotFoundError: (500, "model_unavailable"),
@@ -42,7 +46,8 @@ def _domain_error(_: Request, exc: Exception) -> JSONResponse:
     status, code = next(STATUS[cls] for cls in type(exc).__mro__ if cls in STATUS)
     if status >= 500:
         log.error("request failed: %s", exc)
-    return JSONResponse(error_body(code, str(exc)), status_code=status)
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return JSONResponse(error_body(code, str(exc)), status_code=status, headers=headers)
 
 
 def _validation_error(_: Request, exc: Exception) -> JSONResponse:

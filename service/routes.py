@@ -5,6 +5,7 @@ from typing import Any, cast
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 
+from service.auth import QueryAuth
 from service.schemas import (
     AskRequestBase,
     AskResponse,
@@ -22,7 +23,7 @@ def build_router(settings: Settings) -> APIRouter:
     models = request_models(settings)
     AskRequest, RetrieveRequest = models.ask, models.retrieve
 
-    @router.post("/v1/ask", response_model=AskResponse, tags=["qa"])
+    @router.post("/v1/ask", response_model=AskResponse, tags=["qa"], dependencies=[QueryAuth])
     def ask(body: AskRequest, engine: EngineDep, state: StateDep) -> AskResponse:  # type: ignore[valid-type]
         req = cast(AskRequestBase, body)  # the settings-bound subclass built above
         result = engine.ask(req.question, req.top_k, req.reader)
@@ -35,7 +36,7 @@ def build_router(settings: Settings) -> APIRouter:
             timings_ms=result.timings_ms,
         )
 
-    @router.post("/v1/retrieve", response_model=RetrieveResponse, tags=["qa"])
+    @router.post("/v1/retrieve", response_model=RetrieveResponse, tags=["qa"], dependencies=[QueryAuth])
     def retrieve(body: RetrieveRequest, engine: EngineDep, state: StateDep) -> RetrieveResponse:  # type: ignore[valid-type]
         req = cast(RetrieveRequestBase, body)
         result = engine.retrieve(req.query, req.top_k)

@@ -4,11 +4,12 @@ Every limit the API enforces is here, and unsafe or contradictory values are ref
 """
 
 import os
+import re
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class Settings(BaseSettings):
@@ -48,6 +49,26 @@ class Settings(BaseSettings):
     max_ask_top_k: Annotated[int, Field(ge=1, le=32)] = 8
     max_body_bytes: Annotated[int, Field(ge=1_024, le=16 * 1024 * 1024)] = 64 * 1024
 
+    # --- authentication (bearer tokens; only their SHA-256 digests are configured) -----------------
+    admin_token_sha256: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Comma-separated SHA-256 hex digests of admin tokens."
+    )
+    read_token_sha256: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Comma-separated SHA-256 hex digests of read-only tokens."
+    )
+    protect_queries: bool = Field(False, description="Require a read (or admin) token on /v1/ask and /v1/retrieve.")
+
+    @field_validator("admin_token_sha256", "read_token_sha256", mode="before")
+    @classmethod
+    def _digest_list(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        if isinstance(value, list):
+            bad = [v for v in value if not (isinstance(v, str) and re.fullmatch(r"[0-9a-f]{64}", v))]
+            if bad:
+                raise ValueError("token digests must be 64 lowercase hex characters (see `ragserve token new`)")
+        return value
+
     @model_validator(mode="after")
     def _consistent(self) -> "Settings":
         if self.overlap_tokens >= self.chunk_tokens:
@@ -56,6 +77,8 @@ class Settings(BaseSettings):
             raise ValueError("retrieve_top_k must not exceed max_retrieve_top_k")
         if self.ask_top_k > self.max_ask_top_k:
             raise ValueError("ask_top_k must not exceed max_ask_top_k")
+        if self.protect_queries and not (self.read_token_sha256 or self.admin_token_sha256):
+            raise ValueError("protect_queries is on but no read or admin token digest is configured")
         if self.torch_threads > (os.cpu_count() or 1) * 2:
             raise ValueError(f"torch_threads={self.torch_threads} oversubscribes this machine's {os.cpu_count()} cores")
         return self
