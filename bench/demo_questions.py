@@ -14,7 +14,7 @@ import time
 
 from bench.common import header
 from bench.latency import QUESTIONS
-from service.loading import load_engine
+from service.loading import load_services
 from service.settings import Settings
 from service.squad import f1_score
 
@@ -26,7 +26,7 @@ def main() -> None:
     args = ap.parse_args()
     header("demo questions on the demo index")
     settings = Settings()
-    engine = load_engine(settings)
+    engine = load_services(settings).engine
     cases = [json.loads(line) for line in QUESTIONS.read_text().splitlines() if line.strip()]
     print(f"{'top_k':>5}{'answered':>10}{'cited':>8}{'p50 s':>8}")
     for k in args.top_k:

@@ -15,7 +15,7 @@ import torch
 
 from bench.common import header
 from bench.latency import QUESTIONS
-from service.loading import load_engine
+from service.loading import load_services
 from service.settings import Settings
 
 BUSY_LOOP = "import time\nend = time.time() + 600\nwhile time.time() < end: pass"
@@ -35,7 +35,7 @@ def main() -> None:
     ap.add_argument("--questions", type=int, default=10)
     args = ap.parse_args()
     header("torch intra-op threads vs. /v1/ask latency")
-    engine = load_engine(Settings())
+    engine = load_services(Settings()).engine
     lines = QUESTIONS.read_text().splitlines()
     questions = [json.loads(line)["question"] for line in lines if line.strip()][: args.questions]
     engine.ask(questions[0], 1)  # warm-up

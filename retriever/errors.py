@@ -43,3 +43,11 @@ class UnauthorizedError(RagserveError):
 
 class ForbiddenError(RagserveError):
     """A valid token without the scope the endpoint needs."""
+
+
+class UnknownVersionError(RagserveError):
+    """A well-formed version id that the index does not have."""
+
+
+class UnknownIndexError(RagserveError):
+    """An index name that this server does not serve."""

@@ -7,33 +7,33 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from service.engine import QAEngine
+from service.admin import build_admin_router
 from service.errors import install_error_handlers
 from service.limits import BodySizeLimit
 from service.routes import build_router
 from service.settings import Settings
-from service.state import ServiceState
+from service.state import Services, ServiceState
 
 log = logging.getLogger(__name__)
 
-EngineLoader = Callable[[Settings], QAEngine]
+Loader = Callable[[Settings], Services]
 
 
-def _default_loader(settings: Settings) -> QAEngine:
-    from service.loading import load_engine  # torch and the models stay out of the HTTP modules
+def _default_loader(settings: Settings) -> Services:
+    from service.loading import load_services  # torch and the models stay out of the HTTP modules
 
-    return load_engine(settings)
+    return load_services(settings)
 
 
-def create_app(settings: Settings, loader: EngineLoader = _default_loader) -> FastAPI:
+def create_app(settings: Settings, loader: Loader = _default_loader) -> FastAPI:
     """Build the app. Models and the index load in the background after start-up; /readyz turns
     200 when they are in, and the QA endpoints answer 503 until then."""
     state = ServiceState(settings=settings)
 
     def load() -> None:
         try:
-            state.engine = loader(settings)
-            log.info("ready: serving index version %s", state.engine.index_version)
+            state.services = loader(settings)
+            log.info("ready: serving index version %s", state.services.engine.index_version)
         except Exception as exc:
             log.exception("loading models or index failed")
             state.load_error = f"loading failed: {exc}"
@@ -55,6 +55,7 @@ def create_app(settings: Settings, loader: EngineLoader = _default_loader) -> Fa
     app.middleware("http")(state.metrics.middleware)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.include_router(build_router(settings))
+    app.include_router(build_admin_router())
     return app
 
 

@@ -16,7 +16,9 @@ from retriever.errors import (
     NotReadyError,
     RagserveError,
     UnauthorizedError,
+    UnknownIndexError,
     UnknownReaderError,
+    UnknownVersionError,
 )
 
 log = logging.getLogger(__name__)
@@ -25,6 +27,8 @@ log = logging.getLogger(__name__)
 STATUS: dict[type[RagserveError], tuple[int, str]] = {
     UnknownReaderError: (422, "unknown_reader"),
     InvalidInputError: (422, "invalid_input"),
+    UnknownIndexError: (404, "unknown_index"),
+    UnknownVersionError: (404, "unknown_version"),
     UnauthorizedError: (401, "unauthorized"),
     ForbiddenError: (403, "forbidden"),
     NotReadyError: (503, "not_ready"),

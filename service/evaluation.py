@@ -136,13 +136,8 @@ def run_squad_eval(
     encoder = Encoder(settings.retriever_model)
     index_path = cached_index_path(settings, "squad", data_path)
     ensure_index(settings, index_path, lambda: data.paragraphs, lambda: encoder, progress)
-    eval_settings = settings.model_copy(update={"index_path": index_path})
-    if retrieval_only:
-        retriever: Retriever = DenseRetriever(index_path, encoder, settings.hnsw_ef_search, settings.ivf_nprobe)
-        reader = None
-    else:
-        engine = load_engine(eval_settings, encoder=encoder)
-        retriever, reader = engine.retriever, engine.reader(reader_name)
+    retriever: Retriever = DenseRetriever(index_path, encoder, settings.hnsw_ef_search, settings.ivf_nprobe)
+    reader = None if retrieval_only else load_engine(settings, retriever).reader(reader_name)
     report = evaluate(retriever, reader, questions, top_k, progress)
     report["settings"] = {
         "data": str(data_path),

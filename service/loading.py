@@ -14,12 +14,16 @@ from indexer.build import BuildConfig, build_artifact
 from indexer.chunking import CHUNKER_VERSION, ChunkingConfig
 from indexer.sources import Document, read_corpus
 from reader import builtin  # noqa: F401  (registers the built-in readers)
-from reader.base import ReaderConfig, create_reader, reader_names
+from reader.base import Reader, ReaderConfig, create_reader, reader_names
 from reader.generator import Generator, resolve_generator
+from retriever.base import Retriever
 from retriever.dense import DenseRetriever
 from retriever.encoder import Encoder, resolve_retriever, weights_sha256
+from retriever.registry import IndexRegistry
 from service.engine import QAEngine
+from service.indexes import IndexManager
 from service.settings import Settings
+from service.state import Services
 
 log = logging.getLogger(__name__)
 
@@ -76,15 +80,42 @@ def demo_index(settings: Settings, encoder: Callable[[], Encoder]) -> Path:
     return ensure_index(settings, path, lambda: read_corpus([DEMO_CORPUS]), encoder)
 
 
-def load_engine(settings: Settings, encoder: Encoder | None = None, generator: Generator | None = None) -> QAEngine:
+def make_readers(settings: Settings, generator: Generator) -> dict[str, Reader]:
+    config = ReaderConfig(max_new_tokens=settings.max_new_tokens, max_passage_tokens=settings.max_passage_tokens)
+    return {name: create_reader(name, generator, config) for name in reader_names()}
+
+
+def load_engine(settings: Settings, retriever: Retriever, generator: Generator | None = None) -> QAEngine:
+    """An engine over a fixed retriever (evaluation)."""
+    configure_threads(settings)
+    generator = generator or Generator(settings.generator_model, settings.cache_dir)
+    return QAEngine(retriever, make_readers(settings, generator), settings.default_reader)
+
+
+def open_registry(settings: Settings) -> IndexRegistry:
+    return IndexRegistry(settings.registry_root, settings.index_name)
+
+
+def load_services(settings: Settings, encoder: Encoder | None = None, generator: Generator | None = None) -> Services:
+    """What the server runs on: the registry's serving version behind a hot-swap retriever.
+
+    `index_path` (``serve --index``) is imported into the registry and made the serving version;
+    an empty registry starts with the demo index."""
     configure_threads(settings)
     enc = encoder or Encoder(settings.retriever_model)
-    index_path = settings.index_path or demo_index(settings, lambda: enc)
-    retriever = DenseRetriever(index_path, enc, ef_search=settings.hnsw_ef_search, nprobe=settings.ivf_nprobe)
+    registry = open_registry(settings)
+    if settings.index_path is not None:
+        registry.set_serving(registry.import_artifact(settings.index_path))
+    elif registry.serving() is None:
+        registry.set_serving(registry.import_artifact(demo_index(settings, lambda: enc)))
+
+    def open_version(path: Path) -> Retriever:
+        return DenseRetriever(path, enc, ef_search=settings.hnsw_ef_search, nprobe=settings.ivf_nprobe)
+
+    indexes = IndexManager(registry, open_version, settings.keep_versions)
     generator = generator or Generator(settings.generator_model, settings.cache_dir)
-    config = ReaderConfig(max_new_tokens=settings.max_new_tokens, max_passage_tokens=settings.max_passage_tokens)
-    readers = {name: create_reader(name, generator, config) for name in reader_names()}
-    return QAEngine(retriever, readers, settings.default_reader)
+    engine = QAEngine(indexes.retriever, make_readers(settings, generator), settings.default_reader)
+    return Services(engine=engine, indexes=indexes)
 
 
 def prepare(settings: Settings) -> None:
@@ -93,5 +124,5 @@ def prepare(settings: Settings) -> None:
     if settings.index_path is not None:
         read_manifest(settings.index_path)  # fail now, with a clear message, if it is no artifact
     resolve_generator(settings.generator_model, settings.cache_dir)
-    if settings.index_path is None:
+    if settings.index_path is None and open_registry(settings).serving() is None:
         demo_index(settings, lambda: Encoder(settings.retriever_model))

@@ -53,15 +53,16 @@ def build_router(settings: Settings) -> APIRouter:
 
     @router.get("/readyz", tags=["ops"])
     def readyz(state: StateDep) -> JSONResponse:
-        if state.engine is None:
+        if state.services is None:
             status = "failed" if state.load_error else "loading"
             body: dict[str, Any] = {"status": status, "error": state.load_error}
             return JSONResponse(body, status_code=503)
+        engine = state.services.engine
         body = {
             "status": "ready",
-            "index_version": state.engine.index_version,
-            "readers": sorted(state.engine.readers),
-            "default_reader": state.engine.default_reader,
+            "index_version": engine.index_version,
+            "readers": sorted(engine.readers),
+            "default_reader": engine.default_reader,
         }
         return JSONResponse(body)
 

@@ -3,6 +3,7 @@
 Every limit the API enforces is here, and unsafe or contradictory values are refused at start-up.
 """
 
+import ipaddress
 import os
 import re
 from pathlib import Path
@@ -12,12 +13,26 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        return False
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="RAGSERVE_", extra="forbid")
 
     # --- where things live -------------------------------------------------------------------
     home: Path = Field(Path("~/.cache/ragserve"), description="Cache of converted models and built indexes.")
-    index_path: Path | None = Field(None, description="Index artifact to serve; default: the demo index.")
+    index_path: Path | None = Field(
+        None, description="Artifact to import into the registry and serve; default: the registry's serving version."
+    )
+    registry_dir: Path | None = Field(None, description="Where index versions live; default: <home>/registry.")
+    index_name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")] = "default"
+    keep_versions: Annotated[int, Field(ge=1, le=1_000)] = 5
 
     # --- models -------------------------------------------------------------------------------
     retriever_model: str = Field("all-MiniLM-L6-v2", description="Bundled alias or local sentence-transformers folder.")
@@ -77,6 +92,11 @@ class Settings(BaseSettings):
             raise ValueError("retrieve_top_k must not exceed max_retrieve_top_k")
         if self.ask_top_k > self.max_ask_top_k:
             raise ValueError("ask_top_k must not exceed max_ask_top_k")
+        if not self.admin_token_sha256 and not _is_loopback(self.host):
+            raise ValueError(
+                f"host {self.host!r} is not a loopback address: configure admin_token_sha256 "
+                "(see `ragserve token new --scope admin`) before exposing the admin endpoints"
+            )
         if self.protect_queries and not (self.read_token_sha256 or self.admin_token_sha256):
             raise ValueError("protect_queries is on but no read or admin token digest is configured")
         if self.torch_threads > (os.cpu_count() or 1) * 2:
@@ -86,3 +106,7 @@ class Settings(BaseSettings):
     @property
     def cache_dir(self) -> Path:
         return self.home.expanduser()
+
+    @property
+    def registry_root(self) -> Path:
+        return (self.registry_dir or self.home / "registry").expanduser()

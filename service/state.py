@@ -7,15 +7,24 @@ from fastapi import Depends, Request
 
 from retriever.errors import NotReadyError
 from service.engine import QAEngine
+from service.indexes import IndexManager
 from service.metrics import Metrics
 from service.settings import Settings
+
+
+@dataclass(frozen=True, slots=True)
+class Services:
+    """What the loader hands the app once models and index are in."""
+
+    engine: QAEngine
+    indexes: IndexManager
 
 
 @dataclass
 class ServiceState:
     settings: Settings
     metrics: Metrics = field(default_factory=Metrics)
-    engine: QAEngine | None = None  # set once, by the loader, when models and index are ready
+    services: Services | None = None  # set once, by the loader, when models and index are ready
     load_error: str | None = None
 
 
@@ -27,10 +36,19 @@ def get_state(request: Request) -> ServiceState:
 StateDep = Annotated[ServiceState, Depends(get_state)]
 
 
-def get_engine(state: StateDep) -> QAEngine:
-    if state.engine is None:
+def get_services(state: StateDep) -> Services:
+    if state.services is None:
         raise NotReadyError(state.load_error or "models and index are still loading; retry shortly")
-    return state.engine
+    return state.services
+
+
+def get_engine(services: Annotated[Services, Depends(get_services)]) -> QAEngine:
+    return services.engine
+
+
+def get_indexes(services: Annotated[Services, Depends(get_services)]) -> IndexManager:
+    return services.indexes
 
 
 EngineDep = Annotated[QAEngine, Depends(get_engine)]
+IndexesDep = Annotated[IndexManager, Depends(get_indexes)]

@@ -18,7 +18,7 @@ from indexer.sources import Document
 from reader.generator import Generator
 from retriever.encoder import Encoder
 from service.app import create_app
-from service.loading import load_engine
+from service.loading import load_services
 from service.settings import Settings
 
 # Facts that exist nowhere but here, so a right answer proves the answer came from retrieval.
@@ -78,8 +78,9 @@ def tiny_index(tmp_path_factory: pytest.TempPathFactory, encoder: Encoder) -> Pa
 
 
 @pytest.fixture(scope="session")
-def settings(tiny_index: Path, cache_home: Path) -> Settings:
-    return Settings(home=cache_home, index_path=tiny_index)
+def settings(tiny_index: Path, cache_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    # models are cached per machine; index versions go to a registry of this test session's own
+    return Settings(home=cache_home, index_path=tiny_index, registry_dir=tmp_path_factory.mktemp("registry"))
 
 
 def wait_ready(client: TestClient, seconds: float = 120) -> None:
@@ -93,7 +94,7 @@ def wait_ready(client: TestClient, seconds: float = 120) -> None:
 
 @pytest.fixture(scope="session")
 def app(settings: Settings, encoder: Encoder, generator: Generator) -> FastAPI:
-    return create_app(settings, loader=lambda s: load_engine(s, encoder=encoder, generator=generator))
+    return create_app(settings, loader=lambda s: load_services(s, encoder=encoder, generator=generator))
 
 
 @pytest.fixture(scope="session")

@@ -134,10 +134,10 @@ def test_not_ready_answers_503_with_a_reason(settings: Settings) -> None:
 
 
 def test_limits_follow_the_settings(settings: Settings, encoder, generator) -> None:
-    from service.loading import load_engine
+    from service.loading import load_services
 
     strict = settings.model_copy(update={"max_question_chars": 10, "max_retrieve_top_k": 2, "retrieve_top_k": 1})
-    app = create_app(strict, loader=lambda s: load_engine(s, encoder=encoder, generator=generator))
+    app = create_app(strict, loader=lambda s: load_services(s, encoder=encoder, generator=generator))
     with TestClient(app) as c:
         wait_ready(c)
         assert c.post("/v1/retrieve", json={"query": "x" * 11}).status_code == 422

@@ -9,7 +9,7 @@ from retriever.encoder import Encoder
 from service.app import create_app
 from service.auth import Scope, new_token, scope_of, token_digest
 from service.cli import main
-from service.loading import load_engine
+from service.loading import load_services
 from service.settings import Settings
 from tests.conftest import wait_ready
 
@@ -48,7 +48,7 @@ def protected(settings: Settings, encoder: Encoder, generator: Generator) -> Tes
     strict = settings.model_copy(
         update={"protect_queries": True, "read_token_sha256": [READ_DIGEST], "admin_token_sha256": [ADMIN_DIGEST]}
     )
-    with TestClient(create_app(strict, loader=lambda s: load_engine(s, encoder=encoder, generator=generator))) as c:
+    with TestClient(create_app(strict, loader=lambda s: load_services(s, encoder=encoder, generator=generator))) as c:
         wait_ready(c)
         yield c
 

@@ -79,11 +79,16 @@ def test_eval_squad_reports_recall_and_answer_scores(
     assert again["settings"]["index"] == report["settings"]["index"]
 
 
-def test_serve_runs_a_real_server(tiny_index: Path, cache_home: Path) -> None:
+def test_serve_runs_a_real_server(tiny_index: Path, cache_home: Path, tmp_path: Path) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = {**os.environ, "RAGSERVE_HOME": str(cache_home), "HF_HUB_OFFLINE": "1"}
+    env = {
+        **os.environ,
+        "RAGSERVE_HOME": str(cache_home),
+        "HF_HUB_OFFLINE": "1",
+        "RAGSERVE_REGISTRY_DIR": str(tmp_path),
+    }
     cmd = [sys.executable, "-m", "service.cli", "--log-level", "warning", "serve", "--index", str(tiny_index)]
     server = subprocess.Popen([*cmd, "--port", str(port)], env=env)
     base = f"http://127.0.0.1:{port}"

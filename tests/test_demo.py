@@ -8,7 +8,7 @@ import pytest
 from reader.generator import Generator
 from retriever.encoder import Encoder
 from service.cli import main
-from service.loading import DEMO_CORPUS, cached_index_path, load_engine
+from service.loading import DEMO_CORPUS, cached_index_path, load_services
 from service.settings import Settings
 
 
@@ -39,7 +39,7 @@ def test_models_prepare_builds_the_demo_index_and_the_default_answers(
     assert main(["models", "prepare"]) == 0  # second run: nothing rebuilt
     assert index.stat().st_mtime == built
 
-    engine = load_engine(Settings(), encoder=encoder, generator=generator)
+    engine = load_services(Settings(), encoder=encoder, generator=generator).engine
     result = engine.ask("What is the default port of Prometheus?", 1)
     assert result.passages[0].doc_id == "prometheus"
     assert "9090" in result.answer

@@ -38,3 +38,10 @@ def test_environment_variables_configure_it(monkeypatch: pytest.MonkeyPatch, tmp
 def test_unsafe_or_contradictory_settings_are_refused(bad: dict[str, object]) -> None:
     with pytest.raises(ValidationError):
         Settings(**bad)
+
+
+def test_admin_endpoints_are_not_exposed_beyond_loopback_without_a_token() -> None:
+    with pytest.raises(ValidationError, match="not a loopback address"):
+        Settings(host="0.0.0.0")
+    assert Settings(host="0.0.0.0", admin_token_sha256=["a" * 64]).host == "0.0.0.0"
+    assert Settings(host="::1").host == "::1" and Settings(host="localhost").host == "localhost"

@@ -1,0 +1,147 @@
+"""A named index with immutable versions and a persisted pointer to the one that serves.
+
+    <root>/<name>/versions/<version-id>/   artifacts, exactly as the indexer writes them
+    <root>/<name>/serving.json              {"version": ..., "updated_at": ...}
+
+The pointer changes atomically: written to a temporary file, fsynced, renamed over the old one,
+and the directory fsynced, so a crash leaves either the old pointer or the new one. Version ids
+are validated against their format before they come near the filesystem.
+"""
+
+import json
+import os
+import re
+import shutil
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from indexer.artifact import STAGING_PREFIX, read_manifest, verify_artifact
+from retriever.errors import ArtifactError, InvalidInputError, UnknownVersionError
+
+VERSION_ID = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{8}$")
+INDEX_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+POINTER = "serving.json"
+
+
+@dataclass(frozen=True, slots=True)
+class VersionInfo:
+    version: str
+    created_at: str
+    documents: int
+    chunks: int
+    bytes: int
+    serving: bool
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class IndexRegistry:
+    def __init__(self, root: Path, name: str) -> None:
+        if not INDEX_NAME.match(name):
+            raise InvalidInputError(f"index name {name!r} must match {INDEX_NAME.pattern}")
+        self.name = name
+        self.home = root / name
+        self.versions_dir = self.home / "versions"
+        self.versions_dir.mkdir(parents=True, exist_ok=True)
+        self._clean_incomplete()
+
+    def _clean_incomplete(self) -> None:
+        """Imports and builds interrupted by a crash leave directories that are not versions."""
+        for path in self.versions_dir.iterdir():
+            if not VERSION_ID.match(path.name):
+                shutil.rmtree(path, ignore_errors=True)
+        for tmp in self.home.glob(f".{POINTER}.*"):
+            tmp.unlink(missing_ok=True)
+
+    def path_of(self, version: str) -> Path:
+        """The directory of an existing version; refuses anything that is not a version id."""
+        if not VERSION_ID.match(version):
+            raise InvalidInputError(f"{version!r} is not a version id (expected e.g. 20260101T120000Z-0123abcd)")
+        path = self.versions_dir / version
+        if not (path / "manifest.json").is_file():
+            raise UnknownVersionError(f"index {self.name!r} has no version {version!r}")
+        return path
+
+    def version_ids(self) -> list[str]:
+        return sorted(p.name for p in self.versions_dir.iterdir() if VERSION_ID.match(p.name))
+
+    def serving(self) -> str | None:
+        pointer = self.home / POINTER
+        if not pointer.is_file():
+            return None
+        version: str = json.loads(pointer.read_text(encoding="utf-8"))["version"]
+        return version
+
+    def set_serving(self, version: str) -> None:
+        self.path_of(version)
+        tmp = self.home / f".{POINTER}.{uuid.uuid4().hex[:8]}"
+        payload = {"version": version, "updated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        with tmp.open("w", encoding="utf-8") as fh:
+            json.dump(payload, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.home / POINTER)
+        _fsync_dir(self.home)
+
+    def add(self, build: Callable[[Path], object]) -> str:
+        """Run `build(out)` to create an artifact at a fresh path, then file it under its version id."""
+        incoming = self.versions_dir / f"{STAGING_PREFIX}incoming-{uuid.uuid4().hex[:8]}"
+        try:
+            build(incoming)
+            version = read_manifest(incoming).version
+            target = self.versions_dir / version
+            if target.exists():  # the very same content is already a version
+                shutil.rmtree(incoming)
+            else:
+                os.rename(incoming, target)
+                _fsync_dir(self.versions_dir)
+        finally:
+            shutil.rmtree(incoming, ignore_errors=True)
+        return version
+
+    def import_artifact(self, source: Path) -> str:
+        """Copy a verified artifact in as a version (nothing is copied if it is there already)."""
+        manifest = verify_artifact(source)
+        if (self.versions_dir / manifest.version).is_dir():
+            return manifest.version
+        return self.add(lambda out: shutil.copytree(source, out))
+
+    def describe(self) -> list[VersionInfo]:
+        serving = self.serving()
+        infos = []
+        for version in self.version_ids():
+            path = self.versions_dir / version
+            try:
+                manifest = read_manifest(path)
+            except ArtifactError:
+                continue
+            infos.append(
+                VersionInfo(
+                    version=version,
+                    created_at=manifest.created_at,
+                    documents=manifest.counts.get("documents", 0),
+                    chunks=manifest.counts.get("chunks", 0),
+                    bytes=sum(int(f["bytes"]) for f in manifest.files.values()),
+                    serving=version == serving,
+                )
+            )
+        return infos
+
+    def prune(self, keep: int, in_use: Iterable[str]) -> list[str]:
+        """Delete the oldest versions beyond `keep`, never the serving one or one in use."""
+        protected = {*in_use, self.serving()}
+        removable = [v for v in self.version_ids() if v not in protected]
+        excess = len(self.version_ids()) - keep
+        removed = removable[: max(0, excess)]
+        for version in removed:
+            shutil.rmtree(self.versions_dir / version, ignore_errors=True)
+        return removed
