@@ -139,7 +139,8 @@ class IndexRegistry:
     def prune(self, keep: int, in_use: Iterable[str]) -> list[str]:
         """Delete the oldest versions beyond `keep`, never the serving one or one in use."""
         protected = {*in_use, self.serving()}
-        removable = [v for v in self.version_ids() if v not in protected]
+        by_age = sorted(self.version_ids(), key=lambda v: (self.versions_dir / v / "manifest.json").stat().st_mtime)
+        removable = [v for v in by_age if v not in protected]
         excess = len(self.version_ids()) - keep
         removed = removable[: max(0, excess)]
         for version in removed:
