@@ -36,26 +36,38 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_index_build(args: argparse.Namespace) -> int:
+    from indexer.artifact import read_manifest
     from indexer.build import build_artifact
     from indexer.sources import read_corpus
     from retriever.encoder import Encoder
-    from service.loading import build_config, configure_threads
+    from service.loading import build_config, configure_threads, open_registry
 
     settings = _settings(
-        chunk_tokens=args.chunk_tokens, overlap_tokens=args.overlap_tokens, index_factory=args.index_factory
+        chunk_tokens=args.chunk_tokens,
+        overlap_tokens=args.overlap_tokens,
+        index_factory=args.index_factory,
+        index_name=args.registry,
     )
     configure_threads(settings)
     encoder = Encoder(settings.retriever_model)
     started = time.perf_counter()
-    manifest = build_artifact(
-        read_corpus(args.input), args.out, encoder, build_config(settings), progress=not args.no_progress
-    )
+
+    def build(out: Path) -> None:
+        build_artifact(read_corpus(args.input), out, encoder, build_config(settings), progress=not args.no_progress)
+
+    if args.registry:
+        registry = open_registry(settings)
+        artifact = registry.path_of(registry.add(build))
+    else:
+        artifact = args.out
+        build(artifact)
+    manifest = read_manifest(artifact)
     seconds = time.perf_counter() - started
     counts = manifest.counts
     print(
         json.dumps(
             {
-                "artifact": str(args.out),
+                "artifact": str(artifact),
                 "version": manifest.version,
                 "index_factory": manifest.index_factory,
                 "counts": counts,
@@ -133,7 +145,11 @@ def parser() -> argparse.ArgumentParser:
     index = sub.add_parser("index", help="build or verify index artifacts").add_subparsers(dest="action", required=True)
     build = index.add_parser("build", help="build an index artifact from JSONL, text/Markdown or Parquet")
     build.add_argument("--input", type=Path, nargs="+", required=True, help="files or folders")
-    build.add_argument("--out", type=Path, required=True, help="artifact directory to create (must not exist)")
+    where = build.add_mutually_exclusive_group(required=True)
+    where.add_argument("--out", type=Path, help="artifact directory to create (must not exist)")
+    where.add_argument(
+        "--registry", metavar="NAME", help="add the artifact as a new version of this index (switch with the admin API)"
+    )
     build.add_argument("--chunk-tokens", type=int)
     build.add_argument("--overlap-tokens", type=int)
     build.add_argument("--index-factory", help="FAISS factory string, e.g. Flat, HNSW32, IVF1024,Flat")

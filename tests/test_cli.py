@@ -116,3 +116,19 @@ def test_serve_runs_a_real_server(tiny_index: Path, cache_home: Path, tmp_path: 
 def test_serve_refuses_a_missing_index_before_listening(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["serve", "--index", str(tmp_path / "nowhere"), "--port", "1"]) == 2
     assert "not an index artifact" in capsys.readouterr().err
+
+
+def test_index_build_into_the_registry_adds_a_version(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from retriever.registry import IndexRegistry
+
+    monkeypatch.setenv("RAGSERVE_REGISTRY_DIR", str(tmp_path / "registry"))
+    corpus = tmp_path / "notes.txt"
+    corpus.write_text("The vending machine on floor 2 only takes coins.", "utf-8")
+    assert main(["index", "build", "--input", str(corpus), "--registry", "notes", "--no-progress"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    registry = IndexRegistry(tmp_path / "registry", "notes")
+    assert registry.version_ids() == [report["version"]]
+    assert registry.serving() is None  # adding a version does not switch to it
+    assert main(["index", "build", "--input", str(corpus), "--registry", "../bad", "--no-progress"]) == 2
