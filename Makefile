@@ -40,6 +40,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.threads
 	$(BIN)/python -m bench.demo_questions
 	$(BIN)/python -m bench.startup
+	$(BIN)/python -m bench.hotswap
 
 clean-env:
 	rm -rf $(VENV)
