@@ -66,7 +66,8 @@ def new_version_id(files: dict[str, dict[str, Any]]) -> str:
     return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + content
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make a rename or a new entry in `path` durable."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -107,9 +108,9 @@ def seal(staging: Path, out: Path, manifest_fields: dict[str, Any]) -> Manifest:
     for p in staging.iterdir():
         with p.open("rb") as fh:
             os.fsync(fh.fileno())
-    _fsync_dir(staging)
+    fsync_dir(staging)
     os.rename(staging, out)
-    _fsync_dir(out.parent)
+    fsync_dir(out.parent)
     return manifest
 
 

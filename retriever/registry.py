@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from indexer.artifact import STAGING_PREFIX, read_manifest, verify_artifact
+from indexer.artifact import STAGING_PREFIX, fsync_dir, read_manifest, verify_artifact
 from retriever.errors import ArtifactError, InvalidInputError, UnknownVersionError
 
 VERSION_ID = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{8}$")
@@ -34,14 +34,6 @@ class VersionInfo:
     chunks: int
     bytes: int
     serving: bool
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class IndexRegistry:
@@ -90,7 +82,7 @@ class IndexRegistry:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, self.home / POINTER)
-        _fsync_dir(self.home)
+        fsync_dir(self.home)
 
     def add(self, build: Callable[[Path], object]) -> str:
         """Run `build(out)` to create an artifact at a fresh path, then file it under its version id."""
@@ -103,7 +95,7 @@ class IndexRegistry:
                 shutil.rmtree(incoming)
             else:
                 os.rename(incoming, target)
-                _fsync_dir(self.versions_dir)
+                fsync_dir(self.versions_dir)
         finally:
             shutil.rmtree(incoming, ignore_errors=True)
         return version

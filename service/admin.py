@@ -4,13 +4,14 @@ They need an admin token (`Authorization: Bearer …`). Only when no admin token
 configured are they open, and the settings allow that on a loopback address only.
 """
 
-from dataclasses import asdict
 from typing import Annotated
 
 from fastapi import APIRouter
 from pydantic import BaseModel, Field, StringConstraints
 
+from retriever.registry import VersionInfo
 from service.auth import Scope, require
+from service.indexes import SwitchResult
 from service.schemas import StrictModel
 from service.state import IndexesDep
 
@@ -25,31 +26,14 @@ class VersionRequest(StrictModel):
     )
 
 
-class VersionOut(BaseModel):
-    version: str
-    created_at: str
-    documents: int
-    chunks: int
-    bytes: int
-    serving: bool
-
-
 class IndexOut(BaseModel):
     name: str
     serving: str | None
-    versions: list[VersionOut]
+    versions: list[VersionInfo]
 
 
 class IndexList(BaseModel):
     indexes: list[IndexOut]
-
-
-class SwitchOut(BaseModel):
-    index: str
-    serving: str
-    previous: str
-    seconds: float
-    pruned: list[str]
 
 
 def build_admin_router() -> APIRouter:
@@ -58,20 +42,17 @@ def build_admin_router() -> APIRouter:
     @router.get("/indexes", response_model=IndexList)
     def list_indexes(indexes: IndexesDep) -> IndexList:
         name = indexes.registry.name
-        versions = [VersionOut(**asdict(v)) for v in indexes.versions(name)]
+        versions = indexes.versions(name)
         return IndexList(indexes=[IndexOut(name=name, serving=indexes.registry.serving(), versions=versions)])
 
-    def switch(name: str, body: VersionRequest, indexes: IndexesDep) -> SwitchOut:
-        return SwitchOut(**asdict(indexes.switch(name, body.version)))
-
-    @router.post("/indexes/{name}/refresh", response_model=SwitchOut)
-    def refresh(name: IndexName, body: VersionRequest, indexes: IndexesDep) -> SwitchOut:
+    @router.post("/indexes/{name}/refresh", response_model=SwitchResult)
+    def refresh(name: IndexName, body: VersionRequest, indexes: IndexesDep) -> SwitchResult:
         """Serve an existing version (loaded, verified and warmed before the swap)."""
-        return switch(name, body, indexes)
+        return indexes.switch(name, body.version)
 
-    @router.post("/indexes/{name}/rollback", response_model=SwitchOut)
-    def rollback(name: IndexName, body: VersionRequest, indexes: IndexesDep) -> SwitchOut:
+    @router.post("/indexes/{name}/rollback", response_model=SwitchResult)
+    def rollback(name: IndexName, body: VersionRequest, indexes: IndexesDep) -> SwitchResult:
         """Go back to an earlier version."""
-        return switch(name, body, indexes)
+        return indexes.switch(name, body.version)
 
     return router
