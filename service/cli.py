@@ -1,4 +1,4 @@
-"""The `ragserve` command line: serve, index build/verify, eval squad, models prepare.
+"""The `ragserve` command line: serve, index build/verify, eval squad, models prepare, token new.
 
 Heavy imports (torch, transformers, faiss) happen inside the commands, so `--help` is instant.
 """
