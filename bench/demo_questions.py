@@ -40,7 +40,8 @@ def main() -> None:
             answered += ok
             cited += case["doc_id"] in {p.doc_id for p in result.passages}
             if args.show:
-                print(f"  [{'ok' if ok else '--'}] {case['question']} -> {result.answer}")
+                cited_ids = ", ".join(p.doc_id for p in result.passages)
+                print(f"  [{'ok' if ok else '--'}] {case['question']} -> {result.answer} [{cited_ids}]")
         print(f"{k:>5}{answered:>7}/{len(cases)}{cited:>5}/{len(cases)}{statistics.median(seconds):>8.2f}")
 
 
