@@ -136,8 +136,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     sub = p.add_subparsers(dest="command", required=True)
 
-    serve = sub.add_parser("serve", help="run the HTTP API (default: demo index on 127.0.0.1:8000)")
-    serve.add_argument("--index", type=Path, help="index artifact directory (default: the demo index)")
+    serve = sub.add_parser("serve", help="run the HTTP API (default: 127.0.0.1:8000)")
+    serve.add_argument(
+        "--index", type=Path, help="artifact to import as a version and serve (default: the registry's serving one)"
+    )
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
     serve.set_defaults(func=cmd_serve)
