@@ -32,7 +32,7 @@ STATUS: dict[type[RagserveError], tuple[int, str]] = {
     UnauthorizedError: (401, "unauthorized"),
     ForbiddenError: (403, "forbidden"),
     NotReadyError: (503, "not_ready"),
-    ArtifactError: (500, "index_unavailable"),
+    ArtifactError: (409, "artifact_invalid"),  # e.g. switching to a version that fails verification
     ModelNotFoundError: (500, "model_unavailable"),
     RagserveError: (500, "internal_error"),
 }

@@ -173,3 +173,22 @@ def test_swaps_under_concurrent_queries_fail_no_request(admin: TestClient, three
     for t in threads:
         t.join()
     assert failures == []
+
+
+def test_switching_to_a_corrupt_version_is_refused_and_serving_is_unchanged(
+    tmp_path: Path, cache_home: Path, encoder: Encoder, generator: Generator
+) -> None:
+    registry = IndexRegistry(tmp_path, "default")
+    good = add_version(registry, encoder, TINY_CORPUS)
+    bad = add_version(registry, encoder, [EXTRA])
+    registry.set_serving(good)
+    with (registry.path_of(bad) / "index.faiss").open("r+b") as fh:
+        fh.seek(64)
+        fh.write(b"\x00\x01\x02\x03")
+    settings = Settings(home=cache_home, registry_dir=tmp_path)
+    with TestClient(create_app(settings, loader=lambda s: load_services(s, encoder=encoder, generator=generator))) as c:
+        wait_ready(c)
+        response = c.post("/admin/indexes/default/refresh", json={"version": bad})
+        assert response.status_code == 409 and "sha256" in response.json()["error"]["message"]
+        assert c.post("/v1/retrieve", json={"query": "bridge"}).json()["index_version"] == good
+    assert registry.serving() == good
