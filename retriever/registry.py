@@ -8,13 +8,15 @@ and the directory fsynced, so a crash leaves either the old pointer or the new o
 are validated against their format before they come near the filesystem.
 """
 
+import contextlib
+import fcntl
 import json
 import os
 import re
 import shutil
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +26,25 @@ from retriever.errors import ArtifactError, InvalidInputError, UnknownVersionErr
 VERSION_ID = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{8}$")
 INDEX_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 POINTER = "serving.json"
+LOCK = ".lock"
+STALE_POINTER_SECONDS = 60
+
+
+@contextlib.contextmanager
+def _try_lock(path: Path) -> Iterator[bool]:
+    """True when nobody holds the lock at `path` (or there is none): the directory is abandoned."""
+    try:
+        fh = path.open("a")
+    except OSError:
+        yield True
+        return
+    with fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,12 +68,17 @@ class IndexRegistry:
         self._clean_incomplete()
 
     def _clean_incomplete(self) -> None:
-        """Imports and builds interrupted by a crash leave directories that are not versions."""
+        """Remove what crashed imports and builds left behind. A build in progress (in this or
+        another process) holds the lock of its work directory and is left alone."""
         for path in self.versions_dir.iterdir():
-            if not VERSION_ID.match(path.name):
-                shutil.rmtree(path, ignore_errors=True)
+            if VERSION_ID.match(path.name):
+                continue
+            with _try_lock(path / LOCK) as free:
+                if free:
+                    shutil.rmtree(path, ignore_errors=True)
         for tmp in self.home.glob(f".{POINTER}.*"):
-            tmp.unlink(missing_ok=True)
+            if time.time() - tmp.stat().st_mtime > STALE_POINTER_SECONDS:  # not a switch in flight
+                tmp.unlink(missing_ok=True)
 
     def path_of(self, version: str) -> Path:
         """The directory of an existing version; refuses anything that is not a version id."""
@@ -85,19 +111,22 @@ class IndexRegistry:
         fsync_dir(self.home)
 
     def add(self, build: Callable[[Path], object]) -> str:
-        """Run `build(out)` to create an artifact at a fresh path, then file it under its version id."""
-        incoming = self.versions_dir / f"{STAGING_PREFIX}incoming-{uuid.uuid4().hex[:8]}"
+        """Run `build(out)` to create an artifact in a locked work directory, then file it under
+        its version id (an atomic rename)."""
+        work = self.versions_dir / f"{STAGING_PREFIX}incoming-{uuid.uuid4().hex[:8]}"
+        work.mkdir()
         try:
-            build(incoming)
-            version = read_manifest(incoming).version
-            target = self.versions_dir / version
-            if target.exists():  # the very same content is already a version
-                shutil.rmtree(incoming)
-            else:
-                os.rename(incoming, target)
-                fsync_dir(self.versions_dir)
+            with (work / LOCK).open("w") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                incoming = work / "artifact"
+                build(incoming)
+                version = read_manifest(incoming).version
+                target = self.versions_dir / version
+                if not target.exists():  # else the very same content is already a version
+                    os.rename(incoming, target)
+                    fsync_dir(self.versions_dir)
         finally:
-            shutil.rmtree(incoming, ignore_errors=True)
+            shutil.rmtree(work, ignore_errors=True)
         return version
 
     def import_artifact(self, source: Path) -> str:

@@ -36,7 +36,8 @@ def check_registry(root: Path) -> list[str]:
         verify_artifact(registry.versions_dir / version)
     serving = registry.serving()
     assert serving is None or serving in names
-    assert not [p for p in registry.home.iterdir() if p.name.startswith(".")]
+    # at most a pointer temp file of a switch killed mid-write (removed once a minute old)
+    assert not [p for p in registry.home.iterdir() if p.name.startswith(".") and ".serving.json." not in p.name]
     return names
 
 

@@ -1,5 +1,6 @@
 """Index versions, the serving pointer, hot swap and the admin API."""
 
+import fcntl
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -64,10 +65,15 @@ def test_path_like_or_malformed_version_ids_touch_nothing(tmp_path: Path, bad: s
     assert registry.serving() is None
 
 
-def test_interrupted_imports_are_cleaned_and_names_are_checked(tmp_path: Path) -> None:
-    (tmp_path / "default" / "versions" / ".staging-incoming-1234").mkdir(parents=True)
-    IndexRegistry(tmp_path, "default")
-    assert list((tmp_path / "default" / "versions").iterdir()) == []
+def test_interrupted_imports_are_cleaned_but_builds_in_progress_are_not(tmp_path: Path) -> None:
+    versions = tmp_path / "default" / "versions"
+    (versions / ".staging-incoming-dead").mkdir(parents=True)  # a crashed build: nobody holds its lock
+    (versions / ".staging-incoming-dead" / ".lock").touch()
+    (versions / ".staging-incoming-live").mkdir()
+    with (versions / ".staging-incoming-live" / ".lock").open("w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # a build running right now, in this or another process
+        IndexRegistry(tmp_path, "default")
+        assert [p.name for p in versions.iterdir()] == [".staging-incoming-live"]
     with pytest.raises(InvalidInputError):
         IndexRegistry(tmp_path, "../escape")
 
