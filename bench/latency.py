@@ -1,6 +1,7 @@
 """End-to-end HTTP latency of /v1/retrieve and /v1/ask on a real server on loopback.
 
-Starts `ragserve serve` on a free 127.0.0.1 port (default: the demo index), sends the demo
+Starts `ragserve serve` on a free 127.0.0.1 port (default: the registry's serving version, the
+demo index unless switched), sends the demo
 questions sequentially for a bounded number of rounds, prints p50/p95 per endpoint, stops it.
 
     python -m bench.latency [--index DIR] [--rounds 2] [--threads 2]
@@ -78,7 +79,8 @@ def main() -> None:
     finally:
         server.terminate()
         server.wait(timeout=30)
-    print(f"threads={args.threads}; index={args.index or 'demo'}; {len(questions)} questions x {args.rounds} rounds")
+    served = args.index or "the registry's serving version (the demo index unless switched)"
+    print(f"threads={args.threads}; index={served}; {len(questions)} questions x {args.rounds} rounds")
     print(f"{'endpoint':<14}{'n':>5}{'p50 ms':>10}{'p95 ms':>10}{'mean ms':>10}")
     for endpoint, values in timings.items():
         print(
