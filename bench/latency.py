@@ -1,8 +1,8 @@
 """End-to-end HTTP latency of /v1/retrieve and /v1/ask on a real server on loopback.
 
 Starts `ragserve serve` on a free 127.0.0.1 port (default: the registry's serving version, the
-demo index unless switched), sends the demo
-questions sequentially for a bounded number of rounds, prints p50/p95 per endpoint, stops it.
+demo index unless switched), sends the demo questions sequentially for a bounded number of
+rounds, prints p50/p95 per endpoint, and stops it.
 
     python -m bench.latency [--index DIR] [--rounds 2] [--threads 2]
 """
