@@ -51,3 +51,7 @@ class UnknownVersionError(RagserveError):
 
 class UnknownIndexError(RagserveError):
     """An index name that this server does not serve."""
+
+
+class UnknownJobError(RagserveError):
+    """A job id that does not exist."""

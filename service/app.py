@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from service.admin import build_admin_router
+from service.documents import build_documents_router
 from service.errors import install_error_handlers
 from service.limits import BodySizeLimit
 from service.routes import build_router
@@ -53,9 +54,14 @@ def create_app(settings: Settings, loader: Loader = _default_loader) -> FastAPI:
     app.state.ragserve = state
     install_error_handlers(app)
     app.middleware("http")(state.metrics.middleware)
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodySizeLimit,
+        max_bytes=settings.max_body_bytes,
+        per_path={"/v1/documents": settings.max_ingest_body_bytes},
+    )
     app.include_router(build_router(settings))
     app.include_router(build_admin_router())
+    app.include_router(build_documents_router(settings))
     return app
 
 

@@ -17,6 +17,7 @@ from retriever.errors import (
     RagserveError,
     UnauthorizedError,
     UnknownIndexError,
+    UnknownJobError,
     UnknownReaderError,
     UnknownVersionError,
 )
@@ -28,6 +29,7 @@ STATUS: dict[type[RagserveError], tuple[int, str]] = {
     UnknownReaderError: (422, "unknown_reader"),
     InvalidInputError: (422, "invalid_input"),
     UnknownIndexError: (404, "unknown_index"),
+    UnknownJobError: (404, "unknown_job"),
     UnknownVersionError: (404, "unknown_version"),
     UnauthorizedError: (401, "unauthorized"),
     ForbiddenError: (403, "forbidden"),

@@ -8,12 +8,13 @@ from service.errors import error_body
 
 
 class BodySizeLimit:
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, per_path: dict[str, int] | None = None) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.per_path = per_path or {}
 
-    async def _refuse(self, send: Send) -> None:
-        message = f"request body exceeds the limit of {self.max_bytes} bytes (setting max_body_bytes)"
+    async def _refuse(self, send: Send, limit: int) -> None:
+        message = f"request body exceeds the limit of {limit} bytes (settings max_body_bytes, max_ingest_body_bytes)"
         body = json.dumps(error_body("payload_too_large", message)).encode()
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
         await send({"type": "http.response.start", "status": 413, "headers": headers})
@@ -23,14 +24,15 @@ class BodySizeLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self.per_path.get(scope["path"], self.max_bytes)
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None:
-            if not declared.isdigit() or int(declared) > self.max_bytes:
-                await self._refuse(send)
+            if not declared.isdigit() or int(declared) > limit:
+                await self._refuse(send, limit)
                 return
             await self.app(scope, receive, send)
             return
-        # No declared length (chunked): read at most max_bytes + 1, then replay it to the app.
+        # No declared length (chunked): read at most limit + 1, then replay it to the app.
         chunks: list[bytes] = []
         size = 0
         while True:
@@ -39,8 +41,8 @@ class BodySizeLimit:
                 break
             chunks.append(message.get("body", b""))
             size += len(chunks[-1])
-            if size > self.max_bytes:
-                await self._refuse(send)
+            if size > limit:
+                await self._refuse(send, limit)
                 return
             if not message.get("more_body", False):
                 break

@@ -12,16 +12,19 @@ import torch
 from indexer.artifact import read_manifest, sha256_file
 from indexer.build import BuildConfig, build_artifact
 from indexer.chunking import CHUNKER_VERSION, ChunkingConfig
+from indexer.documents import DocumentStore
 from indexer.sources import Document, read_corpus
 from reader import builtin  # noqa: F401  (registers the built-in readers)
 from reader.base import Reader, ReaderConfig, create_reader, reader_names
 from reader.generator import Generator, resolve_generator
 from retriever.base import Retriever
+from retriever.delta import DeltaIndex, FreshRetriever
 from retriever.dense import DenseRetriever
 from retriever.encoder import Encoder, resolve_retriever, weights_sha256
 from retriever.registry import IndexRegistry
 from service.engine import QAEngine
 from service.indexes import IndexManager
+from service.ingest import Ingestion
 from service.settings import Settings
 from service.state import Services
 
@@ -113,9 +116,12 @@ def load_services(settings: Settings, encoder: Encoder | None = None, generator:
         return DenseRetriever(path, enc, ef_search=settings.hnsw_ef_search, nprobe=settings.ivf_nprobe)
 
     indexes = IndexManager(registry, open_version, settings.keep_versions)
+    delta = DeltaIndex(enc, ChunkingConfig(settings.chunk_tokens, settings.overlap_tokens))
+    ingestion = Ingestion(DocumentStore(registry.home / "documents.sqlite"), delta)
     generator = generator or Generator(settings.generator_model, settings.cache_dir)
-    engine = QAEngine(indexes.retriever, make_readers(settings, generator), settings.default_reader)
-    return Services(engine=engine, indexes=indexes)
+    retriever = FreshRetriever(indexes.retriever, delta)
+    engine = QAEngine(retriever, make_readers(settings, generator), settings.default_reader)
+    return Services(engine=engine, indexes=indexes, ingestion=ingestion)
 
 
 def prepare(settings: Settings) -> None:

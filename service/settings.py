@@ -62,7 +62,11 @@ class Settings(BaseSettings):
     max_retrieve_top_k: Annotated[int, Field(ge=1, le=1_000)] = 50
     ask_top_k: Annotated[int, Field(ge=1)] = 1
     max_ask_top_k: Annotated[int, Field(ge=1, le=32)] = 8
-    max_body_bytes: Annotated[int, Field(ge=1_024, le=16 * 1024 * 1024)] = 64 * 1024
+    max_body_bytes: Annotated[int, Field(ge=1_024, le=64 * 1024 * 1024)] = 64 * 1024
+    max_ingest_body_bytes: Annotated[int, Field(ge=1_024, le=256 * 1024 * 1024)] = 16 * 1024 * 1024
+    max_batch_documents: Annotated[int, Field(ge=1, le=10_000)] = 256
+    max_document_chars: Annotated[int, Field(ge=1, le=10_000_000)] = 200_000
+    max_metadata_bytes: Annotated[int, Field(ge=2, le=1_048_576)] = 4_096
 
     # --- authentication (bearer tokens; only their SHA-256 digests are configured) -----------------
     admin_token_sha256: Annotated[list[str], NoDecode] = Field(

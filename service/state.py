@@ -8,6 +8,7 @@ from fastapi import Depends, Request
 from retriever.errors import NotReadyError
 from service.engine import QAEngine
 from service.indexes import IndexManager
+from service.ingest import Ingestion
 from service.metrics import Metrics
 from service.settings import Settings
 
@@ -18,6 +19,7 @@ class Services:
 
     engine: QAEngine
     indexes: IndexManager
+    ingestion: Ingestion
 
 
 @dataclass
@@ -50,5 +52,10 @@ def get_indexes(services: Annotated[Services, Depends(get_services)]) -> IndexMa
     return services.indexes
 
 
+def get_ingestion(services: Annotated[Services, Depends(get_services)]) -> Ingestion:
+    return services.ingestion
+
+
 EngineDep = Annotated[QAEngine, Depends(get_engine)]
+IngestionDep = Annotated[Ingestion, Depends(get_ingestion)]
 IndexesDep = Annotated[IndexManager, Depends(get_indexes)]

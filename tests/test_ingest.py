@@ -1,0 +1,162 @@
+"""Ingestion through the API: jobs, freshness via the delta index, idempotency, deletes, restarts."""
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from indexer.documents import DocumentStore
+from indexer.sources import Document
+from reader.generator import Generator
+from retriever.encoder import Encoder
+from retriever.registry import IndexRegistry
+from service.app import create_app
+from service.auth import new_token
+from service.loading import load_services
+from service.settings import Settings
+from tests.conftest import wait_ready
+
+LIGHTHOUSE = {"id": "lighthouse", "title": "Marrow Point", "text": "The Marrow Point lighthouse was automated in 1994."}
+
+
+def wait_job(client: TestClient, job_id: str, seconds: float = 60) -> dict[str, object]:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        job = client.get(f"/v1/jobs/{job_id}").json()
+        if job["state"] in ("done", "failed"):
+            return job
+        time.sleep(0.02)
+    raise AssertionError(f"job {job_id} not finished")
+
+
+def ingest(client: TestClient, body: dict[str, object]) -> dict[str, object]:
+    response = client.post("/v1/documents", json=body)
+    assert response.status_code == 202, response.text
+    return wait_job(client, response.json()["job_id"])
+
+
+def top_docs(client: TestClient, query: str, k: int = 5) -> list[str]:
+    return [p["doc_id"] for p in client.post("/v1/retrieve", json={"query": query, "top_k": k}).json()["passages"]]
+
+
+def make_app(settings: Settings, encoder: Encoder, generator: Generator) -> TestClient:
+    return TestClient(create_app(settings, loader=lambda s: load_services(s, encoder=encoder, generator=generator)))
+
+
+@pytest.fixture()
+def ingest_settings(tmp_path: Path, tiny_index: Path, cache_home: Path) -> Settings:
+    return Settings(home=cache_home, index_path=tiny_index, registry_dir=tmp_path / "registry")
+
+
+@pytest.fixture()
+def client(ingest_settings: Settings, encoder: Encoder, generator: Generator) -> Iterator[TestClient]:
+    with make_app(ingest_settings, encoder, generator) as c:
+        wait_ready(c)
+        yield c
+
+
+def test_an_acknowledged_document_is_searchable_and_answerable(client: TestClient) -> None:
+    assert "lighthouse" not in top_docs(client, "When was the lighthouse automated?")
+    job = ingest(client, {"upsert": [LIGHTHOUSE]})
+    assert job["state"] == "done" and job["counts"]["upserted"] == 1 and job["errors"] == {}
+    assert top_docs(client, "When was the lighthouse automated?")[0] == "lighthouse"
+    answer = client.post("/v1/ask", json={"question": "When was the Marrow Point lighthouse automated?"}).json()
+    assert answer["citations"][0]["doc_id"] == "lighthouse" and "1994" in answer["answer"]
+
+
+def test_resending_the_same_batch_changes_nothing(client: TestClient) -> None:
+    ingest(client, {"upsert": [LIGHTHOUSE]})
+    again = ingest(client, {"upsert": [LIGHTHOUSE]})
+    assert again["counts"] == {"upserted": 0, "unchanged": 1, "deleted": 0, "not_found": 0}
+    assert top_docs(client, "lighthouse automated", 5).count("lighthouse") == 1
+
+
+def test_an_upsert_replaces_every_chunk_of_the_old_document(client: TestClient) -> None:
+    ingest(client, {"upsert": [LIGHTHOUSE]})
+    ingest(client, {"upsert": [{**LIGHTHOUSE, "text": "The Marrow Point lighthouse is painted red and white."}]})
+    passages = client.post("/v1/retrieve", json={"query": "Marrow Point lighthouse", "top_k": 10}).json()["passages"]
+    texts = [p["text"] for p in passages if p["doc_id"] == "lighthouse"]
+    assert texts == ["The Marrow Point lighthouse is painted red and white."]
+    # a document of the serving version is replaced too: its old chunks disappear
+    ingest(
+        client, {"upsert": [{"id": "bridge", "title": "Harrow bridge", "text": "The Harrow bridge was demolished."}]}
+    )
+    bridge = [p for p in client.post("/v1/retrieve", json={"query": "Harrow bridge", "top_k": 10}).json()["passages"]]
+    assert [p["text"] for p in bridge if p["doc_id"] == "bridge"] == ["The Harrow bridge was demolished."]
+
+
+def test_deleted_documents_are_never_returned(client: TestClient) -> None:
+    ingest(client, {"upsert": [LIGHTHOUSE]})
+    job = ingest(client, {"delete": ["lighthouse", "bridge", "never-existed"]})
+    assert job["counts"]["deleted"] == 3  # a tombstone hides ids of the serving version as well
+    for query in ["lighthouse automated", "Who built the Harrow bridge?"]:
+        docs = top_docs(client, query, 10)
+        assert "lighthouse" not in docs and "bridge" not in docs
+    assert ingest(client, {"delete": ["bridge"]})["counts"]["not_found"] == 1
+
+
+def test_documents_jobs_and_deletes_survive_a_restart(
+    ingest_settings: Settings, encoder: Encoder, generator: Generator
+) -> None:
+    with make_app(ingest_settings, encoder, generator) as c:
+        wait_ready(c)
+        ingest(c, {"upsert": [LIGHTHOUSE], "delete": ["bridge"]})
+    # a job acknowledged (queued) while the service is down is processed after the restart
+    registry_home = IndexRegistry(ingest_settings.registry_root, "default").home
+    pending = DocumentStore(registry_home / "documents.sqlite").enqueue(
+        [Document("harbour", "Ost Lenning", "The harbour of Ost Lenning freezes every January.")], []
+    )
+    with make_app(ingest_settings, encoder, generator) as c:
+        wait_ready(c)
+        assert wait_job(c, pending)["state"] == "done"
+        assert top_docs(c, "When does the harbour freeze?")[0] == "harbour"
+        assert top_docs(c, "lighthouse automated")[0] == "lighthouse"
+        assert "bridge" not in top_docs(c, "Who built the Harrow bridge?", 10)
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "needle"),
+    [
+        ({}, 422, "empty"),
+        ({"upsert": [], "delete": []}, 422, "empty"),
+        ({"upsert": [LIGHTHOUSE, LIGHTHOUSE]}, 422, "more than once"),
+        ({"upsert": [LIGHTHOUSE], "delete": ["lighthouse"]}, 422, "more than once"),
+        ({"upsert": [{"id": "x"}]}, 422, "text"),
+        ({"upsert": [{"id": "", "text": "t"}]}, 422, "id"),
+        ({"upsert": [{"id": "x", "text": "t", "metadata": {"k": "v" * 5000}}]}, 422, "metadata"),
+        ({"upsert": [{"id": "x", "text": "t" * 200_001}]}, 422, "text"),
+        ({"delete": [str(i) for i in range(257)]}, 422, "delete"),
+        ({"upsert": [{"id": "x", "text": "t", "extra": 1}]}, 422, "extra"),
+        ({"upsert": "not a list"}, 422, "upsert"),
+    ],
+)
+def test_bad_batches_are_refused_with_the_reason(client: TestClient, body: object, status: int, needle: str) -> None:
+    response = client.post("/v1/documents", json=body)
+    assert response.status_code == status, response.text
+    assert needle in response.json()["error"]["message"]
+
+
+def test_unknown_and_malformed_job_ids(client: TestClient) -> None:
+    assert client.get("/v1/jobs/" + "0" * 32).status_code == 404
+    assert client.get("/v1/jobs/../../etc").status_code in (404, 422)
+    assert client.get("/v1/jobs/not-a-job").status_code == 422
+
+
+def test_writing_needs_an_admin_token(ingest_settings: Settings, encoder: Encoder, generator: Generator) -> None:
+    read_token, read_digest = new_token()
+    admin_token, admin_digest = new_token()
+    protected = ingest_settings.model_copy(
+        update={"read_token_sha256": [read_digest], "admin_token_sha256": [admin_digest]}
+    )
+    with make_app(protected, encoder, generator) as c:
+        wait_ready(c)
+        body = {"upsert": [LIGHTHOUSE]}
+        assert c.post("/v1/documents", json=body).status_code == 401
+        assert c.post("/v1/documents", json=body, headers={"Authorization": f"Bearer {read_token}"}).status_code == 403
+        created = c.post("/v1/documents", json=body, headers={"Authorization": f"Bearer {admin_token}"})
+        assert created.status_code == 202
+        job_url = f"/v1/jobs/{created.json()['job_id']}"
+        assert c.get(job_url).status_code == 401
+        assert c.get(job_url, headers={"Authorization": f"Bearer {read_token}"}).status_code == 200
