@@ -6,6 +6,7 @@ Heavy imports (torch, transformers, faiss) happen inside the commands, so `--hel
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -131,6 +132,15 @@ def cmd_token_new(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from service.ingest_client import ingest_files
+
+    failed = ingest_files(
+        args.paths, args.url, args.token, args.batch, wait=not args.no_wait, progress=not args.no_progress
+    )
+    return 1 if failed else 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ragserve", description="Retrieval-augmented question answering service.")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
@@ -175,6 +185,15 @@ def parser() -> argparse.ArgumentParser:
     models = sub.add_parser("models", help="model preparation").add_subparsers(dest="action", required=True)
     prep = models.add_parser("prepare", help="convert the bundled generator once and build the demo index")
     prep.set_defaults(func=cmd_models_prepare)
+    ingest = sub.add_parser("ingest", help="send files to a running server as ingestion jobs")
+    ingest.add_argument("paths", type=Path, nargs="+", help="JSONL, text, Markdown or Parquet files and folders")
+    ingest.add_argument("--url", default="http://127.0.0.1:8000", help="the server (default: %(default)s)")
+    ingest.add_argument("--token", default=os.environ.get("RAGSERVE_TOKEN"), help="admin token (env RAGSERVE_TOKEN)")
+    ingest.add_argument("--batch", type=int, default=64, help="documents per job (default: %(default)s)")
+    ingest.add_argument("--no-wait", action="store_true", help="return once the jobs are acknowledged")
+    ingest.add_argument("--no-progress", action="store_true")
+    ingest.set_defaults(func=cmd_ingest)
+
     token = sub.add_parser("token", help="bearer tokens").add_subparsers(dest="action", required=True)
     new = token.add_parser("new", help="print a fresh random token and the SHA-256 digest to configure")
     new.add_argument("--scope", choices=["read", "admin"], default="read")

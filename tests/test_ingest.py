@@ -160,3 +160,42 @@ def test_writing_needs_an_admin_token(ingest_settings: Settings, encoder: Encode
         job_url = f"/v1/jobs/{created.json()['job_id']}"
         assert c.get(job_url).status_code == 401
         assert c.get(job_url, headers={"Authorization": f"Bearer {read_token}"}).status_code == 200
+
+
+def test_ragserve_ingest_sends_files_to_a_running_server(
+    tmp_path: Path, tiny_index: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+    import urllib.request
+
+    from bench.hotswap import start_server
+    from bench.latency import free_port
+    from service.cli import main
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    lines = [json.dumps({"id": f"note-{i}", "text": f"Locker {i} is in corridor {i % 3}."}) for i in range(5)]
+    (corpus / "notes.jsonl").write_text("\n".join(lines) + "\n", "utf-8")
+    (corpus / "lighthouse.md").write_text("# Marrow Point\nThe lighthouse was automated in 1994.", "utf-8")
+    port = free_port()
+    server = start_server(tiny_index, tmp_path / "registry", port)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        assert main(["ingest", str(corpus), "--url", base, "--batch", "2", "--no-progress"]) == 0
+        report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert report == {
+            "jobs": 3,
+            "counts": {"upserted": 6, "unchanged": 0, "deleted": 0, "not_found": 0},
+            "failed_documents": 0,
+        }
+        request = urllib.request.Request(
+            base + "/v1/retrieve",
+            json.dumps({"query": "Where is locker 4?", "top_k": 1}).encode(),
+            {"content-type": "application/json"},
+        )
+        with urllib.request.urlopen(request) as r:
+            assert json.loads(r.read())["passages"][0]["doc_id"] == "note-4"
+        assert main(["ingest", str(corpus), "--url", "http://127.0.0.1:9", "--no-progress"]) == 2  # no server
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
