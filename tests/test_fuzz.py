@@ -19,6 +19,7 @@ BODIES = st.dictionaries(KEYS, VALUES, max_size=4) | VALUES
 # its validation is the same code path, exercised by the bad-input table in test_api.py.
 PATHS = [
     "/v1/retrieve",
+    "/v1/documents",
     "/admin/indexes/default/refresh",
     "/admin/indexes/default/rollback",
     "/admin/indexes/x/refresh",
