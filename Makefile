@@ -41,6 +41,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.demo_questions
 	$(BIN)/python -m bench.startup
 	$(BIN)/python -m bench.hotswap
+	$(BIN)/python -m bench.freshness
 
 clean-env:
 	rm -rf $(VENV)
