@@ -44,6 +44,8 @@ def create_app(settings: Settings, loader: Loader = _default_loader) -> FastAPI:
         thread = threading.Thread(target=load, name="ragserve-loader", daemon=True)
         thread.start()
         yield
+        if state.services is not None:
+            state.services.ingestion.stop()  # let a batch in progress finish its transaction
 
     app = FastAPI(
         title="ragserve",
