@@ -6,7 +6,7 @@ file in the staging directory as they are produced; the FAISS index is built fro
 """
 
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,7 +16,7 @@ from tqdm import tqdm
 from indexer.artifact import DOCSTORE_FILE, INDEX_FILE, Manifest, clean_stale_staging, seal, staging_directory
 from indexer.chunking import CHUNKER_VERSION, Chunk, ChunkingConfig, chunk_document
 from indexer.docstore import DocstoreWriter
-from indexer.sources import Document
+from indexer.sources import Document, batched
 from retriever import faiss_index
 from retriever.encoder import Encoder
 from retriever.errors import InvalidInputError
@@ -32,17 +32,6 @@ class BuildConfig:
     doc_batch: int = 256  # documents tokenized together
     embed_window: int = 2_048  # chunks sorted by length and embedded together
     embed_batch: int = 64
-
-
-def _batched(items: Iterable[Document], size: int) -> Iterator[list[Document]]:
-    batch: list[Document] = []
-    for item in items:
-        batch.append(item)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
 
 
 def build_artifact(
@@ -71,7 +60,7 @@ def build_artifact(
                 bar.update(len(pending))
                 pending.clear()
 
-            for docs in _batched(documents, config.doc_batch):
+            for docs in batched(documents, config.doc_batch):
                 tokenized = encoder.tokenize([d.text for d in docs])
                 for doc, tokens in zip(docs, tokenized, strict=True):
                     chunks = chunk_document(doc, tokens, config.chunking)

@@ -4,25 +4,13 @@ import json
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
-from indexer.sources import Document, read_corpus
+from indexer.sources import batched, read_corpus
 from retriever.errors import RagserveError
-
-
-def _batches(docs: Iterator[Document], size: int) -> Iterator[list[Document]]:
-    batch: list[Document] = []
-    for doc in docs:
-        batch.append(doc)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
 
 
 def _call(url: str, token: str | None, body: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -48,7 +36,7 @@ def ingest_files(paths: list[Path], url: str, token: str | None, batch: int, wai
     base = url.rstrip("/")
     jobs: list[tuple[str, int]] = []
     bar = tqdm(desc="sending", unit=" docs", disable=not progress)
-    for docs in _batches(read_corpus(paths), batch):
+    for docs in batched(read_corpus(paths), batch):
         upsert = [{"id": d.id, "title": d.title, "text": d.text, "metadata": d.metadata} for d in docs]
         jobs.append((_call(f"{base}/v1/documents", token, {"upsert": upsert})["job_id"], len(docs)))
         bar.update(len(docs))
