@@ -5,25 +5,16 @@ on a real server on loopback (the demo index plus the delta).
 """
 
 import argparse
-import json
 import statistics
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 from bench.common import header, percentile
 from bench.hotswap import make_versions, start_server
-from bench.latency import free_port
+from bench.latency import free_port, post
 
 DEADLINE_S = 10.0
-
-
-def post(url: str, body: dict[str, object]) -> dict[str, object]:
-    request = urllib.request.Request(url, json.dumps(body).encode(), {"content-type": "application/json"})
-    with urllib.request.urlopen(request, timeout=60) as response:
-        result: dict[str, object] = json.loads(response.read())
-        return result
 
 
 def main() -> None:
@@ -44,7 +35,7 @@ def main() -> None:
                 post(base + "/v1/documents", {"upsert": [doc]})
                 acknowledged = time.perf_counter()
                 while time.perf_counter() - acknowledged < DEADLINE_S:
-                    found = post(base + "/v1/retrieve", {"query": doc["text"], "top_k": 3})
+                    found = post(base + "/v1/retrieve", {"query": doc["text"], "top_k": 3})[1]
                     passages = found["passages"]
                     assert isinstance(passages, list)
                     if doc["id"] in {p["doc_id"] for p in passages}:

@@ -11,8 +11,8 @@ class Retriever(ABC):
     @abstractmethod
     def index_version(self) -> str: ...
 
-    @abstractmethod
-    def search(self, query: str, top_k: int) -> SearchResult: ...
+    def search(self, query: str, top_k: int) -> SearchResult:
+        return self.search_batch([query], top_k)[0]
 
     @abstractmethod
     def search_batch(self, queries: Sequence[str], top_k: int) -> list[SearchResult]: ...

@@ -74,9 +74,6 @@ class FreshRetriever(Retriever):
     def index_version(self) -> str:
         return self.base.index_version
 
-    def search(self, query: str, top_k: int) -> SearchResult:
-        return self.search_batch([query], top_k)[0]
-
     def search_batch(self, queries: Sequence[str], top_k: int) -> list[SearchResult]:
         index, rows, hidden = self.delta.snapshot()
         if not hidden:

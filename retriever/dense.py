@@ -34,9 +34,6 @@ class DenseRetriever(Retriever):
     def index_version(self) -> str:
         return self.manifest.version
 
-    def search(self, query: str, top_k: int) -> SearchResult:
-        return self.search_batch([query], top_k)[0]
-
     def search_batch(self, queries: Sequence[str], top_k: int) -> list[SearchResult]:
         t0 = time.perf_counter()
         vectors = self.encoder.encode_queries(queries)  # (Q, dim)

@@ -49,10 +49,6 @@ class HotSwapRetriever(Retriever):
         with self._lock:
             return {self._current.index_version, *self._leases}
 
-    def search(self, query: str, top_k: int) -> SearchResult:
-        with self.lease() as retriever:
-            return retriever.search(query, top_k)
-
     def search_batch(self, queries: Sequence[str], top_k: int) -> list[SearchResult]:
         with self.lease() as retriever:
             return retriever.search_batch(queries, top_k)
