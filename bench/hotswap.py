@@ -18,6 +18,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from bench.common import header, percentile
 from bench.latency import free_port, wait_ready
@@ -66,10 +67,33 @@ class LoadReport:
         ]
 
 
-def _post(conn: http.client.HTTPConnection, path: str, body: dict[str, object]) -> tuple[int, dict[str, object]]:
+def _post(conn: http.client.HTTPConnection, path: str, body: dict[str, object]) -> tuple[int, dict[str, Any]]:
     conn.request("POST", path, json.dumps(body), {"content-type": "application/json"})
     response = conn.getresponse()
     return response.status, json.loads(response.read())
+
+
+def _switch(admin: http.client.HTTPConnection, action: str, version: str) -> float:
+    """Roll back (answered when done) or refresh (a job, followed until done); the switch's seconds."""
+    status, body = _post(admin, f"/admin/indexes/default/{action}", {"version": version})
+    if action == "refresh" and status == 202:
+        status, body = _wait_job(admin, str(body["job_id"]))
+        body = body.get("index") or body
+    if status != 200 or "seconds" not in body:
+        raise RuntimeError(f"{action} to {version} failed: {status} {body}")
+    return float(str(body["seconds"]))
+
+
+def _wait_job(conn: http.client.HTTPConnection, job_id: str, seconds: float = 120) -> tuple[int, dict[str, Any]]:
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        conn.request("GET", f"/v1/jobs/{job_id}")
+        response = conn.getresponse()
+        body = json.loads(response.read())
+        if response.status != 200 or body["state"] in ("done", "failed"):
+            return response.status if body.get("state") != "failed" else 500, body
+        time.sleep(0.01)
+    raise RuntimeError(f"job {job_id} did not finish in {seconds} s")
 
 
 def _client(port: int, until: float, out: list[Call], seed: int) -> None:
@@ -109,10 +133,8 @@ def run_load(port: int, versions: list[str], clients: int, steady: float, swappi
         time.sleep(pause)
         action = "rollback" if versions.index(target) < versions.index(current) else "refresh"
         started = time.perf_counter()
-        status, body = _post(admin, f"/admin/indexes/default/{action}", {"version": target})
-        if status != 200:
-            raise RuntimeError(f"{action} to {target} failed: {status} {body}")
-        report.switches.append(Switch(started, time.perf_counter(), target, float(str(body["seconds"]))))
+        seconds = _switch(admin, action, target)
+        report.switches.append(Switch(started, time.perf_counter(), target, seconds))
         current = target
     load.join()
     admin.close()

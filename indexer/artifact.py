@@ -40,6 +40,9 @@ class Manifest:
     created_at: str
     files: dict[str, dict[str, Any]] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
+    # The document table's change counter this version includes (0: built from files, not from
+    # ingested documents); the delta index of a serving version holds only later changes.
+    documents_seq: int = 0
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from indexer.sources import Document
-from retriever.encoder import TokenizedText
 from retriever.errors import InvalidInputError
+from retriever.types import TokenizedText
 
 CHUNKER_VERSION = 2  # bump when the cutting rules change: artifacts record it, caches key on it
 SENTENCE_END = ".?!\n"

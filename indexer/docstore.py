@@ -3,12 +3,10 @@
 import json
 import sqlite3
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-from indexer.chunking import Chunk
+from typing import Any, Protocol
 
 SCHEMA = """
 CREATE TABLE chunks (
@@ -37,13 +35,32 @@ class StoredChunk:
     metadata: dict[str, Any]
 
 
+class ChunkRecord(Protocol):
+    """What the docstore keeps of a chunk (a fresh `Chunk` or a `StoredChunk` carried over)."""
+
+    @property
+    def chunk_id(self) -> str: ...
+    @property
+    def doc_id(self) -> str: ...
+    @property
+    def title(self) -> str: ...
+    @property
+    def text(self) -> str: ...
+    @property
+    def start_char(self) -> int: ...
+    @property
+    def end_char(self) -> int: ...
+    @property
+    def metadata(self) -> dict[str, Any]: ...
+
+
 class DocstoreWriter:
     def __init__(self, path: Path) -> None:
         self._db = sqlite3.connect(path)
         self._db.executescript(SCHEMA)
         self.rows = 0
 
-    def add(self, chunks: Sequence[Chunk]) -> None:
+    def add(self, chunks: Sequence[ChunkRecord]) -> None:
         records = [
             (self.rows + i, c.chunk_id, c.doc_id, c.title, c.text, c.start_char, c.end_char, json.dumps(c.metadata))
             for i, c in enumerate(chunks)
@@ -70,16 +87,29 @@ class Docstore:
             self._local.conn = conn
         return conn
 
+    def scan(self, batch: int = 4_096) -> Iterator[list[StoredChunk]]:
+        """Every chunk in row order (= FAISS id order), in batches."""
+        last = -1
+        while True:
+            cursor = self._conn().execute(f"{SELECT} WHERE row > ? ORDER BY row LIMIT ?", (last, batch))
+            found = [_stored(*record) for record in cursor]
+            if not found:
+                return
+            last = found[-1].row
+            yield found
+
     def get(self, rows: Sequence[int]) -> dict[int, StoredChunk]:
         if not rows:
             return {}
         marks = ",".join("?" * len(rows))
-        cursor = self._conn().execute(
-            f"SELECT row, chunk_id, doc_id, title, text, start_char, end_char, metadata "
-            f"FROM chunks WHERE row IN ({marks})",
-            [int(r) for r in rows],
-        )
-        found = {}
-        for row, chunk_id, doc_id, title, text, start, end, metadata in cursor:
-            found[row] = StoredChunk(row, chunk_id, doc_id, title, text, start, end, json.loads(metadata))
-        return found
+        cursor = self._conn().execute(f"{SELECT} WHERE row IN ({marks})", [int(r) for r in rows])
+        return {record[0]: _stored(*record) for record in cursor}
+
+
+SELECT = "SELECT row, chunk_id, doc_id, title, text, start_char, end_char, metadata FROM chunks"
+
+
+def _stored(
+    row: int, chunk_id: str, doc_id: str, title: str, text: str, start: int, end: int, meta: str
+) -> StoredChunk:
+    return StoredChunk(row, chunk_id, doc_id, title, text, start, end, json.loads(meta))

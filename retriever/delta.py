@@ -1,45 +1,59 @@
-"""Freshness without a rebuild: documents ingested since the serving version was built live in a
+"""Freshness without a rebuild: documents changed since an index version was built live in a
 small in-memory delta index searched together with it.
 
-Search asks the serving version for more than top_k, drops every chunk of a document that the
-delta replaces or that was deleted (tombstones), searches the delta, and merges both by score.
-The delta is exact (inner product over all its chunks) and rebuilt whole on each change, which is
-cheap at the sizes a delta has between compactions.
+Search asks the version for more than top_k, drops every chunk of a document that the delta
+replaces or that was deleted, searches the delta, and merges both by score. The delta is exact
+(inner product over all its chunks) and its FAISS index is rebuilt whole on each change, which is
+cheap at the sizes a delta reaches between compactions (see the `compact_after_chunks` setting).
 """
+
+from __future__ import annotations
 
 import threading
 import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import faiss
 import numpy as np
 
 from indexer.chunking import Chunk, ChunkingConfig, chunk_document
+from indexer.compact import DeltaContents
 from indexer.sources import Document
 from retriever.base import Retriever
-from retriever.encoder import Encoder
 from retriever.types import Passage, SearchResult
+
+if TYPE_CHECKING:
+    from retriever.dense import DenseRetriever
+    from retriever.encoder import Encoder
+
+NO_TEXT = "no text to index: the document is stored but cannot be retrieved"
 
 
 class DeltaIndex:
-    def __init__(self, encoder: Encoder, chunking: ChunkingConfig) -> None:
+    """The changes after document counter value `since`; `seq` is the last one applied."""
+
+    def __init__(self, encoder: Encoder, chunking: ChunkingConfig, since: int = 0) -> None:
         self.encoder = encoder
         self.chunking = chunking
+        self.since = since
+        self.seq = since
         self._docs: dict[str, tuple[list[Chunk], np.ndarray]] = {}
-        self._hidden: frozenset[str] = frozenset()  # doc ids whose serving-version chunks must not show
+        self._deleted: frozenset[str] = frozenset()
         self._index = faiss.IndexFlatIP(encoder.dimension)
         self._rows: list[Chunk] = []
         self._lock = threading.Lock()  # writers only; readers take a consistent snapshot
 
-    def apply(self, changed: Sequence[Document], removed: Sequence[str], tombstones: set[str]) -> dict[str, str]:
-        """Index `changed`, drop `removed`; returns {doc id: problem} for documents with no text."""
+    def apply(self, changed: Sequence[Document], removed: Sequence[str], seq: int) -> dict[str, str]:
+        """Index `changed`, drop `removed`, note that changes up to `seq` are in; returns
+        {doc id: problem} for documents with no text."""
         problems: dict[str, str] = {}
         embedded: dict[str, tuple[list[Chunk], np.ndarray]] = {}
         tokenized = self.encoder.tokenize([d.text for d in changed]) if changed else []
         for doc, tokens in zip(changed, tokenized, strict=True):
             chunks = chunk_document(doc, tokens, self.chunking)
             if not chunks:
-                problems[doc.id] = "no text to index: the document is stored but cannot be retrieved"
+                problems[doc.id] = NO_TEXT
             embedded[doc.id] = (chunks, self.encoder.encode_ids([c.token_ids for c in chunks]))
         with self._lock:
             docs = {**self._docs, **embedded}
@@ -47,26 +61,39 @@ class DeltaIndex:
                 docs.pop(doc_id, None)
             rows = [c for chunks, _ in docs.values() for c in chunks]
             index = faiss.IndexFlatIP(self.encoder.dimension)
-            blocks = [v for chunks, v in docs.values() if chunks]
-            if blocks:
-                index.add(np.ascontiguousarray(np.vstack(blocks), dtype=np.float32))
+            if rows:
+                index.add(self._stack(docs))
             self._docs, self._rows, self._index = docs, rows, index
-            self._hidden = frozenset(docs) | frozenset(tombstones)
+            self._deleted = (self._deleted - embedded.keys()) | frozenset(removed)
+            self.seq = max(self.seq, seq)
         return problems
 
+    def _stack(self, docs: dict[str, tuple[list[Chunk], np.ndarray]]) -> np.ndarray:
+        blocks = [v for chunks, v in docs.values() if chunks]
+        return np.ascontiguousarray(np.vstack(blocks), dtype=np.float32)  # (chunks, dim)
+
     @property
-    def documents(self) -> int:
-        return len(self._docs)
+    def chunks(self) -> int:
+        return len(self._rows)
 
     def snapshot(self) -> tuple[faiss.Index, list[Chunk], frozenset[str]]:
+        """The index, its rows, and the documents whose chunks in the version must not show."""
         with self._lock:
-            return self._index, self._rows, self._hidden
+            return self._index, self._rows, frozenset(self._docs) | self._deleted
+
+    def contents(self) -> DeltaContents:
+        """Everything, with vectors, for a compaction."""
+        with self._lock:
+            vectors = self._stack(self._docs) if self._rows else np.empty((0, self.encoder.dimension), np.float32)
+            return DeltaContents(
+                list(self._rows), vectors, frozenset(self._docs) | self._deleted, len(self._docs), self.seq
+            )
 
 
 class FreshRetriever(Retriever):
-    """The serving version plus the delta."""
+    """An index version plus its delta."""
 
-    def __init__(self, base: Retriever, delta: DeltaIndex) -> None:
+    def __init__(self, base: DenseRetriever, delta: DeltaIndex) -> None:
         self.base = base
         self.delta = delta
 

@@ -9,7 +9,6 @@ import hashlib
 import importlib.util
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +17,7 @@ from sentence_transformers import SentenceTransformer
 from tokenizers import Tokenizer
 
 from retriever.errors import ModelNotFoundError
+from retriever.types import TokenizedText
 
 log = logging.getLogger(__name__)
 
@@ -61,13 +61,6 @@ def weights_sha256(model_dir: Path) -> str:
             while block := fh.read(1 << 20):
                 digest.update(block)
     return digest.hexdigest()
-
-
-@dataclass(frozen=True, slots=True)
-class TokenizedText:
-    ids: list[int]
-    offsets: list[tuple[int, int]]  # character span of each token in the source text
-    word_ids: list[int | None]  # tokens of one word share an id (word pieces)
 
 
 class Encoder:

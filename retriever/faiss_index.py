@@ -51,6 +51,20 @@ def write(index: faiss.Index, path: Path) -> None:
     faiss.write_index(index, str(path))
 
 
+def read_cpu(path: Path) -> faiss.Index:
+    return faiss.read_index(str(path))
+
+
+def stored_vectors(index: faiss.Index, start: int, n: int) -> np.ndarray | None:
+    """Vectors start..start+n exactly as they were added, or None when the index keeps them
+    compressed or not at all (IVF without a direct map, PQ, SQ)."""
+    storage = faiss.downcast_index(index.storage) if hasattr(index, "storage") else index
+    if not isinstance(storage, faiss.IndexFlat):
+        return None
+    vectors: np.ndarray = storage.reconstruct_n(start, n)  # (n, dim)
+    return vectors
+
+
 def load(path: Path, ef_search: int, nprobe: int) -> faiss.Index:
     # faiss uses BLAS for batched exact search only above this many queries; its default is far
     # higher than the batches ragserve sends, which would leave them on the slow scalar path.

@@ -5,6 +5,13 @@ from typing import Any
 
 
 @dataclass(frozen=True, slots=True)
+class TokenizedText:
+    ids: list[int]
+    offsets: list[tuple[int, int]]  # character span of each token in the source text
+    word_ids: list[int | None]  # tokens of one word share an id (word pieces)
+
+
+@dataclass(frozen=True, slots=True)
 class Passage:
     """One retrieved chunk with its score (inner product of unit vectors = cosine)."""
 

@@ -1,4 +1,4 @@
-"""Admin routes: list index versions, switch the serving version, roll back.
+"""Admin routes: list index versions, refresh (a background job), roll back.
 
 They need an admin token (`Authorization: Bearer …`). Only when no admin token digest is
 configured are they open, and the settings allow that on a loopback address only.
@@ -11,9 +11,10 @@ from pydantic import BaseModel, Field, StringConstraints
 
 from retriever.registry import VersionInfo
 from service.auth import Scope, require
+from service.documents import JobCreated
 from service.indexes import SwitchResult
 from service.schemas import StrictModel
-from service.state import IndexesDep
+from service.state import IndexesDep, JobsDep
 
 AdminAuth = require(Scope.ADMIN, only_if=lambda state: bool(state.settings.admin_token_sha256))
 
@@ -23,6 +24,12 @@ IndexName = Annotated[str, StringConstraints(max_length=64)]
 class VersionRequest(StrictModel):
     version: Annotated[str, StringConstraints(min_length=1, max_length=64)] = Field(
         description="An existing version id, as listed by GET /admin/indexes."
+    )
+
+
+class RefreshRequest(StrictModel):
+    version: Annotated[str | None, StringConstraints(min_length=1, max_length=64)] = Field(
+        None, description="Switch to this existing version instead of building a new one."
     )
 
 
@@ -45,10 +52,12 @@ def build_admin_router() -> APIRouter:
         versions = indexes.versions(name)
         return IndexList(indexes=[IndexOut(name=name, serving=indexes.registry.serving(), versions=versions)])
 
-    @router.post("/indexes/{name}/refresh", response_model=SwitchResult)
-    def refresh(name: IndexName, body: VersionRequest, indexes: IndexesDep) -> SwitchResult:
-        """Serve an existing version (loaded, verified and warmed before the swap)."""
-        return indexes.switch(name, body.version)
+    @router.post("/indexes/{name}/refresh", status_code=202, response_model=JobCreated)
+    def refresh(name: IndexName, jobs: JobsDep, body: RefreshRequest | None = None) -> JobCreated:
+        """Start a background job that compacts the serving version and every document change
+        since it into a new version and serves it — or, given `version`, serves that existing
+        version. Follow it with GET /v1/jobs/{job_id}."""
+        return JobCreated(job_id=jobs.submit_refresh(name, body.version if body else None))
 
     @router.post("/indexes/{name}/rollback", response_model=SwitchResult)
     def rollback(name: IndexName, body: VersionRequest, indexes: IndexesDep) -> SwitchResult:

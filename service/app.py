@@ -45,7 +45,7 @@ def create_app(settings: Settings, loader: Loader = _default_loader) -> FastAPI:
         thread.start()
         yield
         if state.services is not None:
-            state.services.ingestion.stop()  # let a batch in progress finish its transaction
+            state.services.jobs.stop()  # let a batch in progress finish its transaction
 
     app = FastAPI(
         title="ragserve",

@@ -1,11 +1,12 @@
-"""Ingestion routes: POST /v1/documents (a batch of upserts and deletes → a job), GET /v1/jobs/{id}.
+"""Job routes: POST /v1/documents (a batch of upserts and deletes → a job), GET /v1/jobs/{id}
+(document batches and index refreshes).
 
 Writing needs an admin token, reading a job a read or admin token; with no token digests
 configured (loopback only, see settings) both are open.
 """
 
 import json
-from typing import Annotated, Any, cast
+from typing import Annotated, Any, Literal, cast
 
 from fastapi import APIRouter
 from pydantic import BaseModel, Field, StringConstraints, field_validator, model_validator
@@ -13,9 +14,10 @@ from pydantic import BaseModel, Field, StringConstraints, field_validator, model
 from indexer.sources import Document
 from retriever.errors import UnknownJobError
 from service.auth import Scope, require
+from service.indexes import SwitchResult
 from service.schemas import StrictModel
 from service.settings import Settings
-from service.state import IngestionDep
+from service.state import JobsDep
 
 DocId = Annotated[str, StringConstraints(min_length=1, max_length=256)]
 JobId = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")]
@@ -38,11 +40,13 @@ class JobCreated(BaseModel):
 
 class JobOut(BaseModel):
     job_id: str
-    state: str
+    kind: Literal["documents", "refresh"]
+    state: Literal["queued", "running", "done", "failed"]
     upserts: int
     deletes: int
     counts: dict[str, int]
-    errors: dict[str, str]
+    errors: dict[str, str] = Field(description="Per document id; '*' for a job that failed as a whole.")
+    index: SwitchResult | None = Field(None, description="What a finished refresh job serves now.")
 
 
 def documents_request(settings: Settings) -> type[DocumentsRequestBase]:
@@ -83,22 +87,24 @@ def build_documents_router(settings: Settings) -> APIRouter:
     DocumentsRequest = documents_request(settings)
 
     @router.post("/v1/documents", status_code=202, response_model=JobCreated, dependencies=[WriteAuth])
-    def ingest(body: DocumentsRequest, ingestion: IngestionDep) -> JobCreated:  # type: ignore[valid-type]
+    def ingest(body: DocumentsRequest, jobs: JobsDep) -> JobCreated:  # type: ignore[valid-type]
         req = cast(DocumentsRequestBase, body)
-        return JobCreated(job_id=ingestion.submit(req.documents(), list(req.delete)))
+        return JobCreated(job_id=jobs.submit_documents(req.documents(), list(req.delete)))
 
     @router.get("/v1/jobs/{job_id}", response_model=JobOut, dependencies=[ReadAuth])
-    def job(job_id: JobId, ingestion: IngestionDep) -> JobOut:
-        found = ingestion.job(job_id)
+    def job(job_id: JobId, jobs: JobsDep) -> JobOut:
+        found = jobs.job(job_id)
         if found is None:
             raise UnknownJobError(f"no job {job_id!r}")
         return JobOut(
             job_id=found.id,
+            kind=found.kind,
             state=found.state,
             upserts=len(found.upsert),
             deletes=len(found.delete),
             counts=found.result.get("counts", {}),
             errors=found.result.get("errors", {}),
+            index=found.result.get("index"),
         )
 
     return router

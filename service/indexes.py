@@ -1,20 +1,36 @@
-"""Index administration: list versions, switch the serving one, roll back — while serving.
+"""Index administration while serving: switch the serving version, roll back, and refresh
+(compact the serving version and its delta into a new version).
 
-A switch loads and warms the new version while the old one keeps answering, swaps the reference,
-persists the pointer, and prunes old versions that no request holds any more. Switches are
-serialized by their own lock; queries never take it.
+What serves is a *generation*: one index version plus the delta index of the document changes
+after it. A switch or a refresh loads, verifies and warms the new generation while the old one
+keeps answering, brings its delta up to date, and swaps it in with one reference assignment;
+the pointer is persisted and old versions that no request holds any more are pruned.
+
+Two locks, neither taken by queries: `_switch_lock` serializes switches and refreshes;
+`_apply_lock` orders delta updates (after each ingested batch) against the swap, so no
+acknowledged change is missing from the generation that serves next.
 """
+
+from __future__ import annotations
 
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from retriever.base import Retriever
+from indexer.build import BuildConfig
+from indexer.chunking import ChunkingConfig
+from indexer.compact import compact_artifact
+from indexer.documents import DocumentStore
+from retriever.delta import DeltaIndex, FreshRetriever
 from retriever.errors import UnknownIndexError
 from retriever.hotswap import HotSwapRetriever
 from retriever.registry import IndexRegistry, VersionInfo
+
+if TYPE_CHECKING:
+    from retriever.dense import DenseRetriever
 
 WARM_UP_QUERY = "warm-up"
 
@@ -25,41 +41,94 @@ class SwitchResult:
     serving: str
     previous: str
     seconds: float
-    pruned: list[str]
+    pruned: list[str] = field(default_factory=list)
+    built: bool = False  # a new version was compacted from the serving one and its delta
 
 
 class IndexManager:
     def __init__(
         self,
         registry: IndexRegistry,
-        open_version: Callable[[Path], Retriever],
+        open_version: Callable[[Path], DenseRetriever],
+        store: DocumentStore,
+        build_config: BuildConfig,
         keep_versions: int,
     ) -> None:
         serving = registry.serving()
         assert serving is not None, "the registry must have a serving version before it is managed"
         self.registry = registry
-        self._open = open_version
+        self.store = store
         self.keep_versions = keep_versions
-        self.retriever = HotSwapRetriever(open_version(registry.path_of(serving)))
+        self._open = open_version
+        self._build_config = build_config
         self._switch_lock = threading.Lock()
+        self._apply_lock = threading.Lock()
+        self._serving = self._generation(registry.path_of(serving))
+        self.retriever = HotSwapRetriever(self._serving)
 
-    def _check(self, name: str) -> None:
+    def check(self, name: str) -> None:
         if name != self.registry.name:
             raise UnknownIndexError(f"no index named {name!r}; this server serves {self.registry.name!r}")
 
     def versions(self, name: str) -> list[VersionInfo]:
-        self._check(name)
+        self.check(name)
         return self.registry.describe()
+
+    @property
+    def delta_chunks(self) -> int:
+        return self._serving.delta.chunks
+
+    def catch_up(self) -> dict[str, str]:
+        """Bring the serving delta up to date with the document table; {doc id: problem}."""
+        with self._apply_lock:
+            return self._catch_up(self._serving.delta)
 
     def switch(self, name: str, version: str) -> SwitchResult:
         """Serve `version` (an existing one) from now on; used by refresh and by rollback."""
-        self._check(name)
+        self.check(name)
         path = self.registry.path_of(version)  # validates the id before any file is touched
         started = time.perf_counter()
         with self._switch_lock:
-            new = self._open(path)  # verifies checksums and the retriever model
-            new.search(WARM_UP_QUERY, 1)
+            previous, pruned = self._install(self._generation(path))
+        return SwitchResult(name, version, previous, time.perf_counter() - started, pruned)
+
+    def refresh(self, name: str) -> SwitchResult:
+        """Fold the serving version and its delta into a new version and serve it. Nothing is
+        built when the delta is empty."""
+        self.check(name)
+        started = time.perf_counter()
+        with self._switch_lock:
+            current = self._serving
+            contents = current.delta.contents()
+            if contents.empty:
+                version = current.index_version
+                return SwitchResult(name, version, version, time.perf_counter() - started)
+            encoder, config = current.delta.encoder, self._build_config
+            version = self.registry.add(lambda out: compact_artifact(current.base.path, contents, out, encoder, config))
+            previous, pruned = self._install(self._generation(self.registry.path_of(version)))
+        return SwitchResult(name, version, previous, time.perf_counter() - started, pruned, built=True)
+
+    def _generation(self, path: Path) -> FreshRetriever:
+        """Open (and verify) a version and build its delta; the slow part of a switch."""
+        base = self._open(path)
+        chunking = ChunkingConfig(base.manifest.chunking["chunk_tokens"], base.manifest.chunking["overlap_tokens"])
+        delta = DeltaIndex(base.encoder, chunking, since=base.manifest.documents_seq)
+        self._catch_up(delta)
+        base.search(WARM_UP_QUERY, 1)
+        return FreshRetriever(base, delta)
+
+    def _catch_up(self, delta: DeltaIndex) -> dict[str, str]:
+        changes = self.store.changes_since(delta.seq)
+        if changes.seq == delta.seq:
+            return {}
+        return delta.apply(changes.live, changes.deleted, changes.seq)
+
+    def _install(self, new: FreshRetriever) -> tuple[str, list[str]]:
+        """Swap `new` in; returns the version that served before and the versions pruned."""
+        with self._apply_lock:
+            self._catch_up(new.delta)  # changes acknowledged while it was being prepared
             old = self.retriever.swap(new)
-            self.registry.set_serving(version)
-            pruned = self.registry.prune(self.keep_versions, self.retriever.in_use())
-        return SwitchResult(name, version, old.index_version, time.perf_counter() - started, pruned)
+            self._serving = new
+            self.registry.set_serving(new.index_version)
+        pruned = self.registry.prune(self.keep_versions, self.retriever.in_use())
+        return old.index_version, pruned

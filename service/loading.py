@@ -18,18 +18,18 @@ from reader import builtin  # noqa: F401  (registers the built-in readers)
 from reader.base import Reader, ReaderConfig, create_reader, reader_names
 from reader.generator import Generator, resolve_generator
 from retriever.base import Retriever
-from retriever.delta import DeltaIndex, FreshRetriever
 from retriever.dense import DenseRetriever
 from retriever.encoder import Encoder, resolve_retriever, weights_sha256
 from retriever.registry import IndexRegistry
 from service.engine import QAEngine
 from service.indexes import IndexManager
-from service.ingest import Ingestion
+from service.jobs import Jobs
 from service.settings import Settings
 from service.state import Services
 
 log = logging.getLogger(__name__)
 
+DOCUMENTS_FILE = "documents.sqlite"
 DEMO_CORPUS = Path(str(files("indexer").joinpath("data", "demo_corpus.jsonl")))
 
 
@@ -99,29 +99,33 @@ def open_registry(settings: Settings) -> IndexRegistry:
     return IndexRegistry(settings.registry_root, settings.index_name)
 
 
-def load_services(settings: Settings, encoder: Encoder | None = None, generator: Generator | None = None) -> Services:
-    """What the server runs on: the registry's serving version behind a hot-swap retriever.
+def load_indexes(settings: Settings, encoder: Encoder) -> tuple[IndexManager, Jobs]:
+    """The registry's serving version and its delta behind a hot-swap retriever, and the job
+    workers (which resume jobs a crash interrupted).
 
     `index_path` (``serve --index``) is imported into the registry and made the serving version;
     an empty registry starts with the demo index."""
-    configure_threads(settings)
-    enc = encoder or Encoder(settings.retriever_model)
     registry = open_registry(settings)
     if settings.index_path is not None:
         registry.set_serving(registry.import_artifact(settings.index_path))
     elif registry.serving() is None:
-        registry.set_serving(registry.import_artifact(demo_index(settings, lambda: enc)))
+        registry.set_serving(registry.import_artifact(demo_index(settings, lambda: encoder)))
 
-    def open_version(path: Path) -> Retriever:
-        return DenseRetriever(path, enc, ef_search=settings.hnsw_ef_search, nprobe=settings.ivf_nprobe)
+    def open_version(path: Path) -> DenseRetriever:
+        return DenseRetriever(path, encoder, ef_search=settings.hnsw_ef_search, nprobe=settings.ivf_nprobe)
 
-    indexes = IndexManager(registry, open_version, settings.keep_versions)
-    delta = DeltaIndex(enc, ChunkingConfig(settings.chunk_tokens, settings.overlap_tokens))
-    ingestion = Ingestion(DocumentStore(registry.home / "documents.sqlite"), delta)
+    store = DocumentStore(registry.home / DOCUMENTS_FILE)
+    indexes = IndexManager(registry, open_version, store, build_config(settings), settings.keep_versions)
+    return indexes, Jobs(store, indexes, settings.compact_after_chunks)
+
+
+def load_services(settings: Settings, encoder: Encoder | None = None, generator: Generator | None = None) -> Services:
+    """What the server runs on: indexes and jobs (see `load_indexes`), models and readers."""
+    configure_threads(settings)
+    indexes, jobs = load_indexes(settings, encoder or Encoder(settings.retriever_model))
     generator = generator or Generator(settings.generator_model, settings.cache_dir)
-    retriever = FreshRetriever(indexes.retriever, delta)
-    engine = QAEngine(retriever, make_readers(settings, generator), settings.default_reader)
-    return Services(engine=engine, indexes=indexes, ingestion=ingestion)
+    engine = QAEngine(indexes.retriever, make_readers(settings, generator), settings.default_reader)
+    return Services(engine=engine, indexes=indexes, jobs=jobs)
 
 
 def prepare(settings: Settings) -> None:

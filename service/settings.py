@@ -33,6 +33,9 @@ class Settings(BaseSettings):
     registry_dir: Path | None = Field(None, description="Where index versions live; default: <home>/registry.")
     index_name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")] = "default"
     keep_versions: Annotated[int, Field(ge=1, le=1_000)] = 5
+    compact_after_chunks: Annotated[int, Field(ge=0, le=10_000_000)] = Field(
+        20_000, description="Queue a refresh (compaction) once the delta index holds this many chunks; 0: never."
+    )
 
     # --- models -------------------------------------------------------------------------------
     retriever_model: str = Field("all-MiniLM-L6-v2", description="Bundled alias or local sentence-transformers folder.")

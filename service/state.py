@@ -8,7 +8,7 @@ from fastapi import Depends, Request
 from retriever.errors import NotReadyError
 from service.engine import QAEngine
 from service.indexes import IndexManager
-from service.ingest import Ingestion
+from service.jobs import Jobs
 from service.metrics import Metrics
 from service.settings import Settings
 
@@ -19,7 +19,7 @@ class Services:
 
     engine: QAEngine
     indexes: IndexManager
-    ingestion: Ingestion
+    jobs: Jobs
 
 
 @dataclass
@@ -52,10 +52,10 @@ def get_indexes(services: Annotated[Services, Depends(get_services)]) -> IndexMa
     return services.indexes
 
 
-def get_ingestion(services: Annotated[Services, Depends(get_services)]) -> Ingestion:
-    return services.ingestion
+def get_jobs(services: Annotated[Services, Depends(get_services)]) -> Jobs:
+    return services.jobs
 
 
 EngineDep = Annotated[QAEngine, Depends(get_engine)]
-IngestionDep = Annotated[Ingestion, Depends(get_ingestion)]
+JobsDep = Annotated[Jobs, Depends(get_jobs)]
 IndexesDep = Annotated[IndexManager, Depends(get_indexes)]

@@ -4,6 +4,7 @@ import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -81,6 +82,16 @@ def tiny_index(tmp_path_factory: pytest.TempPathFactory, encoder: Encoder) -> Pa
 def settings(tiny_index: Path, cache_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Settings:
     # models are cached per machine; index versions go to a registry of this test session's own
     return Settings(home=cache_home, index_path=tiny_index, registry_dir=tmp_path_factory.mktemp("registry"))
+
+
+def wait_job(client: TestClient, job_id: str, seconds: float = 120) -> dict[str, Any]:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        job: dict[str, Any] = client.get(f"/v1/jobs/{job_id}").json()
+        if job["state"] in ("done", "failed"):
+            return job
+        time.sleep(0.02)
+    raise AssertionError(f"job {job_id} not finished")
 
 
 def wait_ready(client: TestClient, seconds: float = 120) -> None:

@@ -1,4 +1,5 @@
-"""Crash safety of builds and pointer switches: SIGKILL at random moments, then check invariants."""
+"""Crash safety of builds, pointer switches, ingestion jobs and refreshes: SIGKILL at random
+moments, then check invariants."""
 
 import json
 import os
@@ -10,8 +11,12 @@ import time
 from pathlib import Path
 
 from indexer.artifact import verify_artifact
+from indexer.build import build_artifact
+from indexer.sources import read_corpus
+from retriever.encoder import Encoder
 from retriever.registry import VERSION_ID, IndexRegistry
-from service.loading import DEMO_CORPUS
+from service.loading import DEMO_CORPUS, load_indexes
+from service.settings import Settings
 
 POINTER_LOOP = """
 import sys
@@ -79,3 +84,113 @@ def test_sigkill_during_builds_and_switches_leaves_a_consistent_registry(tmp_pat
         flipper.wait()
         assert check_registry(root) == versions
         assert IndexRegistry(root, "default").serving() in versions
+
+
+JOBS_LOOP = """
+import json, sys, time
+from pathlib import Path
+from indexer.sources import Document
+from retriever.encoder import Encoder
+from service.loading import load_indexes
+from service.settings import Settings
+from tests.test_crash import record_text
+
+root, first = Path(sys.argv[1]), int(sys.argv[2])
+indexes, jobs = load_indexes(Settings(registry_dir=root, compact_after_chunks=0), Encoder())
+print("ready", flush=True)
+
+def wait(job_id):
+    while (job := jobs.job(job_id)).state not in ("done", "failed"):
+        time.sleep(0.01)
+    assert job.state == "done", job.result
+
+for i in range(first, first + 1000):
+    upsert = [Document(f"rec-{i}-{j}", "", record_text(i, j)) for j in range(3)]
+    delete = [f"rec-{i - 1}-0"] if i > first else []
+    ops = json.dumps({"upsert": [d.id for d in upsert], "delete": delete})
+    print("submit", ops, flush=True)
+    wait(jobs.submit_documents(upsert, delete))
+    print("done", ops, flush=True)
+    if i % 2 == 0:
+        print("refreshing", flush=True)
+        wait(jobs.submit_refresh("default", None))
+"""
+
+WORDS = ["amber", "basalt", "cedar", "dune", "ember", "fjord", "garnet", "heron", "iris", "juniper", "kelp", "lichen"]
+
+
+def record_text(i: int, j: int) -> str:
+    """A sentence nothing else in the corpus resembles, so searching it finds its own record first."""
+    a, b, c = WORDS[(i * 3 + j) % 12], WORDS[(i * 7 + j * 5 + 1) % 12], WORDS[(i + j * 11 + 2) % 12]
+    return f"Record {i}-{j}: the {a} vault of {b} holds {i * 97 + j * 13} crates of {c}."
+
+
+class Acknowledged:
+    """What the killed workers acknowledged (documents jobs done), from their output."""
+
+    def __init__(self) -> None:
+        self.live: set[str] = set()
+        self.deleted: set[str] = set()
+        self.unknown: set[str] = set()  # deleted by a job killed before it was acknowledged, or not
+        self.in_flight: set[str] = set()
+        self.next = 0  # the record number a new worker starts at
+
+    def feed(self, line: str) -> None:
+        event, _, ops = line.partition(" ")
+        if event == "submit":
+            self.in_flight = set(json.loads(ops)["delete"])
+        elif event == "done":
+            ack = json.loads(ops)
+            self.live = (self.live | set(ack["upsert"])) - set(ack["delete"])
+            self.deleted |= set(ack["delete"])
+            self.next = int(ack["upsert"][0].split("-")[1]) + 1
+            self.in_flight = set()
+
+    def killed(self) -> None:
+        self.live -= self.in_flight
+        self.unknown |= self.in_flight
+        self.in_flight = set()
+
+
+def test_sigkill_during_ingestion_and_refresh_loses_no_acknowledged_document(tmp_path: Path, encoder: Encoder) -> None:
+    root = tmp_path / "registry"
+    registry = IndexRegistry(root, "default")
+    base = list(read_corpus([DEMO_CORPUS]))[:80]
+    registry.set_serving(registry.add(lambda out: build_artifact(base, out, encoder, progress=False)))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    rng = random.Random(11)
+    acks = Acknowledged()
+    for cycle in range(6):
+        worker = subprocess.Popen(
+            [sys.executable, "-c", JOBS_LOOP, str(root), str(acks.next)], env=env, stdout=subprocess.PIPE, text=True
+        )
+        assert worker.stdout is not None and worker.stdout.readline().strip() == "ready"
+        in_refresh = cycle % 2 == 0  # every other kill lands inside a refresh (compaction) job
+        deadline = time.monotonic() + rng.uniform(1.0, 6.0)
+        for line in worker.stdout:
+            acks.feed(line)
+            if time.monotonic() > deadline and (line.startswith("refreshing") or not in_refresh):
+                break
+        time.sleep(rng.uniform(0.0, 0.3))
+        worker.send_signal(signal.SIGKILL)
+        for line in worker.stdout:  # what it printed before it died
+            acks.feed(line)
+        worker.wait()
+        acks.killed()
+        check_registry(root)
+
+    indexes, jobs = load_indexes(Settings(registry_dir=root, compact_after_chunks=0), encoder)
+    try:
+        while jobs.store.pending("documents") or jobs.store.pending("refresh"):  # interrupted jobs resume
+            time.sleep(0.05)
+        assert len(acks.live) > 10 and acks.deleted
+        for doc_id in sorted(acks.live):
+            i, j = map(int, doc_id.split("-")[1:])
+            hits = [p.doc_id for p in indexes.retriever.search(record_text(i, j), 10).passages]
+            assert hits[0] == doc_id and hits.count(doc_id) == 1, (doc_id, hits)
+        for doc_id in acks.deleted - acks.unknown:
+            i, j = map(int, doc_id.split("-")[1:])
+            assert doc_id not in {p.doc_id for p in indexes.retriever.search(record_text(i, j), 10).passages}
+    finally:
+        jobs.stop()
+    check_registry(root)

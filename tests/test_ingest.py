@@ -1,8 +1,8 @@
 """Ingestion through the API: jobs, freshness via the delta index, idempotency, deletes, restarts."""
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -16,22 +16,12 @@ from service.app import create_app
 from service.auth import new_token
 from service.loading import load_services
 from service.settings import Settings
-from tests.conftest import wait_ready
+from tests.conftest import wait_job, wait_ready
 
 LIGHTHOUSE = {"id": "lighthouse", "title": "Marrow Point", "text": "The Marrow Point lighthouse was automated in 1994."}
 
 
-def wait_job(client: TestClient, job_id: str, seconds: float = 60) -> dict[str, object]:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        job = client.get(f"/v1/jobs/{job_id}").json()
-        if job["state"] in ("done", "failed"):
-            return job
-        time.sleep(0.02)
-    raise AssertionError(f"job {job_id} not finished")
-
-
-def ingest(client: TestClient, body: dict[str, object]) -> dict[str, object]:
+def ingest(client: TestClient, body: dict[str, object]) -> dict[str, Any]:
     response = client.post("/v1/documents", json=body)
     assert response.status_code == 202, response.text
     return wait_job(client, response.json()["job_id"])
@@ -105,7 +95,7 @@ def test_documents_jobs_and_deletes_survive_a_restart(
         ingest(c, {"upsert": [LIGHTHOUSE], "delete": ["bridge"]})
     # a job acknowledged (queued) while the service is down is processed after the restart
     registry_home = IndexRegistry(ingest_settings.registry_root, "default").home
-    pending = DocumentStore(registry_home / "documents.sqlite").enqueue(
+    pending = DocumentStore(registry_home / "documents.sqlite").enqueue_documents(
         [Document("harbour", "Ost Lenning", "The harbour of Ost Lenning freezes every January.")], []
     )
     with make_app(ingest_settings, encoder, generator) as c:

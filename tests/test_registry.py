@@ -20,7 +20,7 @@ from service.app import create_app
 from service.auth import new_token
 from service.loading import load_services
 from service.settings import Settings
-from tests.conftest import TINY_CORPUS, wait_ready
+from tests.conftest import TINY_CORPUS, wait_job, wait_ready
 
 EXTRA = Document("lighthouse", "Marrow Point", "The Marrow Point lighthouse has been automated since 1994.")
 
@@ -125,9 +125,11 @@ def test_admin_lists_switches_and_rolls_back(admin: TestClient, three_versions) 
     assert [v["version"] for v in listing["versions"]] == sorted(three_versions[1])
     assert admin.post("/v1/retrieve", json={"query": "lighthouse"}).json()["index_version"] == v1
 
-    switched = admin.post("/admin/indexes/default/refresh", json={"version": v3})
-    assert switched.status_code == 200, switched.text
-    assert switched.json()["serving"] == v3 and switched.json()["previous"] == v1
+    created = admin.post("/admin/indexes/default/refresh", json={"version": v3})
+    assert created.status_code == 202, created.text
+    job = wait_job(admin, created.json()["job_id"])
+    assert job["kind"] == "refresh" and job["state"] == "done", job
+    assert job["index"]["serving"] == v3 and job["index"]["previous"] == v1 and not job["index"]["built"]
     answer = admin.post("/v1/retrieve", json={"query": "When was the lighthouse automated?", "top_k": 1}).json()
     assert answer["index_version"] == v3 and answer["passages"][0]["doc_id"] == "lighthouse"
 
@@ -174,7 +176,7 @@ def test_swaps_under_concurrent_queries_fail_no_request(admin: TestClient, three
     for t in threads:
         t.start()
     for i in range(9):
-        assert admin.post("/admin/indexes/default/refresh", json={"version": versions[i % 3]}).status_code == 200
+        assert admin.post("/admin/indexes/default/rollback", json={"version": versions[i % 3]}).status_code == 200
     stop.set()
     for t in threads:
         t.join()
@@ -194,7 +196,9 @@ def test_switching_to_a_corrupt_version_is_refused_and_serving_is_unchanged(
     settings = Settings(home=cache_home, registry_dir=tmp_path)
     with TestClient(create_app(settings, loader=lambda s: load_services(s, encoder=encoder, generator=generator))) as c:
         wait_ready(c)
-        response = c.post("/admin/indexes/default/refresh", json={"version": bad})
+        response = c.post("/admin/indexes/default/rollback", json={"version": bad})
         assert response.status_code == 409 and "sha256" in response.json()["error"]["message"]
+        job = wait_job(c, c.post("/admin/indexes/default/refresh", json={"version": bad}).json()["job_id"])
+        assert job["state"] == "failed" and "sha256" in job["errors"]["*"]
         assert c.post("/v1/retrieve", json={"query": "bridge"}).json()["index_version"] == good
     assert registry.serving() == good
