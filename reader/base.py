@@ -7,6 +7,7 @@ and never switches on a model or reader name.
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from retriever.errors import UnknownReaderError
@@ -20,13 +21,33 @@ if TYPE_CHECKING:
 class ReaderConfig:
     max_new_tokens: int = 32
     max_passage_tokens: int = 384  # each passage is cut to this many generator tokens
+    temperature: float = 1.0  # τ of the passage prior p(z|x) = softmax(score / τ) (RAG readers)
+    num_beams: int = 1  # beam search over the marginal (rag-token); 1 = greedy
+    fid_model: str | None = None  # local encoder-decoder (T5) folder for `fid`
+    retro_weights: Path | None = None  # trained retrofit layers for `retro` (safetensors)
+    cache_dir: Path = Path("~/.cache/ragserve")
+
+
+# Retrieval for readers that retrieve again while they generate (RETRO): queries -> top-k passages each.
+SearchFn = Callable[[Sequence[str], int], list[list[Passage]]]
+
+
+@dataclass(frozen=True, slots=True)
+class ReaderContext:
+    """What a reader factory gets."""
+
+    generator: "Generator"
+    config: ReaderConfig
+    search: SearchFn | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Answer:
     text: str
-    passages: list[Passage]  # the passages the answer was generated from
+    passages: list[Passage]  # the passages the answer was generated from (ranked, for RAG readers)
     timings_ms: dict[str, float] = field(default_factory=dict)
+    probability: float | None = None  # p(answer | question) where the reader defines it
+    weights: list[float] | None = None  # per passage: its share of the answer (posterior), aligned
 
 
 class Reader(ABC):
@@ -36,7 +57,7 @@ class Reader(ABC):
     def answer(self, question: str, passages: Sequence[Passage]) -> Answer: ...
 
 
-ReaderFactory = Callable[["Generator", ReaderConfig], Reader]
+ReaderFactory = Callable[[ReaderContext], Reader]
 _REGISTRY: dict[str, ReaderFactory] = {}
 
 
@@ -53,9 +74,11 @@ def reader_names() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def create_reader(name: str, generator: "Generator", config: ReaderConfig) -> Reader:
+def create_reader(name: str, context: ReaderContext) -> Reader:
+    """Build a registered reader; raises ReaderUnavailableError when this configuration cannot
+    run it (e.g. `fid` without an encoder-decoder model)."""
     try:
         factory = _REGISTRY[name]
     except KeyError:
         raise UnknownReaderError(f"unknown reader {name!r}; available: {', '.join(reader_names())}") from None
-    return factory(generator, config)
+    return factory(context)

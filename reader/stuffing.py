@@ -4,8 +4,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import replace
 
-from reader.base import Answer, Reader, ReaderConfig, register
-from reader.generator import Generator
+from reader.base import Answer, Reader, ReaderContext, register
 from reader.prompt import qa_prompt
 from retriever.types import Passage
 
@@ -14,9 +13,9 @@ from retriever.types import Passage
 class StuffingReader(Reader):
     name = "stuff"
 
-    def __init__(self, generator: Generator, config: ReaderConfig) -> None:
-        self.generator = generator
-        self.config = config
+    def __init__(self, context: ReaderContext) -> None:
+        self.generator = context.generator
+        self.config = context.config
 
     def _truncate(self, passage: Passage) -> Passage:
         ids = self.generator.encode(passage.text)

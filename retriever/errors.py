@@ -17,6 +17,10 @@ class UnknownReaderError(InvalidInputError):
     """A reader name that is not registered."""
 
 
+class ReaderUnavailableError(InvalidInputError):
+    """A registered reader that this configuration cannot run (the message says what it needs)."""
+
+
 class ArtifactError(RagserveError):
     """An index artifact is missing, incomplete or malformed."""
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from reader.base import Reader
 from retriever.base import Retriever
-from retriever.errors import UnknownReaderError
+from retriever.errors import InvalidInputError, ReaderUnavailableError, UnknownReaderError
 from retriever.types import Passage, SearchResult
 
 
@@ -20,12 +20,24 @@ class AskResult:
 
 
 class QAEngine:
-    def __init__(self, retriever: Retriever, readers: Mapping[str, Reader], default_reader: str) -> None:
+    def __init__(
+        self,
+        retriever: Retriever,
+        readers: Mapping[str, Reader],
+        default_reader: str,
+        unavailable: Mapping[str, str] | None = None,
+    ) -> None:
+        self.unavailable = dict(unavailable or {})  # reader name -> why this configuration cannot run it
         if default_reader not in readers:
-            raise UnknownReaderError(f"default reader {default_reader!r} is not among {sorted(readers)}")
+            raise self._missing(default_reader, readers)
         self.retriever = retriever
         self.readers = dict(readers)
         self.default_reader = default_reader
+
+    def _missing(self, name: str, readers: Mapping[str, Reader]) -> InvalidInputError:
+        if name in self.unavailable:
+            return ReaderUnavailableError(f"reader {name!r} is unavailable: {self.unavailable[name]}")
+        return UnknownReaderError(f"unknown reader {name!r}; available: {', '.join(sorted(readers))}")
 
     @property
     def index_version(self) -> str:
@@ -40,7 +52,7 @@ class QAEngine:
     def reader(self, name: str | None) -> Reader:
         name = name or self.default_reader
         if name not in self.readers:
-            raise UnknownReaderError(f"unknown reader {name!r}; available: {', '.join(sorted(self.readers))}")
+            raise self._missing(name, self.readers)
         return self.readers[name]
 
     def ask(self, question: str, top_k: int, reader_name: str | None = None) -> AskResult:

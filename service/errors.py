@@ -15,6 +15,7 @@ from retriever.errors import (
     ModelNotFoundError,
     NotReadyError,
     RagserveError,
+    ReaderUnavailableError,
     UnauthorizedError,
     UnknownIndexError,
     UnknownJobError,
@@ -27,6 +28,7 @@ log = logging.getLogger(__name__)
 # Looked up along the exception's MRO, so a subclass inherits its parent's status.
 STATUS: dict[type[RagserveError], tuple[int, str]] = {
     UnknownReaderError: (422, "unknown_reader"),
+    ReaderUnavailableError: (422, "reader_unavailable"),
     InvalidInputError: (422, "invalid_input"),
     UnknownIndexError: (404, "unknown_index"),
     UnknownJobError: (404, "unknown_job"),

@@ -3,7 +3,7 @@
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from importlib.resources import files
 from pathlib import Path
 
@@ -15,12 +15,14 @@ from indexer.chunking import CHUNKER_VERSION, ChunkingConfig
 from indexer.documents import DocumentStore
 from indexer.sources import Document, read_corpus
 from reader import builtin  # noqa: F401  (registers the built-in readers)
-from reader.base import Reader, ReaderConfig, create_reader, reader_names
+from reader.base import Reader, ReaderConfig, ReaderContext, create_reader, reader_names
 from reader.generator import Generator, resolve_generator
 from retriever.base import Retriever
 from retriever.dense import DenseRetriever
 from retriever.encoder import Encoder, resolve_retriever, weights_sha256
+from retriever.errors import ReaderUnavailableError
 from retriever.registry import IndexRegistry
+from retriever.types import Passage
 from service.engine import QAEngine
 from service.indexes import IndexManager
 from service.jobs import Jobs
@@ -83,16 +85,48 @@ def demo_index(settings: Settings, encoder: Callable[[], Encoder]) -> Path:
     return ensure_index(settings, path, lambda: read_corpus([DEMO_CORPUS]), encoder)
 
 
-def make_readers(settings: Settings, generator: Generator) -> dict[str, Reader]:
-    config = ReaderConfig(max_new_tokens=settings.max_new_tokens, max_passage_tokens=settings.max_passage_tokens)
-    return {name: create_reader(name, generator, config) for name in reader_names()}
+def reader_config(settings: Settings) -> ReaderConfig:
+    return ReaderConfig(
+        max_new_tokens=settings.max_new_tokens,
+        max_passage_tokens=settings.max_passage_tokens,
+        temperature=settings.rag_temperature,
+        num_beams=settings.num_beams,
+        fid_model=settings.fid_model,
+        retro_weights=settings.retro_weights,
+        cache_dir=settings.cache_dir,
+    )
+
+
+def make_readers(
+    settings: Settings, generator: Generator, retriever: Retriever
+) -> tuple[dict[str, Reader], dict[str, str]]:
+    """Every registered reader this configuration can run, and why the others cannot."""
+
+    def search(queries: Sequence[str], top_k: int) -> list[list[Passage]]:
+        return [result.passages for result in retriever.search_batch(queries, top_k)]
+
+    context = ReaderContext(generator, reader_config(settings), search)
+    readers: dict[str, Reader] = {}
+    unavailable: dict[str, str] = {}
+    for name in reader_names():
+        try:
+            readers[name] = create_reader(name, context)
+        except ReaderUnavailableError as exc:
+            log.info("reader %s is unavailable: %s", name, exc)
+            unavailable[name] = str(exc)
+    return readers, unavailable
+
+
+def make_engine(settings: Settings, retriever: Retriever, generator: Generator) -> QAEngine:
+    readers, unavailable = make_readers(settings, generator, retriever)
+    return QAEngine(retriever, readers, settings.default_reader, unavailable)
 
 
 def load_engine(settings: Settings, retriever: Retriever, generator: Generator | None = None) -> QAEngine:
     """An engine over a fixed retriever (evaluation)."""
     configure_threads(settings)
     generator = generator or Generator(settings.generator_model, settings.cache_dir)
-    return QAEngine(retriever, make_readers(settings, generator), settings.default_reader)
+    return make_engine(settings, retriever, generator)
 
 
 def open_registry(settings: Settings) -> IndexRegistry:
@@ -124,7 +158,7 @@ def load_services(settings: Settings, encoder: Encoder | None = None, generator:
     configure_threads(settings)
     indexes, jobs = load_indexes(settings, encoder or Encoder(settings.retriever_model))
     generator = generator or Generator(settings.generator_model, settings.cache_dir)
-    engine = QAEngine(indexes.retriever, make_readers(settings, generator), settings.default_reader)
+    engine = make_engine(settings, indexes.retriever, generator)
     return Services(engine=engine, indexes=indexes, jobs=jobs)
 
 

@@ -56,6 +56,14 @@ class Settings(BaseSettings):
     # --- generation ---------------------------------------------------------------------------
     max_new_tokens: Annotated[int, Field(ge=1, le=512)] = 32
     max_passage_tokens: Annotated[int, Field(ge=16, le=2048)] = 384
+    rag_temperature: Annotated[float, Field(gt=0, le=100)] = Field(
+        0.1, description="τ of the passage prior p(z|x) = softmax(score / τ) of the rag-* readers (cosine scores)."
+    )
+    num_beams: Annotated[int, Field(ge=1, le=8)] = Field(1, description="Beams of rag-token; 1 = greedy.")
+    fid_model: str | None = Field(None, description="Local encoder-decoder (T5) folder for the `fid` reader.")
+    retro_weights: Path | None = Field(
+        None, description="Trained RETRO retrofit (safetensors); default: <home>/retro/<generator>.safetensors."
+    )
 
     # --- HTTP and its limits ------------------------------------------------------------------
     host: str = "127.0.0.1"
