@@ -17,8 +17,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForSeq2SeqLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
+from reader.lm import Batch, lm_for
 from retriever.errors import ModelNotFoundError
 
 log = logging.getLogger(__name__)
@@ -95,22 +103,32 @@ def resolve_generator(name_or_path: str, cache_dir: Path) -> Path:
 
 
 class Generator:
-    """A causal LM for inference. Generation holds a lock: on a small CPU, two generations at
-    once only fight over the same cores (see the `torch_threads` setting)."""
+    """A causal or encoder-decoder LM for inference, with its tokenizer and decoding backend
+    (`lm`). Readers hold `lock` while they decode: on a small CPU, two generations at once only
+    fight over the same cores (see the `torch_threads` setting)."""
 
     def __init__(self, name_or_path: str = DEFAULT_GENERATOR, cache_dir: Path = Path("~/.cache/ragserve")) -> None:
         self.name = name_or_path
         self.path = resolve_generator(name_or_path, cache_dir.expanduser())
         self.tokenizer: PreTrainedTokenizerBase = AutoTokenizer.from_pretrained(self.path, local_files_only=True)
-        self.model: PreTrainedModel = AutoModelForCausalLM.from_pretrained(
-            self.path, local_files_only=True, dtype=torch.float32
-        )
+        config = AutoConfig.from_pretrained(self.path, local_files_only=True)
+        auto = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
+        self.model: PreTrainedModel = auto.from_pretrained(self.path, local_files_only=True, dtype=torch.float32)
         self.model.train(False)  # inference mode for dropout and friends
         eos = self.tokenizer.eos_token_id
         self.stop_ids: set[int] = {eos} if isinstance(eos, int) else set(eos or [])
         if isinstance(self.model.generation_config.eos_token_id, int):
             self.stop_ids.add(self.model.generation_config.eos_token_id)
+        pad = self.tokenizer.pad_token_id
+        self.lm = lm_for(self.model, int(pad if pad is not None else min(self.stop_ids, default=0)))
+        # An answer is one line: every token that contains a line break ends it.
+        pieces = self.tokenizer.batch_decode([[i] for i in range(len(self.tokenizer))])
+        self.newline_ids = {i for i, piece in enumerate(pieces) if "\n" in piece}
         self.lock = threading.Lock()
+
+    @property
+    def is_causal(self) -> bool:
+        return not self.model.config.is_encoder_decoder
 
     def encode(self, text: str) -> list[int]:
         ids: list[int] = self.tokenizer.encode(text, add_special_tokens=False)
@@ -121,22 +139,33 @@ class Generator:
         assert isinstance(text, str)
         return text
 
+    def ends_answer(self, token: int) -> bool:
+        return token in self.stop_ids or token in self.newline_ids
+
+    def answer_text(self, tokens: Sequence[int]) -> str:
+        """The answer a token sequence spells: its first line, stripped."""
+        return self.decode([t for t in tokens if t not in self.stop_ids]).split("\n")[0].strip()
+
     @torch.inference_mode()
-    def greedy(self, prompt_ids: list[int], max_new_tokens: int, stop_at_newline: bool = True) -> list[int]:
-        """Greedy decoding with a KV cache; stops at end-of-sequence or (optionally) a newline."""
+    def greedy_rows(self, batch: Batch, max_new_tokens: int) -> list[list[int]]:
+        """Greedy continuation of every row until a token that ends the answer (kept, last) or the
+        limit. The caller holds `lock`."""
+        out: list[list[int]] = [[] for _ in range(batch.rows)]
+        done = [False] * batch.rows
+        for step in range(max_new_tokens):
+            chosen = batch.logprobs.argmax(dim=-1)  # (B,)
+            for row, token in enumerate(chosen.tolist()):
+                if not done[row]:
+                    out[row].append(token)
+                    done[row] = self.ends_answer(token)
+            if all(done) or step == max_new_tokens - 1:
+                break
+            batch = self.lm.step(batch, chosen)
+        return out
+
+    @torch.inference_mode()
+    def greedy(self, prompt_ids: list[int], max_new_tokens: int, prefix: Sequence[int] = ()) -> list[int]:
+        """Greedy answer tokens for one prompt (after `prefix`), without the token that ended it."""
         with self.lock:
-            input_ids = torch.tensor([prompt_ids], dtype=torch.long)  # (1, T)
-            cache = None
-            out: list[int] = []
-            for _ in range(max_new_tokens):
-                # logits_to_keep=1: only the last position needs the (large) vocabulary projection.
-                result = self.model(input_ids=input_ids, cache=cache, use_cache=True, logits_to_keep=1)
-                cache = result.cache
-                next_id = int(result.logits[0, -1].argmax())  # logits: (1, 1, V)
-                if next_id in self.stop_ids:
-                    break
-                out.append(next_id)
-                if stop_at_newline and "\n" in self.decode(out[-1:]):
-                    break
-                input_ids = torch.tensor([[next_id]], dtype=torch.long)  # (1, 1)
-            return out
+            (tokens,) = self.greedy_rows(self.lm.start(prefix, [prompt_ids]), max_new_tokens)
+        return tokens[:-1] if tokens and self.ends_answer(tokens[-1]) else tokens

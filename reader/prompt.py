@@ -53,8 +53,15 @@ def turn(context: str, question: str) -> str:
     return f"Context: {context}\nQuestion: {flatten(question)}\nAnswer:"
 
 
+# The instruction and the worked examples: the same for every question (its KV cache is reused).
+PREFIX = HEADER + "".join(f"{turn(c, q)} {a}\n\n" for c, q, a in EXAMPLES)
+
+
+def qa_suffix(question: str, passages: Sequence[Passage]) -> str:
+    """What follows PREFIX for one question: its context line(s), question and answer cue."""
+    return turn(PASSAGE_SEPARATOR.join(flatten(p.text) for p in passages), question)
+
+
 def qa_prompt(question: str, passages: Sequence[Passage]) -> str:
     """The prompt text; the model continues it with the answer and stops at the line's end."""
-    shots = "".join(f"{turn(c, q)} {a}\n\n" for c, q, a in EXAMPLES)
-    context = PASSAGE_SEPARATOR.join(flatten(p.text) for p in passages)
-    return HEADER + shots + turn(context, question)
+    return PREFIX + qa_suffix(question, passages)

@@ -2,7 +2,7 @@
 
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from reader.base import Reader
 from retriever.base import Retriever
@@ -17,6 +17,8 @@ class AskResult:
     reader: str
     index_version: str
     timings_ms: dict[str, float]
+    probability: float | None = None
+    weights: list[float | None] = field(default_factory=list)  # per passage, aligned
 
 
 class QAEngine:
@@ -61,4 +63,7 @@ class QAEngine:
         found = self.retriever.search(question, top_k)
         answer = reader.answer(question, found.passages)
         timings = {**found.timings_ms, **answer.timings_ms, "total": (time.perf_counter() - started) * 1000}
-        return AskResult(answer.text, answer.passages, reader.name, found.index_version, timings)
+        weights: list[float | None] = list(answer.weights) if answer.weights else [None] * len(answer.passages)
+        return AskResult(
+            answer.text, answer.passages, reader.name, found.index_version, timings, answer.probability, weights
+        )

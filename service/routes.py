@@ -30,7 +30,8 @@ def build_router(settings: Settings) -> APIRouter:
         state.metrics.observe_stages("/v1/ask", result.timings_ms)
         return AskResponse(
             answer=result.answer,
-            citations=[PassageOut.of(p) for p in result.passages],
+            probability=result.probability,
+            citations=[PassageOut.of(p, w) for p, w in zip(result.passages, result.weights, strict=True)],
             reader=result.reader,
             index_version=result.index_version,
             timings_ms=result.timings_ms,

@@ -22,14 +22,16 @@ class PassageOut(BaseModel):
     title: str
     score: float
     text: str
+    weight: float | None = Field(None, description="rag-* readers: the passage's posterior share of the answer.")
 
     @classmethod
-    def of(cls, p: Passage) -> "PassageOut":
-        return cls(chunk_id=p.chunk_id, doc_id=p.doc_id, title=p.title, score=p.score, text=p.text)
+    def of(cls, p: Passage, weight: float | None = None) -> "PassageOut":
+        return cls(chunk_id=p.chunk_id, doc_id=p.doc_id, title=p.title, score=p.score, text=p.text, weight=weight)
 
 
 class AskResponse(BaseModel):
     answer: str
+    probability: float | None = Field(None, description="p(answer | question), for readers that define it.")
     citations: list[PassageOut]
     reader: str
     index_version: str

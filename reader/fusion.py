@@ -1,0 +1,61 @@
+"""Fusion for decoder-only models, in the spirit of Fusion-in-Decoder: each passage is encoded on
+its own, the question and the answer attend to all of them at once.
+
+Every passage gets its own KV cache, computed after the shared prefix (instruction and worked
+examples) and at the same position range (prefix length onwards), so passages do not attend to
+each other and their order does not matter. The caches are laid side by side behind one copy of
+the prefix; the question and the answer continue at the position after the longest passage. The
+cost is linear in the number of passages (k passages of length L: k·L·(P+L) for the passages,
+P+k·L keys per question or answer token) instead of quadratic in their total length.
+"""
+
+import time
+from collections.abc import Sequence
+
+import torch
+
+from reader.base import Answer, Reader, ReaderContext, register
+from reader.lm import CausalLM
+from reader.prompt import PREFIX, flatten
+from reader.stuffing import truncate
+from retriever.errors import ReaderUnavailableError
+from retriever.types import Passage
+
+
+def passage_segment(text: str) -> str:
+    return f"Context: {flatten(text)}\n"
+
+
+def question_segment(question: str) -> str:
+    return f"Question: {flatten(question)}\nAnswer:"
+
+
+@register("fusion")
+class FusionReader(Reader):
+    name = "fusion"
+
+    def __init__(self, context: ReaderContext) -> None:
+        if not isinstance(context.generator.lm, CausalLM):
+            raise ReaderUnavailableError("fusion needs a decoder-only generator; use `fid` for encoder-decoder models")
+        self.lm: CausalLM = context.generator.lm
+        self.generator = context.generator
+        self.config = context.config
+        self.prefix = self.generator.encode(PREFIX)
+
+    def answer(self, question: str, passages: Sequence[Passage]) -> Answer:
+        used = list(passages)
+        segments = [
+            self.generator.encode(passage_segment(truncate(self.generator, p, self.config.max_passage_tokens).text))
+            for p in used
+        ]
+        asked = torch.tensor([self.generator.encode(question_segment(question))])  # (1, Q)
+        started = time.perf_counter()
+        with self.generator.lock, torch.inference_mode():
+            fused = self.lm.fuse(self.lm.start(self.prefix, segments), len(self.prefix))
+            fused, _ = self.lm.extend(fused, asked)
+            (tokens,) = self.generator.greedy_rows(fused, self.config.max_new_tokens)
+        return Answer(
+            text=self.generator.answer_text(tokens),
+            passages=used,
+            timings_ms={"generate": (time.perf_counter() - started) * 1000},
+        )

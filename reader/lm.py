@@ -1,0 +1,223 @@
+"""Batched, cached decoding over a causal or an encoder-decoder LM: what every reader runs on.
+
+A reader starts a batch of B rows — one prompt per row, e.g. one per retrieved passage — and
+extends all rows token by token; the backend keeps each row's KV cache, attention mask and
+positions, and hands back the next-token log-probabilities of every row. Rows can be selected
+and repeated (beam search, scoring candidates under every passage).
+
+Prompts are `prefix + suffix`. The prefix (the instruction and the worked examples, the same for
+every request) of a causal LM is run once and its KV cache reused, so a request pays only for its
+passages, question and answer. An encoder-decoder model encodes `prefix + suffix` as its input.
+"""
+
+from abc import ABC, abstractmethod
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+import torch
+from torch import Tensor
+from transformers import PreTrainedModel
+from transformers.cache_utils import Cache, DynamicCache, EncoderDecoderCache
+from transformers.modeling_outputs import BaseModelOutput
+
+PREFIX_CACHE_SIZE = 4
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Decoding state of B rows."""
+
+    logprobs: Tensor  # (B, V) log p(next token | everything so far), float32
+    cache: Cache  # KV cache of the rows (mutated in place by `extend`; `select` makes it new)
+    mask: Tensor  # (B, S) causal: attention mask over the cache; seq2seq: encoder mask
+    positions: Tensor  # (B,) causal: position id of the next token; seq2seq: decoder steps so far
+    encoded: Tensor | None = None  # (B, T, D) encoder states (seq2seq only)
+
+    @property
+    def rows(self) -> int:
+        return int(self.logprobs.shape[0])
+
+
+class LM(ABC):
+    """The decoding interface readers use; `model` and `pad_id` are the underlying HF model."""
+
+    model: PreTrainedModel
+    pad_id: int
+
+    @abstractmethod
+    def start(self, prefix: Sequence[int], suffixes: Sequence[Sequence[int]]) -> Batch:
+        """One row per suffix, each conditioned on prefix + suffix."""
+
+    @abstractmethod
+    def extend(self, batch: Batch, tokens: Tensor) -> tuple[Batch, Tensor]:
+        """Append `tokens` (B, n) to every row; returns the new state (next-token log-probs after
+        the last token) and the log-probs after each appended token, (B, n, V)."""
+
+    @abstractmethod
+    def select(self, batch: Batch, rows: Tensor) -> Batch:
+        """Rows `rows` (R,) of the batch, in that order, repeats allowed."""
+
+    def step(self, batch: Batch, tokens: Tensor) -> Batch:
+        """Append one token (B,) to every row."""
+        assert tokens.shape == (batch.rows,), "one token per row"
+        return self.extend(batch, tokens[:, None])[0]
+
+    def continuation_logprob(self, batch: Batch, continuations: Sequence[Sequence[int]]) -> Tensor:
+        """(B,) log p(continuation_b | row b) of one continuation per row, teacher-forced."""
+        assert len(continuations) == batch.rows and all(continuations), "one non-empty continuation per row"
+        width = max(len(c) for c in continuations)
+        tokens = torch.full((batch.rows, width), self.pad_id, dtype=torch.long)  # (B, C)
+        for row, cont in enumerate(continuations):
+            tokens[row, : len(cont)] = torch.tensor(cont)
+        _, after = self.extend(batch, tokens)  # (B, C, V): after[:, t] predicts token t + 1
+        predictors = torch.cat([batch.logprobs[:, None], after[:, :-1]], dim=1)  # (B, C, V)
+        picked = predictors.gather(2, tokens[:, :, None])[:, :, 0]  # (B, C)
+        real = torch.arange(width)[None, :] < torch.tensor([len(c) for c in continuations])[:, None]  # (B, C)
+        return (picked * real).sum(dim=1)
+
+
+def kv_of(cache: Cache) -> list[tuple[Tensor, Tensor]]:
+    """Per layer (keys, values), each (B, H, S, Dh)."""
+    pairs = []
+    for layer in cache.layers:
+        keys, values = getattr(layer, "keys", None), getattr(layer, "values", None)
+        assert isinstance(keys, Tensor) and isinstance(values, Tensor), "expected an attention KV cache"
+        pairs.append((keys, values))
+    return pairs
+
+
+class CausalLM(LM):
+    def __init__(self, model: PreTrainedModel, pad_id: int) -> None:
+        self.model = model
+        self.pad_id = pad_id
+        self._prefixes: OrderedDict[tuple[int, ...], list[tuple[Tensor, Tensor]]] = OrderedDict()
+
+    def _prefix_kv(self, prefix: Sequence[int]) -> list[tuple[Tensor, Tensor]]:
+        """Per layer (keys, values), each (1, H, P, Dh): computed once per distinct prefix."""
+        key = tuple(prefix)
+        if key not in self._prefixes:
+            out = self.model(input_ids=torch.tensor([list(prefix)]), use_cache=True, logits_to_keep=1)
+            self._prefixes[key] = kv_of(out.cache)
+            if len(self._prefixes) > PREFIX_CACHE_SIZE:
+                self._prefixes.popitem(last=False)
+        self._prefixes.move_to_end(key)
+        return self._prefixes[key]
+
+    def start(self, prefix: Sequence[int], suffixes: Sequence[Sequence[int]]) -> Batch:
+        assert suffixes and all(suffixes), "every row needs a non-empty suffix"
+        rows, width, p = len(suffixes), max(len(s) for s in suffixes), len(prefix)
+        kv = [(k.expand(rows, -1, -1, -1), v.expand(rows, -1, -1, -1)) for k, v in self._prefix_kv(prefix)] if p else []
+        # Suffixes are left-padded so every row's last token is at the end; positions are explicit,
+        # so the real tokens of every row sit at positions p, p+1, ... whatever their padding.
+        tokens = torch.full((rows, width), self.pad_id, dtype=torch.long)  # (B, L)
+        mask = torch.zeros((rows, p + width), dtype=torch.long)  # (B, P+L)
+        mask[:, :p] = 1
+        positions = torch.zeros((rows, width), dtype=torch.long)  # (B, L)
+        for row, suffix in enumerate(suffixes):
+            n = len(suffix)
+            tokens[row, width - n :] = torch.tensor(list(suffix))
+            mask[row, p + width - n :] = 1
+            positions[row, width - n :] = torch.arange(p, p + n)
+        cache = DynamicCache(ddp_cache_data=[(k.contiguous(), v.contiguous()) for k, v in kv]) if kv else DynamicCache()
+        out = self.model(
+            input_ids=tokens, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True, logits_to_keep=1
+        )
+        logprobs = torch.log_softmax(out.logits[:, -1].float(), dim=-1)  # (B, V)
+        return Batch(logprobs, out.cache, mask, positions[:, -1] + 1)
+
+    def extend(self, batch: Batch, tokens: Tensor) -> tuple[Batch, Tensor]:
+        rows, n = tokens.shape
+        assert rows == batch.rows
+        mask = torch.cat([batch.mask, torch.ones((rows, n), dtype=torch.long)], dim=1)  # (B, S+n)
+        positions = batch.positions[:, None] + torch.arange(n)[None, :]  # (B, n)
+        out = self.model(
+            input_ids=tokens,
+            attention_mask=mask,
+            position_ids=positions,
+            cache=batch.cache,
+            use_cache=True,
+            logits_to_keep=0 if n > 1 else 1,
+        )
+        after = torch.log_softmax(out.logits.float(), dim=-1)  # (B, n, V)
+        return Batch(after[:, -1], out.cache, mask, batch.positions + n), after
+
+    def select(self, batch: Batch, rows: Tensor) -> Batch:
+        layers = [(keys[rows], values[rows]) for keys, values in kv_of(batch.cache)]
+        return Batch(batch.logprobs[rows], DynamicCache(ddp_cache_data=layers), batch.mask[rows], batch.positions[rows])
+
+    def fuse(self, batch: Batch, prefix_len: int) -> Batch:
+        """One row whose cache holds the prefix once, then every row's tokens after the prefix,
+        side by side at the positions they were encoded at (fusion of separately encoded passages).
+        The next token is at the position after the longest row."""
+        kv = []
+        for keys, values in kv_of(batch.cache):  # each (B, H, P+L, Dh)
+            b, h, s, d = keys.shape
+            assert s == batch.mask.shape[1], "cache and mask disagree"
+            fused_k = keys[:, :, prefix_len:].transpose(0, 1).reshape(1, h, b * (s - prefix_len), d)  # (1, H, B*L, Dh)
+            fused_v = values[:, :, prefix_len:].transpose(0, 1).reshape(1, h, b * (s - prefix_len), d)
+            kv.append(
+                (torch.cat([keys[:1, :, :prefix_len], fused_k], 2), torch.cat([values[:1, :, :prefix_len], fused_v], 2))
+            )
+        mask = torch.cat([batch.mask[:1, :prefix_len], batch.mask[:, prefix_len:].reshape(1, -1)], dim=1)  # (1, P+B*L)
+        logprobs = batch.logprobs[:1]  # unused: the caller extends the fused row before reading it
+        return Batch(logprobs, DynamicCache(ddp_cache_data=kv), mask, batch.positions.max()[None])
+
+
+class Seq2SeqLM(LM):
+    def __init__(self, model: PreTrainedModel, pad_id: int) -> None:
+        assert model.config.is_encoder_decoder, "Seq2SeqLM needs an encoder-decoder model"
+        self.model = model
+        self.pad_id = pad_id
+        start = model.config.decoder_start_token_id
+        self.decoder_start = int(start if start is not None else pad_id)
+
+    def start(self, prefix: Sequence[int], suffixes: Sequence[Sequence[int]]) -> Batch:
+        inputs = [[*prefix, *s] for s in suffixes]
+        rows, width = len(inputs), max(len(i) for i in inputs)
+        tokens = torch.full((rows, width), self.pad_id, dtype=torch.long)  # (B, T)
+        mask = torch.zeros((rows, width), dtype=torch.long)  # (B, T)
+        for row, ids in enumerate(inputs):
+            tokens[row, : len(ids)] = torch.tensor(ids)
+            mask[row, : len(ids)] = 1
+        encoded = self.model.get_encoder()(input_ids=tokens, attention_mask=mask).last_hidden_state  # (B, T, D)
+        empty = Batch(
+            torch.empty(rows, 0),
+            EncoderDecoderCache(DynamicCache(), DynamicCache()),
+            mask,
+            torch.zeros(rows, dtype=torch.long),
+            encoded,
+        )
+        return self.extend(empty, torch.full((rows, 1), self.decoder_start, dtype=torch.long))[0]
+
+    def extend(self, batch: Batch, tokens: Tensor) -> tuple[Batch, Tensor]:
+        assert batch.encoded is not None
+        out = self.model(
+            encoder_outputs=BaseModelOutput(last_hidden_state=batch.encoded),
+            attention_mask=batch.mask,
+            decoder_input_ids=tokens,
+            cache=batch.cache,
+            use_cache=True,
+        )
+        after = torch.log_softmax(out.logits.float(), dim=-1)  # (B, n, V)
+        return replace(
+            batch, logprobs=after[:, -1], cache=out.cache, positions=batch.positions + tokens.shape[1]
+        ), after
+
+    def select(self, batch: Batch, rows: Tensor) -> Batch:
+        assert batch.encoded is not None and isinstance(batch.cache, EncoderDecoderCache)
+        parts = (batch.cache.self_attention_cache, batch.cache.cross_attention_cache)
+        caches = [DynamicCache(ddp_cache_data=[(k[rows], v[rows]) for k, v in kv_of(part)]) for part in parts]
+        return Batch(
+            batch.logprobs[rows],
+            EncoderDecoderCache(*caches),
+            batch.mask[rows],
+            batch.positions[rows],
+            batch.encoded[rows],
+        )
+
+
+def lm_for(model: PreTrainedModel, pad_id: int) -> LM:
+    """The backend for a loaded model."""
+    backend: type[LM] = Seq2SeqLM if model.config.is_encoder_decoder else CausalLM
+    return backend(model, pad_id)  # type: ignore[call-arg]

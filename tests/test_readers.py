@@ -1,0 +1,103 @@
+"""Property tests of the RAG, fusion and stuffing readers on the real default generator: they
+would catch a wrong marginalization, a wrong cache layout or a padding bug."""
+
+from collections.abc import Sequence
+
+import pytest
+import torch
+
+from reader.base import Reader, ReaderConfig, ReaderContext, create_reader
+from reader.fusion import passage_segment, question_segment
+from reader.generator import Generator
+from reader.marginal import marginal_next_token, passage_prior, posterior
+from reader.prompt import PREFIX, qa_suffix
+from retriever.types import Passage
+
+PASSAGES = [
+    Passage("lighthouse#0", "lighthouse", "Marrow Point", "The Marrow Point lighthouse was automated in 1994.", 0.62),
+    Passage("bridge#0", "bridge", "Harrow bridge", "The Harrow bridge was built in 1871 by Tomas Brell.", 0.41),
+    Passage("cheese#0", "cheese", "Velt cheese", "Velt cheese is ripened for nine months in limestone caves.", 0.30),
+]
+QUESTION = "When was the Marrow Point lighthouse automated?"
+
+
+def reader(generator: Generator, name: str, **config: object) -> Reader:
+    return create_reader(name, ReaderContext(generator, ReaderConfig(max_new_tokens=12, **config)))  # type: ignore[arg-type]
+
+
+def plain(generator: Generator, passages: Sequence[Passage], question: str = QUESTION) -> list[int]:
+    """Greedy answer tokens of the plain model on prefix + the stuffed prompt."""
+    suffix = generator.encode(qa_suffix(question, passages))
+    return generator.greedy(suffix, 12, prefix=generator.encode(PREFIX))
+
+
+def test_padded_rows_equal_single_rows(generator: Generator) -> None:
+    prefix = generator.encode(PREFIX)
+    suffixes = [generator.encode(qa_suffix(QUESTION, [p])) for p in PASSAGES]
+    batch = generator.lm.start(prefix, suffixes)  # left-padded to the longest
+    for row, suffix in enumerate(suffixes):
+        alone = generator.lm.start(prefix, [suffix])
+        torch.testing.assert_close(batch.logprobs[row], alone.logprobs[0], atol=2e-4, rtol=0)
+
+
+def test_continuation_logprob_is_the_sum_of_step_logprobs(generator: Generator) -> None:
+    lm = generator.lm
+    prefix, suffix = generator.encode(PREFIX), generator.encode(qa_suffix(QUESTION, PASSAGES[:1]))
+    continuation = generator.encode(" 1994\n")
+    teacher_forced = lm.continuation_logprob(lm.start(prefix, [suffix]), [continuation])
+    batch, total = lm.start(prefix, [suffix]), 0.0
+    for token in continuation:
+        total += float(batch.logprobs[0, token])
+        batch = lm.step(batch, torch.tensor([token]))
+    assert float(teacher_forced[0]) == pytest.approx(total, abs=1e-3)
+
+
+@pytest.mark.parametrize("name", ["rag-token", "rag-sequence", "fusion", "stuff"])
+def test_with_one_passage_every_reader_equals_plain_generation(generator: Generator, name: str) -> None:
+    one = PASSAGES[1:2]
+    question = "Who built the Harrow bridge?"
+    expected = generator.answer_text(plain(generator, one, question))
+    if name == "fusion":  # its prompt puts the question in a segment of its own
+        tokens = generator.encode(passage_segment(one[0].text)) + generator.encode(question_segment(question))
+        expected = generator.answer_text(generator.greedy(tokens, 12, prefix=generator.encode(PREFIX)))
+    answer = reader(generator, name).answer(question, one)
+    assert answer.text == expected and expected
+    if name.startswith("rag"):
+        assert answer.weights == [pytest.approx(1.0)] and 0 < (answer.probability or 0) <= 1
+
+
+def test_marginals_and_posteriors_are_distributions(generator: Generator) -> None:
+    log_prior = passage_prior([p.score for p in PASSAGES], temperature=0.1)
+    assert float(log_prior.exp().sum()) == pytest.approx(1.0, abs=1e-6)
+    suffixes = [generator.encode(qa_suffix(QUESTION, [p])) for p in PASSAGES]
+    batch = generator.lm.start(generator.encode(PREFIX), suffixes)
+    marginal = marginal_next_token(log_prior, batch.logprobs)  # (V,)
+    assert float(marginal.exp().sum()) == pytest.approx(1.0, abs=1e-4)
+    assert float(posterior(log_prior, torch.tensor([-1.0, -3.0, -9.0])).sum()) == pytest.approx(1.0, abs=1e-6)
+    for name in ("rag-token", "rag-sequence"):
+        answer = reader(generator, name, temperature=0.1).answer(QUESTION, PASSAGES)
+        assert sum(answer.weights or []) == pytest.approx(1.0, abs=1e-5)
+        assert answer.passages[0].doc_id == "lighthouse" and "1994" in answer.text
+
+
+def test_beam_search_finds_an_answer_at_least_as_likely_as_greedy(generator: Generator) -> None:
+    question = "Who built the Harrow bridge and when?"
+    greedy = reader(generator, "rag-token", temperature=1.0).answer(question, PASSAGES)
+    beam = reader(generator, "rag-token", temperature=1.0, num_beams=4).answer(question, PASSAGES)
+    assert (beam.probability or 0) >= (greedy.probability or 0) * (1 - 1e-4)
+
+
+def test_fusion_is_invariant_to_passage_order(generator: Generator) -> None:
+    fusion = reader(generator, "fusion")
+    forward = fusion.answer(QUESTION, PASSAGES)
+    backward = fusion.answer(QUESTION, PASSAGES[::-1])
+    assert forward.text == backward.text and "1994" in forward.text
+    lm, prefix = generator.lm, generator.encode(PREFIX)
+    asked = torch.tensor([generator.encode(question_segment(QUESTION))])
+
+    def next_token(passages: Sequence[Passage]) -> torch.Tensor:
+        segments = [generator.encode(passage_segment(p.text)) for p in passages]
+        fused = lm.fuse(lm.start(prefix, segments), len(prefix))  # type: ignore[attr-defined]
+        return lm.extend(fused, asked)[0].logprobs[0]
+
+    torch.testing.assert_close(next_token(PASSAGES), next_token(PASSAGES[::-1]), atol=1e-4, rtol=0)
