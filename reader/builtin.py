@@ -1,5 +1,5 @@
 """Importing this module registers every built-in reader."""
 
-from reader import stuffing
+from reader import fusion, rag_sequence, rag_token, stuffing
 
-__all__ = ["stuffing"]
+__all__ = ["fusion", "rag_sequence", "rag_token", "stuffing"]
