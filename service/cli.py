@@ -101,7 +101,7 @@ def cmd_eval_squad(args: argparse.Namespace) -> int:
         settings,
         args.data,
         args.limit,
-        args.reader,
+        args.reader.split(",") if args.reader else [None],
         args.retrieval_only,
         args.top_k or settings.ask_top_k,
         progress=not args.no_progress,
@@ -175,7 +175,9 @@ def parser() -> argparse.ArgumentParser:
     squad = ev.add_parser("squad", help="open-domain SQuAD v1.1: recall@k, exact match, F1")
     squad.add_argument("--data", type=Path, default=Path("../shared/data/squad-v1.1-dev.parquet"))
     squad.add_argument("--limit", type=int, help="evaluate N questions spread evenly over the set")
-    squad.add_argument("--reader", help="reader name (default: the configured default reader)")
+    squad.add_argument(
+        "--reader", help="reader name, or several separated by commas (default: the configured default reader)"
+    )
     squad.add_argument("--top-k", type=int, help="passages given to the reader (default: setting ask_top_k)")
     squad.add_argument("--retrieval-only", action="store_true", help="skip the reader")
     squad.add_argument("--out", type=Path, help="also write the report as JSON here")

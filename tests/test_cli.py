@@ -65,13 +65,17 @@ def test_eval_squad_reports_recall_and_answer_scores(
     monkeypatch.setenv("RAGSERVE_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("RAGSERVE_GENERATOR_MODEL", str(generator.path))  # the converted copy: no re-conversion
     out = tmp_path / "report.json"
-    assert main(["eval", "squad", "--data", str(data), "--out", str(out), "--no-progress"]) == 0
+    readers = "stuff,rag-token,rag-sequence,fusion"
+    assert main(["eval", "squad", "--data", str(data), "--reader", readers, "--out", str(out), "--no-progress"]) == 0
     report = json.loads(out.read_text())
     assert json.loads(capsys.readouterr().out) == report
     assert {"recall@1", "recall@5", "recall@20", "exact_match", "f1", "questions_per_second", "settings"} <= set(report)
     assert report["recall@1"] == 1.0 and report["questions"] == 3
     assert 0 < report["exact_match"] <= report["f1"] <= 1  # the 135M generator gets "1871" right
-    assert report["settings"]["paragraphs"] == 2 and report["settings"]["reader"] == "stuff"
+    assert report["settings"]["paragraphs"] == 2 and report["settings"]["readers"] == readers.split(",")
+    assert list(report["readers"]) == readers.split(",")  # the same retrieved passages, every reader
+    assert report["readers"]["stuff"]["exact_match"] == report["exact_match"]  # top level: the first reader
+    assert all(0 <= r["exact_match"] <= r["f1"] <= 1 and r["p50_latency_ms"] > 0 for r in report["readers"].values())
     # the artifact is reused by a second run, and --retrieval-only skips the reader
     assert main(["eval", "squad", "--data", str(data), "--retrieval-only", "--limit", "2", "--no-progress"]) == 0
     again = json.loads(capsys.readouterr().out)
