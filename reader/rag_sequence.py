@@ -26,7 +26,7 @@ class RagSequenceReader(Reader):
     def __init__(self, context: ReaderContext) -> None:
         self.generator = context.generator
         self.config = context.config
-        self.prefix = self.generator.encode(PREFIX) if self.generator.is_causal else []
+        self.prefix = self.generator.encode(PREFIX)
 
     def answer(self, question: str, passages: Sequence[Passage]) -> Answer:
         used = list(passages)

@@ -36,7 +36,7 @@ class RagTokenReader(Reader):
     def __init__(self, context: ReaderContext) -> None:
         self.generator = context.generator
         self.config = context.config
-        self.prefix = self.generator.encode(PREFIX) if self.generator.is_causal else []
+        self.prefix = self.generator.encode(PREFIX)
 
     def answer(self, question: str, passages: Sequence[Passage]) -> Answer:
         used = list(passages)
