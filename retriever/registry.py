@@ -165,5 +165,10 @@ class IndexRegistry:
         excess = len(self.version_ids()) - keep
         removed = removable[: max(0, excess)]
         for version in removed:
-            shutil.rmtree(self.versions_dir / version, ignore_errors=True)
+            # Renamed out of the way first: a crash mid-delete leaves a staging directory that the
+            # next start removes, never a version id naming half an artifact.
+            doomed = self.versions_dir / f"{STAGING_PREFIX}deleting-{version}"
+            os.rename(self.versions_dir / version, doomed)
+            fsync_dir(self.versions_dir)
+            shutil.rmtree(doomed, ignore_errors=True)
         return removed

@@ -2,6 +2,7 @@
 would catch a wrong marginalization, a wrong cache layout or a padding bug."""
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,7 +12,9 @@ from reader.fusion import passage_segment, question_segment
 from reader.generator import Generator
 from reader.marginal import marginal_next_token, passage_prior, posterior
 from reader.prompt import PREFIX, qa_suffix
+from retriever.errors import ReaderUnavailableError
 from retriever.types import Passage
+from tests.tiny_t5 import tiny_t5  # noqa: F401  (fixture)
 
 PASSAGES = [
     Passage("lighthouse#0", "lighthouse", "Marrow Point", "The Marrow Point lighthouse was automated in 1994.", 0.62),
@@ -101,3 +104,30 @@ def test_fusion_is_invariant_to_passage_order(generator: Generator) -> None:
         return lm.extend(fused, asked)[0].logprobs[0]
 
     torch.testing.assert_close(next_token(PASSAGES), next_token(PASSAGES[::-1]), atol=1e-4, rtol=0)
+
+
+@pytest.fixture(scope="module")
+def t5_generator(tiny_t5: Path) -> Generator:  # noqa: F811  (the fixture imported above)
+    return Generator(str(tiny_t5))
+
+
+@pytest.mark.parametrize("name", ["rag-token", "rag-sequence", "stuff"])
+def test_rag_readers_run_on_an_encoder_decoder_generator(t5_generator: Generator, name: str) -> None:
+    one = PASSAGES[:1]
+    suffix, prefix = t5_generator.encode(qa_suffix(QUESTION, one)), t5_generator.encode(PREFIX)
+    expected = t5_generator.answer_text(t5_generator.greedy(suffix, 12, prefix=prefix))
+    assert reader(t5_generator, name).answer(QUESTION, one).text == expected
+    answer = reader(t5_generator, name, num_beams=2).answer(QUESTION, PASSAGES)
+    assert len(answer.passages) == 3
+    if name != "stuff":
+        assert sum(answer.weights or []) == pytest.approx(1.0, abs=1e-5) and 0 < (answer.probability or 0) <= 1
+    batch = t5_generator.lm.start(
+        t5_generator.encode(PREFIX), [t5_generator.encode(qa_suffix(QUESTION, [p])) for p in PASSAGES]
+    )
+    marginal = marginal_next_token(passage_prior([p.score for p in PASSAGES], 0.1), batch.logprobs)
+    assert float(marginal.exp().sum()) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_fusion_needs_a_decoder_only_generator(t5_generator: Generator) -> None:
+    with pytest.raises(ReaderUnavailableError, match="decoder-only"):
+        reader(t5_generator, "fusion")

@@ -84,6 +84,7 @@ def test_prune_keeps_the_newest_and_never_the_serving_or_leased(tmp_path: Path, 
     registry.set_serving(versions[1])
     assert registry.prune(keep=3, in_use={versions[2]}) == [versions[0], versions[3]]  # oldest unprotected first
     assert sorted(registry.version_ids()) == sorted([versions[1], versions[2], versions[4]])
+    assert sorted(p.name for p in registry.versions_dir.iterdir()) == sorted(registry.version_ids())  # no leftovers
 
 
 def test_a_lease_finishes_on_the_version_it_started_with(three_versions, encoder: Encoder) -> None:  # type: ignore[no-untyped-def]
