@@ -9,6 +9,7 @@ from service.auth import QueryAuth
 from service.schemas import (
     AskRequestBase,
     AskResponse,
+    CitationOut,
     PassageOut,
     RetrieveRequestBase,
     RetrieveResponse,
@@ -31,7 +32,7 @@ def build_router(settings: Settings) -> APIRouter:
         return AskResponse(
             answer=result.answer,
             probability=result.probability,
-            citations=[PassageOut.of(p, w) for p, w in zip(result.passages, result.weights, strict=True)],
+            citations=[CitationOut.cite(p, w) for p, w in zip(result.passages, result.weights, strict=True)],
             reader=result.reader,
             index_version=result.index_version,
             timings_ms=result.timings_ms,

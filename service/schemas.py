@@ -22,17 +22,24 @@ class PassageOut(BaseModel):
     title: str
     score: float
     text: str
+
+    @classmethod
+    def of(cls, p: Passage) -> "PassageOut":
+        return cls(chunk_id=p.chunk_id, doc_id=p.doc_id, title=p.title, score=p.score, text=p.text)
+
+
+class CitationOut(PassageOut):
     weight: float | None = Field(None, description="rag-* readers: the passage's posterior share of the answer.")
 
     @classmethod
-    def of(cls, p: Passage, weight: float | None = None) -> "PassageOut":
+    def cite(cls, p: Passage, weight: float | None) -> "CitationOut":
         return cls(chunk_id=p.chunk_id, doc_id=p.doc_id, title=p.title, score=p.score, text=p.text, weight=weight)
 
 
 class AskResponse(BaseModel):
     answer: str
     probability: float | None = Field(None, description="p(answer | question), for readers that define it.")
-    citations: list[PassageOut]
+    citations: list[CitationOut]
     reader: str
     index_version: str
     timings_ms: dict[str, float]

@@ -21,6 +21,25 @@ def test_ask_answers_from_the_corpus_and_cites_the_passage(client: TestClient) -
     assert {"embed", "search", "generate", "total"} <= set(body["timings_ms"])
 
 
+@pytest.mark.parametrize("reader", ["rag-token", "rag-sequence", "fusion"])
+def test_every_reader_answers_through_the_api(client: TestClient, reader: str) -> None:
+    body = {"question": "When was the Harrow bridge built?", "top_k": 3, "reader": reader}
+    answer = client.post("/v1/ask", json=body).json()
+    assert answer["reader"] == reader and answer["answer"] and len(answer["citations"]) == 3
+    if reader != "fusion":  # fusion answers "2019" here, from the wrong passage (see README: Readers)
+        assert "1871" in answer["answer"] and answer["citations"][0]["doc_id"] == "bridge"
+    if reader.startswith("rag"):  # probability of the answer, posterior share of each passage
+        assert 0 < answer["probability"] <= 1
+        assert sum(c["weight"] for c in answer["citations"]) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_a_reader_this_configuration_cannot_run_is_a_422_that_says_why(client: TestClient) -> None:
+    response = client.post("/v1/ask", json={"question": "q", "reader": "fid"})
+    assert response.status_code == 422
+    assert response.json()["error"]["code"] == "reader_unavailable"
+    assert "RAGSERVE_FID_MODEL" in response.json()["error"]["message"]
+
+
 def test_ask_top_k_controls_how_many_passages_are_cited(client: TestClient) -> None:
     body = client.post("/v1/ask", json={"question": "When was the Harrow bridge built?", "top_k": 3}).json()
     assert len(body["citations"]) == 3
@@ -104,7 +123,8 @@ def test_unknown_paths_and_methods(client: TestClient) -> None:
 def test_health_ready_metrics_and_docs(client: TestClient) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
     ready = client.get("/readyz").json()
-    assert ready["status"] == "ready" and ready["readers"] == ["stuff"]
+    assert ready["status"] == "ready" and {"stuff", "rag-token", "rag-sequence", "fusion"} <= set(ready["readers"])
+    assert "fid" not in ready["readers"]  # no encoder-decoder model configured
     client.post("/v1/retrieve", json={"query": "bridge"})
     metrics = client.get("/metrics").text
     assert 'ragserve_requests_total{endpoint="/v1/retrieve",status="200"}' in metrics
