@@ -141,6 +141,31 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_train_retro(args: argparse.Namespace) -> int:
+    from reader.generator import Generator
+    from reader.retro import default_weights_path
+    from reader.retro_train import TrainConfig, train
+    from retriever.dense import DenseRetriever
+    from retriever.encoder import Encoder
+    from retriever.errors import UnknownIndexError
+    from service.loading import configure_threads, open_registry
+
+    settings = _settings(index_name=args.index)
+    configure_threads(settings)
+    registry = open_registry(settings)
+    version = registry.serving()
+    if version is None:
+        raise UnknownIndexError(f"index {args.index!r} has no serving version (build one with `ragserve index build`)")
+    out = args.out or settings.retro_weights or default_weights_path(settings.cache_dir, settings.generator_model)
+    retriever = DenseRetriever(registry.path_of(version), Encoder(settings.retriever_model))
+    generator = Generator(settings.generator_model, settings.cache_dir)
+    config = TrainConfig(
+        steps=args.steps, batch=args.batch, seq_tokens=args.seq_tokens, lr=args.lr, holdout=args.holdout, seed=args.seed
+    )
+    print(json.dumps(train(retriever, generator, out, config), indent=2))
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ragserve", description="Retrieval-augmented question answering service.")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
@@ -195,6 +220,18 @@ def parser() -> argparse.ArgumentParser:
     ingest.add_argument("--no-wait", action="store_true", help="return once the jobs are acknowledged")
     ingest.add_argument("--no-progress", action="store_true")
     ingest.set_defaults(func=cmd_ingest)
+
+    train = sub.add_parser("train", help="training of retrofitted readers").add_subparsers(dest="model", required=True)
+    retro = train.add_parser("retro", help="train the RETRO retrofit (base model frozen) on an index's corpus")
+    retro.add_argument("--index", required=True, metavar="NAME", help="registry index: corpus and neighbour source")
+    retro.add_argument("--steps", type=int, required=True)
+    retro.add_argument("--out", type=Path, help="weights file (default: setting retro_weights)")
+    retro.add_argument("--batch", type=int, default=2, help="sequences per step (default: %(default)s)")
+    retro.add_argument("--seq-tokens", type=int, default=128, help="tokens per sequence (default: %(default)s)")
+    retro.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default: %(default)s)")
+    retro.add_argument("--holdout", type=float, default=0.1, help="documents kept out (default: %(default)s)")
+    retro.add_argument("--seed", type=int, default=0)
+    retro.set_defaults(func=cmd_train_retro)
 
     token = sub.add_parser("token", help="bearer tokens").add_subparsers(dest="action", required=True)
     new = token.add_parser("new", help="print a fresh random token and the SHA-256 digest to configure")

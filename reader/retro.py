@@ -1,0 +1,158 @@
+"""The `retro` reader: the stuff reader's prompt, read by the generator retrofitted with chunked
+cross-attention (see reader/retro_model.py), retrieving again at every chunk boundary.
+
+- The prompt is `qa_prompt(question, passages)`, exactly as for `stuff`, with the same passages.
+- Neighbours of the prompt's chunks are those same passages (the engine's top k for the question).
+- While generating, each time a chunk of m tokens completes, its text is the query of a new
+  `context.search` (the serving index), and the top k hits become that chunk's neighbours, which
+  the following tokens attend to. Without a search function the engine's passages are reused.
+- Greedy decoding with a KV cache; stops at end-of-sequence or a newline, like `stuff`.
+
+Weights: `ReaderConfig.retro_weights`, default `<cache_dir>/retro/<generator>.safetensors`, written
+by `ragserve train retro`. Without a weights file the retrofit is untrained: its gates are 0 and
+the answers are the base model's (the reader still runs, and says so in the log).
+"""
+
+import logging
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from transformers import PreTrainedModel
+
+from reader.base import Answer, Reader, ReaderContext, SearchFn, register
+from reader.generator import Generator
+from reader.prompt import flatten, qa_prompt
+from reader.retro_model import RetroConfig, Retrofit, RetroState
+from retriever.errors import ReaderUnavailableError
+from retriever.types import Passage
+
+log = logging.getLogger(__name__)
+
+
+def default_weights_path(cache_dir: Path, generator_name: str) -> Path:
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(generator_name).name) or "generator"
+    return cache_dir.expanduser() / "retro" / f"{safe}.safetensors"
+
+
+def save_retrofit(retrofit: Retrofit, path: Path, extra: dict[str, str] | None = None) -> None:
+    """The new layers only (safetensors, config in the metadata); written atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {name: t.detach().contiguous() for name, t in retrofit.state_dict().items()}
+    metadata = {"config": retrofit.config.to_json(), "hidden_size": str(retrofit.base.config.hidden_size)}
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file(tensors, str(tmp), metadata={**metadata, **(extra or {})})
+    tmp.replace(path)
+
+
+def load_retrofit(path: Path, model: PreTrainedModel) -> Retrofit:
+    with safe_open(str(path), framework="pt") as fh:
+        metadata: dict[str, str] = fh.metadata() or {}
+    if "config" not in metadata:
+        raise ReaderUnavailableError(f"{path} is not a RETRO retrofit (no config in its metadata)")
+    if metadata.get("hidden_size") != str(model.config.hidden_size):
+        raise ReaderUnavailableError(
+            f"{path} was trained for a generator of width {metadata.get('hidden_size')}, "
+            f"the loaded generator has width {model.config.hidden_size}"
+        )
+    retrofit = Retrofit(model, RetroConfig.from_json(metadata["config"]))
+    retrofit.load_state_dict(load_file(str(path)))
+    retrofit.train(False)
+    return retrofit
+
+
+def neighbour_tensors(
+    generator: Generator, per_chunk: Sequence[Sequence[Passage]], config: RetroConfig
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids and mask (L, k, r) of the first k passages of each chunk, each cut to r tokens
+    (a chunk with fewer passages gets masked-out rows)."""
+    k, r = config.neighbours, config.neighbour_tokens
+    ids = torch.zeros(len(per_chunk), k, r, dtype=torch.long)  # (L, k, r)
+    mask = torch.zeros(len(per_chunk), k, r, dtype=torch.bool)  # (L, k, r)
+    for u, passages in enumerate(per_chunk):
+        for j, passage in enumerate(list(passages)[:k]):
+            tokens = generator.encode(flatten(passage.text))[:r]
+            ids[u, j, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
+            mask[u, j, : len(tokens)] = True
+    return ids, mask
+
+
+class RetroReader(Reader):
+    name = "retro"
+
+    def __init__(self, context: ReaderContext, retrofit: Retrofit) -> None:
+        self.generator = context.generator
+        self.config = context.config
+        self.search: SearchFn | None = context.search
+        self.retrofit = retrofit
+
+    def _truncate(self, passage: Passage) -> Passage:
+        ids = self.generator.encode(passage.text)
+        if len(ids) <= self.config.max_passage_tokens:
+            return passage
+        return replace(passage, text=self.generator.decode(ids[: self.config.max_passage_tokens]))
+
+    def _add(self, state: RetroState, passages: Sequence[Passage]) -> None:
+        ids, mask = neighbour_tensors(self.generator, [passages], self.retrofit.config)  # (1, k, r)
+        state.add_chunk(ids, mask)
+
+    def answer(self, question: str, passages: Sequence[Passage]) -> Answer:
+        used = list(passages)
+        prompt = self.generator.encode(qa_prompt(question, [self._truncate(p) for p in used]))
+        started = time.perf_counter()
+        with self.generator.lock, torch.inference_mode():
+            tokens, retrieve_ms = self._generate(prompt, used)
+        elapsed = (time.perf_counter() - started) * 1000
+        text = self.generator.decode(tokens).split("\n")[0].strip()
+        return Answer(text=text, passages=used, timings_ms={"generate": elapsed - retrieve_ms, "retrieve": retrieve_ms})
+
+    def _generate(self, prompt: list[int], passages: list[Passage]) -> tuple[list[int], float]:
+        m, k = self.retrofit.config.chunk, self.retrofit.config.neighbours
+        state = RetroState.empty(1, self.retrofit.config)
+        for _ in range(len(prompt) // m):  # complete chunks of the prompt: the engine's passages
+            self._add(state, passages)
+        seq = list(prompt)
+        out: list[int] = []
+        cache: Any = None
+        retrieve_ms = 0.0
+        feed = torch.tensor([prompt], dtype=torch.long)  # (1, T)
+        for _ in range(self.config.max_new_tokens):
+            result = self.retrofit(feed, state, cache=cache, use_cache=True, logits_to_keep=1)
+            cache = result.cache
+            next_id = int(result.logits[0, -1].argmax())  # logits: (1, 1, V)
+            if next_id in self.generator.stop_ids:
+                break
+            out.append(next_id)
+            seq.append(next_id)
+            if "\n" in self.generator.decode(out[-1:]):
+                break
+            if len(seq) % m == 0:  # a chunk just completed: retrieve its neighbours before feeding its last token
+                started = time.perf_counter()
+                query = self.generator.decode(seq[-m:])
+                found = self.search([query], k)[0] if self.search is not None else passages
+                retrieve_ms += (time.perf_counter() - started) * 1000
+                self._add(state, found)
+            feed = torch.tensor([[next_id]], dtype=torch.long)  # (1, 1)
+        return out, retrieve_ms
+
+
+@register("retro")
+def make_retro_reader(context: ReaderContext) -> Reader:
+    path = context.config.retro_weights or default_weights_path(context.config.cache_dir, context.generator.name)
+    model = context.generator.model
+    if path.is_file():
+        retrofit = load_retrofit(path, model)
+        log.info("retro: loaded trained retrofit %s", path)
+    elif context.config.retro_weights is not None:
+        raise ReaderUnavailableError(f"retro weights {path} do not exist (train them with `ragserve train retro`)")
+    else:
+        retrofit = Retrofit(model, RetroConfig())
+        retrofit.train(False)
+        log.info("retro: no trained retrofit at %s; gates are 0, so answers equal the base model's", path)
+    return RetroReader(context, retrofit)
