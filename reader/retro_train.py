@@ -45,6 +45,22 @@ class TrainConfig:
     holdout: float = 0.1  # fraction of documents never trained on (evaluation)
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        limits = {
+            "steps": 1 <= self.steps <= 1_000_000,
+            "batch": 1 <= self.batch <= 256,
+            "seq_tokens": 1 <= self.seq_tokens <= 8_192,
+            "lr": 0 < self.lr <= 1,
+            "holdout": 0 <= self.holdout < 1,
+        }
+        bad = [name for name, ok in limits.items() if not ok]
+        if bad:
+            raise InvalidInputError(
+                "out of range: "
+                + ", ".join(f"{name}={getattr(self, name)}" for name in bad)
+                + " (steps 1..1e6, batch 1..256, seq_tokens 1..8192, 0 < lr <= 1, 0 <= holdout < 1)"
+            )
+
 
 @dataclass(frozen=True, slots=True)
 class TrainSequence:
