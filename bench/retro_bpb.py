@@ -35,9 +35,9 @@ from reader.prompt import flatten
 from reader.retro import default_weights_path, load_retrofit
 from reader.retro_model import Retrofit
 from reader.retro_train import Batch, TrainSequence, held_out, make_batch, nll, retrieve_neighbours, sequences
-from retriever.dense import DenseRetriever
 from retriever.encoder import Encoder
 from retriever.types import Passage
+from retriever.version import VersionRetriever
 from service.loading import open_registry
 from service.settings import Settings
 
@@ -85,7 +85,7 @@ def main() -> None:
     registry = open_registry(settings)
     version = registry.serving()
     assert version is not None, f"index {args.index!r} has no serving version"
-    retriever = DenseRetriever(registry.path_of(version), encoder)
+    retriever = VersionRetriever(registry.path_of(version), encoder)
     generator = Generator(settings.generator_model, settings.cache_dir)
     weights = args.weights or settings.retro_weights or default_weights_path(settings.cache_dir, generator.name)
     retrofit = load_retrofit(weights, generator.model)

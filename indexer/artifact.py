@@ -43,6 +43,9 @@ class Manifest:
     # The document table's change counter this version includes (0: built from files, not from
     # ingested documents); the delta index of a serving version holds only later changes.
     documents_seq: int = 0
+    # Version of the BM25 analyzer that wrote sparse.npz (0: the artifact has no sparse index and
+    # one is built from the docstore when the version is opened).
+    sparse_analyzer: int = 0
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)

@@ -1,4 +1,4 @@
-"""The indexing pipeline: documents -> chunks -> embeddings -> FAISS + docstore -> sealed artifact.
+"""The indexing pipeline: documents -> chunks -> embeddings -> FAISS + BM25 + docstore -> sealed artifact.
 
 Memory stays bounded by the batch sizes: chunks go to SQLite and embeddings to a flat float32
 file in the staging directory as they are produced; the FAISS index is built from that file
@@ -22,6 +22,7 @@ from indexer.docstore import ChunkRecord, DocstoreWriter
 from indexer.sources import Document, batched
 from retriever import faiss_index
 from retriever.errors import InvalidInputError
+from retriever.sparse import ANALYZER_VERSION, SparseIndexWriter, indexed_text
 
 if TYPE_CHECKING:
     from retriever.encoder import Encoder
@@ -48,12 +49,14 @@ class ArtifactWriter:
         self.encoder = encoder
         self.config = config
         self.docstore = DocstoreWriter(staging / DOCSTORE_FILE)
+        self.sparse = SparseIndexWriter()
         self._vectors: BinaryIO = (staging / EMBEDDINGS_FILE).open("wb")
 
     def add(self, chunks: Sequence[ChunkRecord], vectors: np.ndarray) -> None:
         assert vectors.shape == (len(chunks), self.encoder.dimension), "one vector per chunk"
         self._vectors.write(np.ascontiguousarray(vectors, dtype=np.float32).tobytes())
         self.docstore.add(chunks)
+        self.sparse.add(indexed_text(c.title, c.text) for c in chunks)
 
     def seal(self, out: Path, counts: dict[str, int], started: float, **extra: Any) -> Manifest:
         """Build the FAISS index from the spooled vectors and seal the artifact at `out`;
@@ -70,6 +73,7 @@ class ArtifactWriter:
         faiss_index.write(faiss_index.build(vectors, factory), self.staging / INDEX_FILE)
         del vectors
         spooled.unlink()
+        self.sparse.write(self.staging)
         counts["build_ms"] = round((time.perf_counter() - started) * 1000)
         return seal(
             self.staging,
@@ -86,6 +90,7 @@ class ArtifactWriter:
                     "version": CHUNKER_VERSION,
                 },
                 "counts": counts,
+                "sparse_analyzer": ANALYZER_VERSION,
                 "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 **extra,
             },

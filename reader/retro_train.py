@@ -28,9 +28,9 @@ from indexer.docstore import Docstore
 from reader.generator import Generator
 from reader.retro import neighbour_tensors, save_retrofit
 from reader.retro_model import RetroConfig, Retrofit, RetroState
-from retriever.dense import DenseRetriever
 from retriever.errors import InvalidInputError
 from retriever.types import Passage
+from retriever.version import VersionRetriever
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ def sequences(artifact: Path, generator: Generator, tokens: int, keep: Callable[
 
 
 def retrieve_neighbours(
-    retriever: DenseRetriever, generator: Generator, seqs: list[TrainSequence], config: RetroConfig, depth: int = 10
+    retriever: VersionRetriever, generator: Generator, seqs: list[TrainSequence], config: RetroConfig, depth: int = 10
 ) -> list[list[list[Passage]]]:
     """Per sequence, per chunk: the top k passages for the chunk's text, not from the sequence's
     own document; the last chunk gets none."""
@@ -142,7 +142,7 @@ def learning_rate(step: int, config: TrainConfig) -> float:
 
 
 def train(
-    retriever: DenseRetriever,
+    retriever: VersionRetriever,
     generator: Generator,
     out: Path,
     config: TrainConfig,

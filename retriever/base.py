@@ -3,7 +3,7 @@
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
-from retriever.types import SearchResult
+from retriever.types import RetrievalMode, SearchResult
 
 
 class Retriever(ABC):
@@ -11,8 +11,9 @@ class Retriever(ABC):
     @abstractmethod
     def index_version(self) -> str: ...
 
-    def search(self, query: str, top_k: int) -> SearchResult:
-        return self.search_batch([query], top_k)[0]
+    def search(self, query: str, top_k: int, mode: RetrievalMode | None = None) -> SearchResult:
+        return self.search_batch([query], top_k, mode)[0]
 
     @abstractmethod
-    def search_batch(self, queries: Sequence[str], top_k: int) -> list[SearchResult]: ...
+    def search_batch(self, queries: Sequence[str], top_k: int, mode: RetrievalMode | None = None) -> list[SearchResult]:
+        """Top-k passages per query; `mode` None means the retriever's configured mode."""

@@ -65,6 +65,16 @@ def stored_vectors(index: faiss.Index, start: int, n: int) -> np.ndarray | None:
     return vectors
 
 
+def reconstruct(index: faiss.Index, rows: np.ndarray) -> np.ndarray | None:
+    """The stored vectors of `rows` -> (n, dim) float32, or None when the index cannot give them
+    back (IVF without a direct map, or compressed codes)."""
+    try:
+        vectors: np.ndarray = index.reconstruct_batch(np.ascontiguousarray(rows, dtype=np.int64))
+    except RuntimeError:
+        return None
+    return vectors
+
+
 def load(path: Path, ef_search: int, nprobe: int) -> faiss.Index:
     # faiss uses BLAS for batched exact search only above this many queries; its default is far
     # higher than the batches ragserve sends, which would leave them on the slow scalar path.
@@ -76,4 +86,5 @@ def load(path: Path, ef_search: int, nprobe: int) -> faiss.Index:
     ivf = faiss.try_extract_index_ivf(index)
     if ivf is not None:
         ivf.nprobe = nprobe
+        ivf.make_direct_map()  # so hybrid search can score any candidate (see `reconstruct`)
     return _to_gpu(index)

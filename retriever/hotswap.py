@@ -12,7 +12,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 from retriever.base import Retriever
-from retriever.types import SearchResult
+from retriever.types import RetrievalMode, SearchResult
 
 
 class HotSwapRetriever(Retriever):
@@ -49,6 +49,6 @@ class HotSwapRetriever(Retriever):
         with self._lock:
             return {self._current.index_version, *self._leases}
 
-    def search_batch(self, queries: Sequence[str], top_k: int) -> list[SearchResult]:
+    def search_batch(self, queries: Sequence[str], top_k: int, mode: RetrievalMode | None = None) -> list[SearchResult]:
         with self.lease() as retriever:
-            return retriever.search_batch(queries, top_k)
+            return retriever.search_batch(queries, top_k, mode)

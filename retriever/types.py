@@ -1,7 +1,19 @@
 """Small value types that cross package boundaries (no torch in here)."""
 
 from dataclasses import dataclass, field
-from typing import Any
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from indexer.docstore import ChunkRecord
+
+
+class RetrievalMode(StrEnum):
+    """How candidates are found: embeddings, BM25, or both fused (see retriever/hybrid.py)."""
+
+    DENSE = "dense"
+    SPARSE = "sparse"
+    HYBRID = "hybrid"
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,6 +35,19 @@ class Passage:
     start_char: int = 0
     end_char: int = 0
     metadata: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, chunk: "ChunkRecord", score: float) -> "Passage":
+        return cls(
+            chunk_id=chunk.chunk_id,
+            doc_id=chunk.doc_id,
+            title=chunk.title,
+            text=chunk.text,
+            score=score,
+            start_char=chunk.start_char,
+            end_char=chunk.end_char,
+            metadata=chunk.metadata,
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,7 +15,9 @@ from typing import Any
 from pydantic import ValidationError
 
 from retriever.errors import RagserveError
+from retriever.types import RetrievalMode
 from service.settings import Settings
+from service.squad import ARTICLE_SPLITS
 
 log = logging.getLogger("ragserve")
 
@@ -97,6 +99,8 @@ def cmd_eval_squad(args: argparse.Namespace) -> int:
     from service.evaluation import run_squad_eval
 
     settings = _settings()
+    if args.retrieval:
+        settings = settings.model_copy(update={"retrieval": RetrievalMode(args.retrieval)})
     report = run_squad_eval(
         settings,
         args.data,
@@ -105,6 +109,7 @@ def cmd_eval_squad(args: argparse.Namespace) -> int:
         args.retrieval_only,
         args.top_k or settings.ask_top_k,
         progress=not args.no_progress,
+        articles=args.articles,
     )
     text = json.dumps(report, indent=2)
     print(text)
@@ -145,9 +150,9 @@ def cmd_train_retro(args: argparse.Namespace) -> int:
     from reader.generator import Generator
     from reader.retro import default_weights_path
     from reader.retro_train import TrainConfig, train
-    from retriever.dense import DenseRetriever
     from retriever.encoder import Encoder
     from retriever.errors import UnknownIndexError
+    from retriever.version import VersionRetriever
     from service.loading import configure_threads, open_registry
 
     settings = _settings(index_name=args.index)
@@ -157,7 +162,7 @@ def cmd_train_retro(args: argparse.Namespace) -> int:
     if version is None:
         raise UnknownIndexError(f"index {args.index!r} has no serving version (build one with `ragserve index build`)")
     out = args.out or settings.retro_weights or default_weights_path(settings.cache_dir, settings.generator_model)
-    retriever = DenseRetriever(registry.path_of(version), Encoder(settings.retriever_model))
+    retriever = VersionRetriever(registry.path_of(version), Encoder(settings.retriever_model))
     generator = Generator(settings.generator_model, settings.cache_dir)
     config = TrainConfig(
         steps=args.steps, batch=args.batch, seq_tokens=args.seq_tokens, lr=args.lr, holdout=args.holdout, seed=args.seed
@@ -205,6 +210,16 @@ def parser() -> argparse.ArgumentParser:
     )
     squad.add_argument("--top-k", type=int, help="passages given to the reader (default: setting ask_top_k)")
     squad.add_argument("--retrieval-only", action="store_true", help="skip the reader")
+    squad.add_argument(
+        "--retrieval", choices=[m.value for m in RetrievalMode], help="dense, sparse or hybrid (default: setting)"
+    )
+    squad.add_argument(
+        "--articles",
+        choices=ARTICLE_SPLITS,
+        default="all",
+        help="questions of the first half of the articles by title (train), the second (heldout), or all; "
+        "the whole corpus is searched either way (default: %(default)s)",
+    )
     squad.add_argument("--out", type=Path, help="also write the report as JSON here")
     squad.add_argument("--no-progress", action="store_true")
     squad.set_defaults(func=cmd_eval_squad)

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from reader.base import Reader
 from retriever.base import Retriever
 from retriever.errors import InvalidInputError, ReaderUnavailableError, UnknownReaderError
-from retriever.types import Passage, SearchResult
+from retriever.types import Passage, RetrievalMode, SearchResult
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,9 +45,9 @@ class QAEngine:
     def index_version(self) -> str:
         return self.retriever.index_version
 
-    def retrieve(self, query: str, top_k: int) -> SearchResult:
+    def retrieve(self, query: str, top_k: int, mode: RetrievalMode | None = None) -> SearchResult:
         started = time.perf_counter()
-        result = self.retriever.search(query, top_k)
+        result = self.retriever.search(query, top_k, mode)
         result.timings_ms["total"] = (time.perf_counter() - started) * 1000
         return result
 
@@ -57,10 +57,12 @@ class QAEngine:
             raise self._missing(name, self.readers)
         return self.readers[name]
 
-    def ask(self, question: str, top_k: int, reader_name: str | None = None) -> AskResult:
+    def ask(
+        self, question: str, top_k: int, reader_name: str | None = None, mode: RetrievalMode | None = None
+    ) -> AskResult:
         started = time.perf_counter()
         reader = self.reader(reader_name)  # fail fast, before any work
-        found = self.retriever.search(question, top_k)
+        found = self.retriever.search(question, top_k, mode)
         answer = reader.answer(question, found.passages)
         timings = {**found.timings_ms, **answer.timings_ms, "total": (time.perf_counter() - started) * 1000}
         weights: list[float | None] = list(answer.weights) if answer.weights else [None] * len(answer.passages)

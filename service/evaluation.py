@@ -14,12 +14,11 @@ from tqdm import tqdm
 from indexer.sources import Document
 from reader.base import Reader
 from retriever.base import Retriever
-from retriever.dense import DenseRetriever
 from retriever.encoder import Encoder
 from retriever.errors import InvalidInputError
 from retriever.types import SearchResult
 from service.settings import Settings
-from service.squad import exact_match, f1_score
+from service.squad import exact_match, f1_score, select_articles
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +32,7 @@ class Question:
     question: str
     answers: list[str]
     gold_doc: str
+    article: str  # the title of the Wikipedia article
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +59,8 @@ def load_squad(path: Path) -> SquadData:
             per_title[row["title"]] = n + 1
             doc_of[context] = f"{row['title']}/{n}"
             paragraphs.append(Document(doc_of[context], row["title"].replace("_", " "), context))
-        questions.append(Question(row["id"], row["question"], list(row["answers"]["text"]), doc_of[context]))
+        answers = list(row["answers"]["text"])
+        questions.append(Question(row["id"], row["question"], answers, doc_of[context], row["title"]))
     return SquadData(paragraphs, questions)
 
 
@@ -145,16 +146,18 @@ def run_squad_eval(
     retrieval_only: bool,
     top_k: int,
     progress: bool = True,
+    articles: str = "all",
 ) -> dict[str, Any]:
-    from service.loading import cached_index_path, configure_threads, ensure_index, load_engine
+    from service.loading import cached_index_path, configure_threads, ensure_index, load_engine, open_version
 
     configure_threads(settings)
     data = load_squad(data_path)
-    questions = spread_sample(data.questions, limit)
+    chosen = select_articles((q.article for q in data.questions), articles)
+    questions = spread_sample([q for q in data.questions if q.article in chosen], limit)
     encoder = Encoder(settings.retriever_model)
     index_path = cached_index_path(settings, "squad", data_path)
     ensure_index(settings, index_path, lambda: data.paragraphs, lambda: encoder, progress)
-    retriever: Retriever = DenseRetriever(index_path, encoder, settings.hnsw_ef_search, settings.ivf_nprobe)
+    retriever: Retriever = open_version(settings, index_path, encoder)
     readers: list[Reader] = []
     if not retrieval_only:
         engine = load_engine(settings, retriever)
@@ -163,6 +166,8 @@ def run_squad_eval(
     report["settings"] = {
         "data": str(data_path),
         "limit": limit,
+        "articles": articles,
+        "retrieval": settings.retrieval.value,
         "paragraphs": len(data.paragraphs),
         "index": str(index_path),
         "index_version": retriever.index_version,

@@ -30,7 +30,7 @@ from retriever.hotswap import HotSwapRetriever
 from retriever.registry import IndexRegistry, VersionInfo
 
 if TYPE_CHECKING:
-    from retriever.dense import DenseRetriever
+    from retriever.version import VersionRetriever
 
 WARM_UP_QUERY = "warm-up"
 
@@ -49,7 +49,7 @@ class IndexManager:
     def __init__(
         self,
         registry: IndexRegistry,
-        open_version: Callable[[Path], DenseRetriever],
+        open_version: Callable[[Path], VersionRetriever],
         store: DocumentStore,
         build_config: BuildConfig,
         keep_versions: int,
@@ -112,7 +112,7 @@ class IndexManager:
         """Open (and verify) a version and build its delta; the slow part of a switch."""
         base = self._open(path)
         chunking = ChunkingConfig(base.manifest.chunking["chunk_tokens"], base.manifest.chunking["overlap_tokens"])
-        delta = DeltaIndex(base.encoder, chunking, since=base.manifest.documents_seq)
+        delta = DeltaIndex(base.encoder, chunking, base.sparse, since=base.manifest.documents_seq)
         self._catch_up(delta)
         base.search(WARM_UP_QUERY, 1)
         return FreshRetriever(base, delta)

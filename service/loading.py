@@ -1,5 +1,6 @@
 """Model and index preparation for the service and the CLI (this is where torch gets imported)."""
 
+import functools
 import hashlib
 import json
 import logging
@@ -18,11 +19,13 @@ from reader import builtin  # noqa: F401  (registers the built-in readers)
 from reader.base import Reader, ReaderConfig, ReaderContext, create_reader, reader_names
 from reader.generator import Generator, resolve_generator
 from retriever.base import Retriever
-from retriever.dense import DenseRetriever
 from retriever.encoder import Encoder, resolve_retriever, weights_sha256
 from retriever.errors import ReaderUnavailableError
+from retriever.hybrid import FusionWeights
 from retriever.registry import IndexRegistry
+from retriever.sparse import BM25Params
 from retriever.types import Passage
+from retriever.version import VersionRetriever
 from service.engine import QAEngine
 from service.indexes import IndexManager
 from service.jobs import Jobs
@@ -37,6 +40,25 @@ DEMO_CORPUS = Path(str(files("indexer").joinpath("data", "demo_corpus.jsonl")))
 
 def configure_threads(settings: Settings) -> None:
     torch.set_num_threads(settings.torch_threads)
+
+
+def open_version(settings: Settings, path: Path, encoder: Encoder) -> VersionRetriever:
+    """One index version, searched the way the settings say."""
+    fusion = FusionWeights(
+        sparse=settings.hybrid_sparse_weight,
+        phrase=settings.hybrid_phrase_weight,
+        title=settings.hybrid_title_weight,
+        candidates=settings.hybrid_candidates,
+    )
+    return VersionRetriever(
+        path,
+        encoder,
+        ef_search=settings.hnsw_ef_search,
+        nprobe=settings.ivf_nprobe,
+        mode=settings.retrieval,
+        bm25=BM25Params(settings.bm25_k1, settings.bm25_b),
+        fusion=fusion,
+    )
 
 
 def build_config(settings: Settings) -> BuildConfig:
@@ -145,11 +167,9 @@ def load_indexes(settings: Settings, encoder: Encoder) -> tuple[IndexManager, Jo
     elif registry.serving() is None:
         registry.set_serving(registry.import_artifact(demo_index(settings, lambda: encoder)))
 
-    def open_version(path: Path) -> DenseRetriever:
-        return DenseRetriever(path, encoder, ef_search=settings.hnsw_ef_search, nprobe=settings.ivf_nprobe)
-
     store = DocumentStore(registry.home / DOCUMENTS_FILE)
-    indexes = IndexManager(registry, open_version, store, build_config(settings), settings.keep_versions)
+    opener = functools.partial(open_version, settings, encoder=encoder)
+    indexes = IndexManager(registry, opener, store, build_config(settings), settings.keep_versions)
     return indexes, Jobs(store, indexes, settings.compact_after_chunks)
 
 

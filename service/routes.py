@@ -27,7 +27,7 @@ def build_router(settings: Settings) -> APIRouter:
     @router.post("/v1/ask", response_model=AskResponse, tags=["qa"], dependencies=[QueryAuth])
     def ask(body: AskRequest, engine: EngineDep, state: StateDep) -> AskResponse:  # type: ignore[valid-type]
         req = cast(AskRequestBase, body)  # the settings-bound subclass built above
-        result = engine.ask(req.question, req.top_k, req.reader)
+        result = engine.ask(req.question, req.top_k, req.reader, req.retrieval)
         state.metrics.observe_stages("/v1/ask", result.timings_ms)
         return AskResponse(
             answer=result.answer,
@@ -41,7 +41,7 @@ def build_router(settings: Settings) -> APIRouter:
     @router.post("/v1/retrieve", response_model=RetrieveResponse, tags=["qa"], dependencies=[QueryAuth])
     def retrieve(body: RetrieveRequest, engine: EngineDep, state: StateDep) -> RetrieveResponse:  # type: ignore[valid-type]
         req = cast(RetrieveRequestBase, body)
-        result = engine.retrieve(req.query, req.top_k)
+        result = engine.retrieve(req.query, req.top_k, req.retrieval)
         state.metrics.observe_stages("/v1/retrieve", result.timings_ms)
         return RetrieveResponse(
             passages=[PassageOut.of(p) for p in result.passages],

@@ -6,9 +6,11 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from retriever.types import Passage
+from retriever.types import Passage, RetrievalMode
 from service.settings import Settings
 
+# JSON carries the mode as a string; strict mode would demand an enum instance.
+Retrieval = Annotated[RetrievalMode, Field(strict=False)]
 ReaderName = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9_-]*$")]
 
 
@@ -55,11 +57,13 @@ class AskRequestBase(StrictModel):
     question: str
     top_k: int
     reader: ReaderName | None = None
+    retrieval: Retrieval | None = None
 
 
 class RetrieveRequestBase(StrictModel):
     query: str
     top_k: int
+    retrieval: Retrieval | None = None
 
 
 @dataclass(frozen=True)
@@ -70,6 +74,7 @@ class RequestModels:
 
 def request_models(settings: Settings) -> RequestModels:
     """Request models whose constraints are this server's settings."""
+    retrieval_help = f"dense, sparse (BM25) or hybrid; default {settings.retrieval.value!r}."
     Text = Annotated[
         str, StringConstraints(strip_whitespace=True, min_length=1, max_length=settings.max_question_chars)
     ]
@@ -80,9 +85,11 @@ def request_models(settings: Settings) -> RequestModels:
             settings.ask_top_k, description="Passages retrieved, given to the reader and cited."
         )
         reader: ReaderName | None = Field(None, description=f"Reader to use; default {settings.default_reader!r}.")
+        retrieval: Retrieval | None = Field(None, description=retrieval_help)
 
     class RetrieveRequest(RetrieveRequestBase):
         query: Text
         top_k: Annotated[int, Field(ge=1, le=settings.max_retrieve_top_k)] = settings.retrieve_top_k
+        retrieval: Retrieval | None = Field(None, description=retrieval_help)
 
     return RequestModels(ask=AskRequest, retrieve=RetrieveRequest)

@@ -12,6 +12,8 @@ from typing import Annotated
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from retriever.types import RetrievalMode
+
 
 def _is_loopback(host: str) -> bool:
     if host == "localhost":
@@ -52,6 +54,17 @@ class Settings(BaseSettings):
     exact_search_below: Annotated[int, Field(ge=1)] = 50_000
     hnsw_ef_search: Annotated[int, Field(ge=1, le=4096)] = 128
     ivf_nprobe: Annotated[int, Field(ge=1, le=65_536)] = 16
+
+    # --- retrieval (see retriever/hybrid.py; defaults fitted on SQuAD's training articles) -----
+    retrieval: RetrievalMode = Field(RetrievalMode.HYBRID, description="dense | sparse (BM25) | hybrid (both, fused).")
+    bm25_k1: Annotated[float, Field(gt=0, le=10)] = 0.3
+    bm25_b: Annotated[float, Field(ge=0, le=1)] = 0.5
+    hybrid_sparse_weight: Annotated[float, Field(ge=-10, le=10)] = 0.76
+    hybrid_phrase_weight: Annotated[float, Field(ge=-10, le=10)] = 0.20
+    hybrid_title_weight: Annotated[float, Field(ge=-10, le=10)] = -0.21
+    hybrid_candidates: Annotated[int, Field(ge=1, le=1_000)] = Field(
+        50, description="Candidates taken from each of dense and BM25 search before fusion."
+    )
 
     # --- generation ---------------------------------------------------------------------------
     max_new_tokens: Annotated[int, Field(ge=1, le=512)] = 32

@@ -57,6 +57,16 @@ def test_retrieve_returns_scored_passages(client: TestClient) -> None:
     assert set(body["passages"][0]) == {"chunk_id", "doc_id", "title", "score", "text"}
 
 
+@pytest.mark.parametrize("retrieval", ["dense", "sparse", "hybrid"])
+def test_retrieval_mode_is_a_per_request_option(client: TestClient, retrieval: str) -> None:
+    response = client.post("/v1/retrieve", json={"query": "Who built the Harrow bridge?", "retrieval": retrieval})
+    assert response.status_code == 200, response.text
+    assert response.json()["passages"][0]["doc_id"] == "bridge"
+    response = client.post("/v1/ask", json={"question": "Who built the Harrow bridge?", "retrieval": retrieval})
+    assert response.status_code == 200, response.text
+    assert response.json()["citations"][0]["doc_id"] == "bridge"
+
+
 BAD_REQUESTS = [
     ("/v1/ask", {"question": ""}, 422, "question"),
     ("/v1/ask", {"question": "   "}, 422, "question"),
@@ -75,6 +85,8 @@ BAD_REQUESTS = [
     ("/v1/retrieve", {"query": "q", "top_k": 51}, 422, "top_k"),
     ("/v1/retrieve", {"query": "q", "top_k": -1}, 422, "top_k"),
     ("/v1/retrieve", {"question": "wrong field"}, 422, "query"),
+    ("/v1/retrieve", {"query": "q", "retrieval": "fuzzy"}, 422, "retrieval"),
+    ("/v1/ask", {"question": "q", "retrieval": 3}, 422, "retrieval"),
 ]
 
 

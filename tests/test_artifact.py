@@ -7,25 +7,28 @@ import pytest
 from indexer.artifact import DOCSTORE_FILE, INDEX_FILE, MANIFEST, verify_artifact
 from indexer.build import build_artifact
 from indexer.sources import Document
-from retriever.dense import DenseRetriever
 from retriever.encoder import Encoder
 from retriever.errors import ArtifactError, IntegrityError, InvalidInputError, ModelMismatchError
+from retriever.sparse import SPARSE_FILE, VOCAB_FILE
+from retriever.version import VersionRetriever
 
 
 def test_manifest_describes_the_build(tiny_index: Path, encoder: Encoder) -> None:
     manifest = verify_artifact(tiny_index)
-    assert sorted(p.name for p in tiny_index.iterdir()) == sorted([INDEX_FILE, DOCSTORE_FILE, MANIFEST])
+    assert sorted(p.name for p in tiny_index.iterdir()) == sorted(
+        [INDEX_FILE, DOCSTORE_FILE, SPARSE_FILE, VOCAB_FILE, MANIFEST]
+    )
     assert manifest.retriever_weights_sha256 == encoder.weights_sha256
     assert manifest.dimension == 384 and manifest.metric == "inner_product"
     assert manifest.index_factory == "Flat"
     assert manifest.counts["documents"] == 5 and manifest.counts["empty_documents"] == 1
     assert manifest.counts["chunks"] == 4
-    assert set(manifest.files) == {INDEX_FILE, DOCSTORE_FILE}
+    assert set(manifest.files) == {INDEX_FILE, DOCSTORE_FILE, SPARSE_FILE, VOCAB_FILE}
     assert all(len(f["sha256"]) == 64 for f in manifest.files.values())
 
 
 def test_round_trip_search_finds_each_document(tiny_index: Path, encoder: Encoder) -> None:
-    retriever = DenseRetriever(tiny_index, encoder)
+    retriever = VersionRetriever(tiny_index, encoder)
     result = retriever.search("Who built the Harrow bridge?", top_k=3)
     assert result.passages[0].doc_id == "bridge"
     assert result.passages[0].chunk_id == "bridge#0"
@@ -36,7 +39,7 @@ def test_round_trip_search_finds_each_document(tiny_index: Path, encoder: Encode
 
 
 def test_top_k_larger_than_the_index_returns_what_there_is(tiny_index: Path, encoder: Encoder) -> None:
-    assert len(DenseRetriever(tiny_index, encoder).search("cheese", top_k=50).passages) == 4
+    assert len(VersionRetriever(tiny_index, encoder).search("cheese", top_k=50).passages) == 4
 
 
 @pytest.mark.parametrize("victim", [INDEX_FILE, DOCSTORE_FILE])
@@ -49,7 +52,7 @@ def test_a_tampered_file_is_refused(tmp_path: Path, tiny_index: Path, encoder: E
         fh.seek(100)
         fh.write(bytes([byte[0] ^ 0xFF]))
     with pytest.raises(IntegrityError, match=victim):
-        DenseRetriever(copy, encoder)
+        VersionRetriever(copy, encoder)
 
 
 def test_missing_file_and_missing_manifest_are_refused(tmp_path: Path, tiny_index: Path, encoder: Encoder) -> None:
@@ -57,10 +60,10 @@ def test_missing_file_and_missing_manifest_are_refused(tmp_path: Path, tiny_inde
     shutil.copytree(tiny_index, copy)
     (copy / INDEX_FILE).unlink()
     with pytest.raises(IntegrityError, match="missing"):
-        DenseRetriever(copy, encoder)
+        VersionRetriever(copy, encoder)
     (copy / MANIFEST).unlink()
     with pytest.raises(ArtifactError, match="not an index artifact"):
-        DenseRetriever(copy, encoder)
+        VersionRetriever(copy, encoder)
 
 
 def test_an_index_of_another_retriever_model_is_refused(tmp_path: Path, tiny_index: Path, encoder: Encoder) -> None:
@@ -71,7 +74,7 @@ def test_an_index_of_another_retriever_model_is_refused(tmp_path: Path, tiny_ind
     manifest["retriever_weights_sha256"] = "0" * 64
     (copy / MANIFEST).write_text(json.dumps(manifest))
     with pytest.raises(ModelMismatchError, match="some-other-model"):
-        DenseRetriever(copy, encoder)
+        VersionRetriever(copy, encoder)
 
 
 def test_artifacts_are_immutable_and_failed_builds_leave_nothing(
@@ -91,7 +94,7 @@ def test_large_corpora_get_an_approximate_index(tmp_path: Path, encoder: Encoder
     docs = [Document(str(i), "", f"note number {i} about topic {i % 7}") for i in range(40)]
     manifest = build_artifact(docs, tmp_path / "hnsw", encoder, BuildConfig(exact_below=10), progress=False)
     assert manifest.index_factory == "HNSW32"
-    hit = DenseRetriever(tmp_path / "hnsw", encoder).search("note number 17 about topic 3", 1).passages[0]
+    hit = VersionRetriever(tmp_path / "hnsw", encoder).search("note number 17 about topic 3", 1).passages[0]
     assert hit.doc_id == "17"
 
 

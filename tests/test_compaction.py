@@ -20,6 +20,7 @@ from indexer.sources import Document
 from reader.generator import Generator
 from retriever.delta import DeltaIndex
 from retriever.encoder import Encoder
+from retriever.sparse import BM25Params, SparseIndex
 from service.app import create_app
 from service.loading import load_services
 from service.settings import Settings
@@ -43,7 +44,7 @@ def test_a_compacted_version_equals_a_fresh_build_of_the_same_documents(
 ) -> None:
     base = tmp_path / "base"
     build_artifact(TINY_CORPUS, base, encoder, BuildConfig(index_factory=base_factory), progress=False)
-    delta = DeltaIndex(encoder, BuildConfig().chunking)
+    delta = DeltaIndex(encoder, BuildConfig().chunking, SparseIndex.load(base, BM25Params()))
     delta.apply([LIGHTHOUSE, NEW_FESTIVAL], ["bridge"], seq=7)
     out = tmp_path / "compacted"
     manifest = compact_artifact(base, delta.contents(), out, encoder, BuildConfig(index_factory="Flat"))
@@ -58,6 +59,19 @@ def test_a_compacted_version_equals_a_fresh_build_of_the_same_documents(
     for chunk_id, (text, vector) in want.items():
         assert got[chunk_id][0] == text
         np.testing.assert_allclose(got[chunk_id][1], vector, atol=1e-5)
+    assert term_counts(out) == term_counts(fresh)  # the BM25 index is rebuilt with the version
+
+
+def term_counts(artifact: Path) -> dict[str, dict[str, int]]:
+    """{chunk id: {term: count}} of an artifact's BM25 index."""
+    sparse = SparseIndex.load(artifact, BM25Params())
+    words = {col: term for term, col in sparse.vocab.items()}
+    tf = sparse.term_frequencies
+    chunks = [c for rows in Docstore(artifact / DOCSTORE_FILE).scan() for c in rows]
+    return {
+        c.chunk_id: {words[int(col)]: int(n) for col, n in zip(tf[c.row].indices, tf[c.row].data, strict=True)}
+        for c in chunks
+    }
 
 
 @pytest.fixture()

@@ -11,11 +11,11 @@ from fastapi.testclient import TestClient
 from indexer.build import build_artifact
 from indexer.sources import Document
 from reader.generator import Generator
-from retriever.dense import DenseRetriever
 from retriever.encoder import Encoder
 from retriever.errors import InvalidInputError, UnknownVersionError
 from retriever.hotswap import HotSwapRetriever
 from retriever.registry import IndexRegistry
+from retriever.version import VersionRetriever
 from service.app import create_app
 from service.auth import new_token
 from service.loading import load_services
@@ -90,9 +90,9 @@ def test_prune_keeps_the_newest_and_never_the_serving_or_leased(tmp_path: Path, 
 def test_a_lease_finishes_on_the_version_it_started_with(three_versions, encoder: Encoder) -> None:  # type: ignore[no-untyped-def]
     root, (v1, v2, _) = three_versions
     registry = IndexRegistry(root, "default")
-    swap = HotSwapRetriever(DenseRetriever(registry.path_of(v1), encoder))
+    swap = HotSwapRetriever(VersionRetriever(registry.path_of(v1), encoder))
     with swap.lease() as held:
-        swap.swap(DenseRetriever(registry.path_of(v2), encoder))
+        swap.swap(VersionRetriever(registry.path_of(v2), encoder))
         assert held.search("Quenmoor", 1).index_version == v1  # the old version still answers
         assert swap.in_use() == {v1, v2}
         assert swap.search("Quenmoor", 1).index_version == v2  # new requests see the new one

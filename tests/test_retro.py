@@ -12,9 +12,9 @@ from reader.generator import Generator
 from reader.retro import RetroReader, load_retrofit, save_retrofit
 from reader.retro_model import RetroConfig, Retrofit, RetroState
 from reader.retro_train import TrainConfig, train
-from retriever.dense import DenseRetriever
 from retriever.encoder import Encoder
 from retriever.types import Passage
+from retriever.version import VersionRetriever
 
 CFG = RetroConfig(chunk=8, neighbours=2, neighbour_tokens=12, layers=(3, 10, 29), encoder_dim=64, encoder_heads=2)
 T = 40  # 5 chunks of 8
@@ -119,7 +119,7 @@ def test_weights_round_trip(frozen: Generator, tmp_path: Path) -> None:
 
 
 def test_reader_retrieves_at_chunk_boundaries(frozen: Generator, tiny_index: Path, encoder: Encoder) -> None:
-    retriever = DenseRetriever(tiny_index, encoder)
+    retriever = VersionRetriever(tiny_index, encoder)
     queries: list[str] = []
 
     def search(qs: Sequence[str], top_k: int) -> list[list[Passage]]:
@@ -152,7 +152,7 @@ def test_reader_without_weights_file_is_unavailable_only_when_configured(frozen:
 
 
 def test_short_training_run_saves_loadable_weights(frozen: Generator, tiny_index: Path, encoder: Encoder) -> None:
-    retriever = DenseRetriever(tiny_index, encoder)
+    retriever = VersionRetriever(tiny_index, encoder)
     out = tiny_index.parent / "retro-test.safetensors"
     retro = RetroConfig(chunk=4, layers=(28, 29), encoder_dim=64, encoder_heads=2)
     config = TrainConfig(steps=3, batch=2, seq_tokens=16, holdout=0.0, warmup=1)

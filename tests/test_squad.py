@@ -31,7 +31,7 @@ def test_f1_is_token_overlap() -> None:
 
 
 def test_spread_sample_is_even_and_deterministic() -> None:
-    questions = [Question(str(i), "q", ["a"], "d") for i in range(100)]
+    questions = [Question(str(i), "q", ["a"], "d", "t") for i in range(100)]
     picked = spread_sample(questions, 10)
     assert [q.id for q in picked] == [str(i) for i in range(0, 100, 10)]
     assert spread_sample(questions, None) == questions
