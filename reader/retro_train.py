@@ -29,7 +29,7 @@ from reader.generator import Generator
 from reader.retro import neighbour_tensors, save_retrofit
 from reader.retro_model import RetroConfig, Retrofit, RetroState
 from retriever.errors import InvalidInputError
-from retriever.types import Passage
+from retriever.types import Passage, RetrievalMode
 from retriever.version import VersionRetriever
 
 log = logging.getLogger(__name__)
@@ -101,7 +101,8 @@ def retrieve_neighbours(
     own document; the last chunk gets none."""
     m, k = config.chunk, config.neighbours
     queries = [generator.decode(s.ids[u * m : (u + 1) * m]) for s in seqs for u in range(len(s.ids) // m - 1)]
-    results = retriever.search_batch(queries, k + depth) if queries else []
+    # Neighbours by embedding kNN, as in RETRO (frozen BERT embeddings there).
+    results = retriever.search_batch(queries, k + depth, RetrievalMode.DENSE) if queries else []
     out: list[list[list[Passage]]] = []
     at = 0
     for s in seqs:

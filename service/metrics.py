@@ -26,7 +26,7 @@ class Metrics:
         )
         self.stage = Histogram(
             "ragserve_stage_seconds",
-            "Latency of one pipeline stage (embed, search, fetch, generate)",
+            "Latency of one pipeline stage (embed, search, delta, generate)",
             ["endpoint", "stage"],
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
