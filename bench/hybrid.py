@@ -97,7 +97,7 @@ def candidate_features(
 ) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
     """Per question: candidate rows, features (n, 4) = dense, bm25, phrase, title, and labels (n,)."""
     matrix, ceiling = sparse.query_matrix([q.question for q in questions])
-    bm25 = sparse.score(sparse.weights, matrix, ceiling)  # (Q, chunks)
+    bm25 = sparse.score(sparse.postings, matrix, ceiling)  # (Q, chunks)
     _, dense_rows = retriever.index.search(vectors, depth)  # (Q, depth)
     records = {c.row: c for batch in retriever.docstore.scan() for c in batch}
     rows_out, feats, labels = [], [], []

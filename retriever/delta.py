@@ -44,7 +44,7 @@ class DeltaSnapshot:
 
     rows: list[Chunk]
     vectors: np.ndarray  # (rows, dim)
-    weights: sp.csr_matrix  # (rows, terms) BM25 weights under the version's statistics
+    postings: sp.csr_matrix  # (terms, rows) BM25 weights under the version's statistics
     hidden: frozenset[str]  # documents whose chunks in the version must not show
 
 
@@ -118,7 +118,7 @@ class DeltaIndex:
         sparse = None
         if mode is not RetrievalMode.DENSE:
             matrix, ceiling = self.sparse.query_matrix(queries)
-            sparse = self.sparse.score(snap.weights, matrix, ceiling)  # (Q, rows)
+            sparse = self.sparse.score(snap.postings, matrix, ceiling)  # (Q, rows)
         if mode is RetrievalMode.HYBRID:
             assert dense is not None and sparse is not None
             return [

@@ -3,8 +3,9 @@
 The indexer writes the inverted index next to the dense one: term frequencies as a sparse
 (chunks x terms) matrix in `sparse.npz` (plain arrays, no pickle) and the vocabulary in
 `sparse_vocab.json`. Weights are computed at load time, so k1 and b are search settings, not
-build settings. Queries become a sparse (terms x queries) matrix and are scored for the whole
-batch with one sparse product.
+build settings. Weights are kept term-major (a postings list per term), queries become a sparse
+(queries x terms) matrix, and one sparse product scores the whole batch while touching only the
+postings of the query terms.
 
 Scores are reported normalised: BM25 divided by the largest value the query could reach (every
 query term at its saturation limit), so they lie in [0, 1] whatever the query length and can be
@@ -121,7 +122,7 @@ class SparseIndex:
         df = np.bincount(tf.indices, minlength=len(vocab))  # (terms,) chunks containing each term
         self.avg_length = float(lengths.mean()) if self.rows else 1.0
         self.idf = np.log1p((self.rows - df + 0.5) / (df + 0.5)).astype(np.float32)  # (terms,)
-        self.weights = self.weigh(tf, lengths)  # (chunks, terms) csr
+        self.postings = self.weigh(tf, lengths)  # (terms, chunks) csr
 
     @classmethod
     def load(cls, directory: Path, params: BM25Params) -> SparseIndex:
@@ -138,13 +139,14 @@ class SparseIndex:
         return cls(writer.vocab, writer.matrix(), np.frombuffer(writer._lengths, np.int32), params)
 
     def weigh(self, tf: sp.csr_matrix, lengths: np.ndarray) -> sp.csr_matrix:
-        """BM25 weight of every (chunk, term) posting under this index's statistics."""
+        """BM25 weights of (chunks x terms) frequencies under this index's statistics, as
+        (terms x chunks) postings."""
         k1, b = self.params.k1, self.params.b
         counts = tf.data.astype(np.float32)
         norm = k1 * (1 - b + b * lengths.astype(np.float32) / self.avg_length)  # (chunks,)
         per_posting = np.repeat(norm, np.diff(tf.indptr))
         data = self.idf[tf.indices] * counts * (k1 + 1) / (counts + per_posting)
-        return sp.csr_matrix((data, tf.indices, tf.indptr), shape=tf.shape)
+        return sp.csr_matrix((data, tf.indices, tf.indptr), shape=tf.shape).T.tocsr()
 
     def tf_rows(self, texts: Sequence[str]) -> tuple[sp.csr_matrix, np.ndarray]:
         """Term frequencies of new texts over this vocabulary (unknown terms dropped: they have no
@@ -164,24 +166,25 @@ class SparseIndex:
         )
         return tf, np.asarray(lengths, np.int32)
 
-    def query_matrix(self, queries: Sequence[str]) -> tuple[sp.csc_matrix, np.ndarray]:
-        """(terms x queries) term counts and each query's largest attainable BM25 score."""
-        rows: list[int] = []
-        cols: list[int] = []
-        vals: list[float] = []
+    def query_matrix(self, queries: Sequence[str]) -> tuple[sp.csr_matrix, np.ndarray]:
+        """(queries x terms) term counts and each query's largest attainable BM25 score."""
+        query_of: list[int] = []
+        term_of: list[int] = []
+        counts: list[float] = []
         for q, query in enumerate(queries):
             for term, count in Counter(terms(query)).items():
-                if (row := self.vocab.get(term)) is not None:
-                    rows.append(row)
-                    cols.append(q)
-                    vals.append(float(count))
-        matrix = sp.csc_matrix((vals, (rows, cols)), shape=(len(self.vocab), len(queries)), dtype=np.float32)
-        ceiling = (self.idf @ matrix).ravel() * (self.params.k1 + 1)  # (Q,)
+                if (col := self.vocab.get(term)) is not None:
+                    query_of.append(q)
+                    term_of.append(col)
+                    counts.append(float(count))
+        shape = (len(queries), len(self.vocab))
+        matrix = sp.csr_matrix((counts, (query_of, term_of)), shape=shape, dtype=np.float32)
+        ceiling = (matrix @ self.idf).ravel() * (self.params.k1 + 1)  # (Q,)
         return matrix, np.maximum(ceiling, 1e-6).astype(np.float32)
 
-    def score(self, weights: sp.csr_matrix, queries: sp.csc_matrix, ceiling: np.ndarray) -> np.ndarray:
-        """Normalised BM25 of every row of `weights` for every query -> (Q, rows) float32."""
-        scores: np.ndarray = (weights @ queries).T.toarray()  # (Q, rows)
+    def score(self, postings: sp.csr_matrix, queries: sp.csr_matrix, ceiling: np.ndarray) -> np.ndarray:
+        """Normalised BM25 of every chunk of `postings` (terms x chunks) for every query -> (Q, chunks)."""
+        scores: np.ndarray = (queries @ postings).toarray()  # (Q, chunks)
         normalised: np.ndarray = (scores / ceiling[:, None]).astype(np.float32)
         return normalised
 
@@ -189,7 +192,7 @@ class SparseIndex:
         """Top-k rows per query -> scores (Q, k) float32 and rows (Q, k) int64; row -1 = no hit
         (chunks sharing no term with the query are never returned)."""
         matrix, ceiling = self.query_matrix(queries)
-        scores = self.score(self.weights, matrix, ceiling)  # (Q, N)
+        scores = self.score(self.postings, matrix, ceiling)  # (Q, N)
         return top_rows(scores, top_k)
 
 

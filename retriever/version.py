@@ -91,7 +91,7 @@ class VersionRetriever(Retriever):
     ) -> tuple[np.ndarray, np.ndarray, dict[int, StoredChunk]]:
         """Fuse the dense candidates (already found) with the BM25 ones -> (Q, k) scores and rows."""
         matrix, ceiling = self.sparse.query_matrix(queries)
-        sparse_all = self.sparse.score(self.sparse.weights, matrix, ceiling)  # (Q, N)
+        sparse_all = self.sparse.score(self.sparse.postings, matrix, ceiling)  # (Q, N)
         _, sparse_rows = top_rows(sparse_all, self._depth(top_k))  # (Q, depth)
         missing = {int(r) for r in sparse_rows.ravel() if r >= 0} - records.keys()
         records = {**records, **self.docstore.get(sorted(missing))}
