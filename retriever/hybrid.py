@@ -28,8 +28,8 @@ from retriever.sparse import terms
 
 @dataclass(frozen=True, slots=True)
 class FusionWeights:
-    sparse: float = 0.76
-    phrase: float = 0.20
+    sparse: float = 0.75
+    phrase: float = 0.19
     title: float = -0.21
     candidates: int = 50  # from each of dense and BM25, before fusion
 

@@ -59,8 +59,8 @@ class Settings(BaseSettings):
     retrieval: RetrievalMode = Field(RetrievalMode.HYBRID, description="dense | sparse (BM25) | hybrid (both, fused).")
     bm25_k1: Annotated[float, Field(gt=0, le=10)] = 0.3
     bm25_b: Annotated[float, Field(ge=0, le=1)] = 0.5
-    hybrid_sparse_weight: Annotated[float, Field(ge=-10, le=10)] = 0.76
-    hybrid_phrase_weight: Annotated[float, Field(ge=-10, le=10)] = 0.20
+    hybrid_sparse_weight: Annotated[float, Field(ge=-10, le=10)] = 0.75
+    hybrid_phrase_weight: Annotated[float, Field(ge=-10, le=10)] = 0.19
     hybrid_title_weight: Annotated[float, Field(ge=-10, le=10)] = -0.21
     hybrid_candidates: Annotated[int, Field(ge=1, le=1_000)] = Field(
         50, description="Candidates taken from each of dense and BM25 search before fusion."
