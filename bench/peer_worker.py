@@ -17,13 +17,14 @@ from collections.abc import Callable
 def txtai_peer(texts: list[str], model: str) -> tuple[float, Callable[[str], int]]:
     from txtai import Embeddings
 
-    embeddings = Embeddings(path=model, backend="faiss", content=False)
+    # content=True: txtai keeps the texts and returns them, as ragserve and Haystack do.
+    embeddings = Embeddings(path=model, backend="faiss", content=True)
     started = time.perf_counter()
     embeddings.index([(i, text, None) for i, text in enumerate(texts)])
     build = time.perf_counter() - started
 
     def search(query: str) -> int:
-        return int(embeddings.search(query, 5)[0][0])
+        return int(embeddings.search(query, 5)[0]["id"])
 
     return build, search
 
