@@ -28,7 +28,7 @@ def test_index_build_and_verify(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert report["counts"]["documents"] == 2 and report["counts"]["chunks"] == 2
     assert report["chunks_per_second"] > 0 and report["index_factory"] == "Flat"
     assert main(["index", "verify", str(out)]) == 0
-    assert "2 files verified" in capsys.readouterr().out
+    assert "4 files verified" in capsys.readouterr().out
 
 
 def test_cli_errors_are_one_clear_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
