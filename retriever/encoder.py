@@ -16,6 +16,7 @@ import torch
 from sentence_transformers import SentenceTransformer
 from tokenizers import Tokenizer
 
+from retriever.batching import QueryBatcher
 from retriever.errors import ModelNotFoundError
 from retriever.types import TokenizedText
 
@@ -86,6 +87,7 @@ class Encoder:
         # Room left for text once the special tokens are in.
         window = self.model.max_seq_length or hf_tokenizer.model_max_length
         self.max_tokens: int = int(window) - len(self._prefix) - len(self._suffix)
+        self._batcher: QueryBatcher | None = None
 
     def _special_tokens(self) -> tuple[list[int], list[int]]:
         bare = self._tokenizer.encode("a", add_special_tokens=False).ids
@@ -109,8 +111,20 @@ class Encoder:
         return out
 
     def encode_queries(self, queries: Sequence[str]) -> np.ndarray:
+        """(len(queries), dim); through the shared batcher when one is on (see `batch_queries`)."""
+        if self._batcher is not None:
+            return self._batcher.encode(queries)
+        return self._encode_queries_now(queries)
+
+    def _encode_queries_now(self, queries: Sequence[str]) -> np.ndarray:
         tokens = [t.ids[: self.max_tokens] for t in self.tokenize(queries)]
         return self.encode_ids(tokens)
+
+    def batch_queries(self, max_batch: int, max_wait_ms: float) -> None:
+        """Embed queries of concurrent callers together from now on (a server's request threads)."""
+        if self._batcher is not None:
+            self._batcher.close()
+        self._batcher = QueryBatcher(self._encode_queries_now, max_batch, max_wait_ms) if max_batch > 1 else None
 
     @torch.inference_mode()
     def _forward(self, batch: list[Sequence[int]]) -> np.ndarray:

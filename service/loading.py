@@ -176,7 +176,9 @@ def load_indexes(settings: Settings, encoder: Encoder) -> tuple[IndexManager, Jo
 def load_services(settings: Settings, encoder: Encoder | None = None, generator: Generator | None = None) -> Services:
     """What the server runs on: indexes and jobs (see `load_indexes`), models and readers."""
     configure_threads(settings)
-    indexes, jobs = load_indexes(settings, encoder or Encoder(settings.retriever_model))
+    encoder = encoder or Encoder(settings.retriever_model)
+    encoder.batch_queries(settings.query_batch_max, settings.query_batch_wait_ms)
+    indexes, jobs = load_indexes(settings, encoder)
     generator = generator or Generator(settings.generator_model, settings.cache_dir)
     engine = make_engine(settings, indexes.retriever, generator)
     return Services(engine=engine, indexes=indexes, jobs=jobs)

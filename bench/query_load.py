@@ -1,0 +1,149 @@
+"""/v1/retrieve under concurrent load over a large index: a real server on loopback, N clients for a
+bounded time, per retrieval mode; p50/p99 latency and requests per second, with one client as the
+baseline measured in the same run.
+
+    python -m bench.query_load [--copies 40] [--clients 8] [--seconds 20]
+
+Run twice, with query batching off (RAGSERVE_QUERY_BATCH_MAX=1) and on (the default), each with a
+fresh server, so the two are compared in the same run.
+
+The corpus: the 2,539 chunks of the SQuAD v1.1 dev index, repeated `--copies` times (40 copies =
+101,560 chunks). Copy i > 0 of a chunk drops a seeded random 10% of its words (so BM25 postings
+grow with the corpus and differ between copies) and gets the original's vector plus Gaussian noise
+(sigma 0.02 per dimension, then L2-normalised; cosine to the original ~0.9), written through the
+indexer's `ArtifactWriter` — the same FAISS (HNSW32 above 50,000 chunks), BM25 and docstore a
+build would write, without embedding 100k texts (about 30 min on this CPU). The artifact is cached
+under <home>/bench/ and reused. Queries are SQuAD questions, top 5.
+"""
+
+import argparse
+import http.client
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bench.common import header, percentile
+from bench.latency import free_port, wait_ready
+from indexer.artifact import DOCSTORE_FILE, INDEX_FILE, clean_stale_staging, staging_directory
+from indexer.build import ArtifactWriter, BuildConfig
+from indexer.docstore import Docstore, StoredChunk
+from retriever import faiss_index
+from retriever.encoder import Encoder
+from service.evaluation import load_squad, spread_sample
+from service.loading import cached_index_path, ensure_index
+from service.settings import Settings
+
+SQUAD = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "squad-v1.1-dev.parquet"
+DROP = 0.1
+SIGMA = 0.02
+
+
+def perturbed(chunk: StoredChunk, copy: int, rng: random.Random) -> StoredChunk:
+    words = chunk.text.split()
+    kept = [w for w in words if rng.random() >= DROP] or words
+    text = " ".join(kept)
+    doc_id = f"{chunk.doc_id}~{copy}"
+    ordinal = chunk.chunk_id.rsplit("#", 1)[1]
+    return StoredChunk(chunk.row, f"{doc_id}#{ordinal}", doc_id, chunk.title, text, 0, len(text), {})
+
+
+def scaled_index(settings: Settings, encoder: Encoder, copies: int) -> Path:
+    """The SQuAD index repeated `copies` times with perturbed texts and vectors (cached)."""
+    data = load_squad(SQUAD)
+    base = cached_index_path(settings, "squad", SQUAD)
+    ensure_index(settings, base, lambda: data.paragraphs, lambda: encoder, progress=True)
+    out = settings.cache_dir / "bench" / f"squad-x{copies}-{base.name}"
+    if out.exists():
+        return out
+    chunks = [c for batch in Docstore(base / DOCSTORE_FILE).scan() for c in batch]
+    index = faiss_index.read_cpu(base / INDEX_FILE)
+    vectors = index.reconstruct_n(0, index.ntotal)  # (n, dim)
+    rng, noise = random.Random(0), np.random.default_rng(0)
+    clean_stale_staging(out)
+    started = time.perf_counter()
+    with staging_directory(out) as staging:
+        writer = ArtifactWriter(staging, encoder, BuildConfig())
+        writer.add(chunks, vectors)
+        for copy in range(1, copies):
+            moved = vectors + noise.normal(0, SIGMA, vectors.shape).astype(np.float32)  # (n, dim)
+            moved /= np.linalg.norm(moved, axis=1, keepdims=True)
+            writer.add([perturbed(c, copy, rng) for c in chunks], moved)
+        writer.seal(out, {"documents": len(chunks) * copies}, started)
+    print(f"built {out} ({len(chunks) * copies} chunks) in {time.perf_counter() - started:.0f} s")
+    return out
+
+
+def client(port: int, queries: list[str], mode: str, until: float, out: list[float], errors: list[int]) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    i = random.Random(port + len(out)).randrange(len(queries))
+    while time.perf_counter() < until:
+        body = json.dumps({"query": queries[i % len(queries)], "top_k": 5, "retrieval": mode})
+        started = time.perf_counter()
+        conn.request("POST", "/v1/retrieve", body, {"content-type": "application/json"})
+        response = conn.getresponse()
+        response.read()
+        out.append((time.perf_counter() - started) * 1000)
+        if response.status != 200:
+            errors.append(response.status)
+        i += 1
+
+
+def phase(port: int, queries: list[str], mode: str, clients: int, seconds: float) -> tuple[list[float], int]:
+    until = time.perf_counter() + seconds
+    times: list[list[float]] = [[] for _ in range(clients)]
+    errors: list[int] = []
+    threads = [
+        threading.Thread(target=client, args=(port, queries, mode, until, times[c], errors)) for c in range(clients)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return [ms for per in times for ms in per], len(errors)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--copies", type=int, default=40)
+    ap.add_argument("--clients", type=int, default=8)
+    ap.add_argument("--seconds", type=float, default=20)
+    ap.add_argument("--modes", default="dense,hybrid")
+    args = ap.parse_args()
+    header(f"/v1/retrieve under load: {args.clients} clients vs 1, {args.seconds:.0f} s each, large index")
+    settings = Settings()
+    index = scaled_index(settings, Encoder(settings.retriever_model), args.copies)
+    queries = [q.question for q in spread_sample(load_squad(SQUAD).questions, 1000)]
+    chunks = json.loads((index / "manifest.json").read_text())["counts"]["chunks"]
+    print(f"index: {chunks} chunks; torch threads {settings.torch_threads}; top 5; SQuAD questions")
+    print("| query batching | retrieval | clients | requests/s | p50 ms | p99 ms | non-200 |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for batching, extra in (("off", {"RAGSERVE_QUERY_BATCH_MAX": "1"}), ("on (default)", {})):
+        port = free_port()
+        with tempfile.TemporaryDirectory() as registry:
+            env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAGSERVE_REGISTRY_DIR": registry, **extra}
+            cmd = [sys.executable, "-m", "service.cli", "--log-level", "warning", "serve", "--port", str(port)]
+            server = subprocess.Popen([*cmd, "--index", str(index)], env=env)
+            try:
+                wait_ready(f"http://127.0.0.1:{port}", server)
+                for mode in args.modes.split(","):
+                    phase(port, queries, mode, 1, 2)  # warm-up
+                    for clients in (1, args.clients):
+                        times, errors = phase(port, queries, mode, clients, args.seconds)
+                        rate, p50, p99 = len(times) / args.seconds, percentile(times, 50), percentile(times, 99)
+                        row = f"| {batching} | {mode} | {clients} | {rate:.0f} | {p50:.1f} | {p99:.1f} | {errors} |"
+                        print(row, flush=True)
+            finally:
+                server.terminate()
+                server.wait(timeout=30)
+
+
+if __name__ == "__main__":
+    main()
