@@ -45,6 +45,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.compaction
 	$(BIN)/python -m bench.hybrid
 	$(BIN)/python -m bench.fusion_scaling --ks 1,2,4,8,16 --repeat 2
+	$(BIN)/python -m bench.query_load --seconds 12
 
 ## The long ones: every reader on 500 SQuAD questions (about 45 minutes), RETRO bits per byte.
 bench-readers: $(STAMP)
