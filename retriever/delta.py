@@ -27,7 +27,7 @@ from indexer.chunking import Chunk, ChunkingConfig, chunk_document
 from indexer.compact import DeltaContents
 from indexer.sources import Document
 from retriever.base import Retriever
-from retriever.hybrid import FusionWeights, QueryTerms, fuse, union_rows
+from retriever.hybrid import FusionWeights, QueryTerms, rank, union_rows
 from retriever.sparse import SparseIndex, indexed_text, top_rows
 from retriever.types import Passage, RetrievalMode, SearchResult
 
@@ -139,9 +139,9 @@ class DeltaIndex:
         _, by_sparse = top_rows(sparse[None, :], depth)  # (1, depth); -1 where no term matches
         candidates = union_rows(np.argsort(-dense, kind="stable")[:depth], by_sparse[0])  # (n,)
         chunks = [(rows[i].title, rows[i].text) for i in candidates]
-        scores = fuse(QueryTerms.of(query), dense[candidates], sparse[candidates], chunks, fusion)
-        best = np.argsort(-scores, kind="stable")[:top_k]
-        return [Passage.of(rows[int(candidates[b])], float(scores[b])) for b in best]
+        terms = QueryTerms.of(query)
+        scores, best = rank(terms, candidates, dense[candidates], sparse[candidates], chunks, fusion, top_k)
+        return [Passage.of(rows[int(i)], float(s)) for s, i in zip(scores, best, strict=True)]
 
 
 def _top_any(scores: np.ndarray, top_k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -167,9 +167,11 @@ class FreshRetriever(Retriever):
         hidden = self.delta.snapshot().hidden
         if not hidden:
             return self.base.search_batch(queries, top_k, mode)
-        results = self.base.search_batch(queries, top_k * 2 + 8, mode)  # room for hidden chunks
+        t0 = time.perf_counter()
+        vectors = self.base.embed(queries, mode)  # (Q, dim) or None; once for version and delta
+        embed_ms = (time.perf_counter() - t0) * 1000
+        results = self.base.search_embedded(queries, vectors, top_k * 2 + 8, mode, embed_ms)  # room for hidden
         started = time.perf_counter()
-        vectors = self.delta.encoder.encode_queries(queries) if mode is not RetrievalMode.SPARSE else None  # (Q, dim)
         found = self.delta.search(queries, vectors, top_k, mode, self.base.fusion)
         delta_ms = (time.perf_counter() - started) * 1000 / len(queries)
         merged = []

@@ -74,3 +74,18 @@ def fuse(
 def union_rows(*ranked: np.ndarray) -> np.ndarray:
     """Distinct valid rows (>= 0) of several ranked row lists, in first-seen order."""
     return np.array(list(dict.fromkeys(int(r) for rows in ranked for r in rows if r >= 0)), np.int64)
+
+
+def rank(
+    query: QueryTerms,
+    candidates: np.ndarray,
+    dense: np.ndarray,
+    sparse: np.ndarray,
+    chunks: Sequence[tuple[str, str]],
+    weights: FusionWeights,
+    top_k: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The top_k of n candidate rows by fused score -> (scores (k,), rows (k,)), best first."""
+    scores = fuse(query, dense, sparse, chunks, weights)  # (n,)
+    best = np.argsort(-scores, kind="stable")[:top_k]
+    return scores[best], candidates[best]

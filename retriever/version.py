@@ -13,7 +13,7 @@ from retriever import faiss_index
 from retriever.base import Retriever
 from retriever.encoder import Encoder
 from retriever.errors import ArtifactError, ModelMismatchError
-from retriever.hybrid import FusionWeights, QueryTerms, fuse, union_rows
+from retriever.hybrid import FusionWeights, QueryTerms, rank, union_rows
 from retriever.sparse import ANALYZER_VERSION, BM25Params, SparseIndex, indexed_text, top_rows
 from retriever.types import Passage, RetrievalMode, SearchResult
 
@@ -62,7 +62,17 @@ class VersionRetriever(Retriever):
     def search_batch(self, queries: Sequence[str], top_k: int, mode: RetrievalMode | None = None) -> list[SearchResult]:
         mode = mode or self.mode
         t0 = time.perf_counter()
-        vectors = self.encoder.encode_queries(queries) if mode is not RetrievalMode.SPARSE else None  # (Q, dim)
+        vectors = self.embed(queries, mode)
+        return self.search_embedded(queries, vectors, top_k, mode, (time.perf_counter() - t0) * 1000)
+
+    def embed(self, queries: Sequence[str], mode: RetrievalMode) -> np.ndarray | None:
+        """The query vectors a search in `mode` needs -> (Q, dim), or None for BM25 alone."""
+        return self.encoder.encode_queries(queries) if mode is not RetrievalMode.SPARSE else None
+
+    def search_embedded(
+        self, queries: Sequence[str], vectors: np.ndarray | None, top_k: int, mode: RetrievalMode, embed_ms: float
+    ) -> list[SearchResult]:
+        """Search with query vectors already computed (by `embed`); `embed_ms` is what that took."""
         t1 = time.perf_counter()
         if mode is RetrievalMode.SPARSE:
             scores, rows = self.sparse.search(queries, top_k)  # (Q, k) each; row -1 = no hit
@@ -75,7 +85,7 @@ class VersionRetriever(Retriever):
             scores, rows, records = self._hybrid(queries, vectors, rows, records, top_k)
         t2 = time.perf_counter()
         per_query = len(queries)
-        timings = {"embed": (t1 - t0) * 1000 / per_query, "search": (t2 - t1) * 1000 / per_query}
+        timings = {"embed": embed_ms / per_query, "search": (t2 - t1) * 1000 / per_query}
         return [self._result(s, r, records, timings) for s, r in zip(scores, rows, strict=True)]
 
     def _depth(self, top_k: int) -> int:
@@ -103,9 +113,8 @@ class VersionRetriever(Retriever):
                 continue
             dense = self._dense_scores(vectors[q], rows)  # (n,)
             chunks = [(records[int(r)].title, records[int(r)].text) for r in rows]
-            scores = fuse(QueryTerms.of(query), dense, sparse_all[q, rows], chunks, self.fusion)  # (n,)
-            best = np.argsort(-scores, kind="stable")[:top_k]
-            fused[q, : best.size], out_rows[q, : best.size] = scores[best], rows[best]
+            scores, best = rank(QueryTerms.of(query), rows, dense, sparse_all[q, rows], chunks, self.fusion, top_k)
+            fused[q, : best.size], out_rows[q, : best.size] = scores, best
         return fused, out_rows, records
 
     def _dense_scores(self, vector: np.ndarray, rows: np.ndarray) -> np.ndarray:
