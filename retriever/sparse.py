@@ -94,6 +94,9 @@ class SparseIndexWriter:
     def rows(self) -> int:
         return len(self._lengths)
 
+    def lengths(self) -> np.ndarray:
+        return np.frombuffer(self._lengths, np.int32)  # (chunks,) words after stop words
+
     def matrix(self) -> sp.csr_matrix:
         shape = (self.rows, len(self.vocab))
         return sp.csr_matrix((np.frombuffer(self._counts, np.int32), self._indices, self._indptr), shape=shape)
@@ -104,7 +107,7 @@ class SparseIndexWriter:
             indptr=np.frombuffer(self._indptr, np.int64),
             indices=np.frombuffer(self._indices, np.int32),
             counts=np.frombuffer(self._counts, np.int32),
-            lengths=np.frombuffer(self._lengths, np.int32),
+            lengths=self.lengths(),
         )
         words = sorted(self.vocab, key=self.vocab.__getitem__)
         (directory / VOCAB_FILE).write_text(json.dumps(words, ensure_ascii=False), encoding="utf-8")
@@ -117,7 +120,6 @@ class SparseIndex:
         assert tf.shape == (lengths.shape[0], len(vocab)), "one row per chunk, one column per term"
         self.vocab = vocab
         self.params = params
-        self.term_frequencies = tf
         self.rows = int(tf.shape[0])
         df = np.bincount(tf.indices, minlength=len(vocab))  # (terms,) chunks containing each term
         self.avg_length = float(lengths.mean()) if self.rows else 1.0
@@ -136,7 +138,7 @@ class SparseIndex:
     def from_texts(cls, texts: Iterable[str], params: BM25Params) -> SparseIndex:
         writer = SparseIndexWriter()
         writer.add(texts)
-        return cls(writer.vocab, writer.matrix(), np.frombuffer(writer._lengths, np.int32), params)
+        return cls(writer.vocab, writer.matrix(), writer.lengths(), params)
 
     def weigh(self, tf: sp.csr_matrix, lengths: np.ndarray) -> sp.csr_matrix:
         """BM25 weights of (chunks x terms) frequencies under this index's statistics, as
