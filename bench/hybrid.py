@@ -21,7 +21,7 @@ import numpy as np
 
 from bench.common import header
 from retriever.hybrid import QueryTerms, lexical_features, union_rows
-from retriever.sparse import BM25Params, SparseIndex
+from retriever.sparse import BM25Params, SparseIndex, indexed_text, top_rows
 from retriever.types import RetrievalMode, SearchResult
 from retriever.version import VersionRetriever
 from service.evaluation import Question, load_squad, ranked_docs, spread_sample
@@ -99,11 +99,11 @@ def candidate_features(
     matrix, ceiling = sparse.query_matrix([q.question for q in questions])
     bm25 = sparse.score(sparse.postings, matrix, ceiling)  # (Q, chunks)
     _, dense_rows = retriever.index.search(vectors, depth)  # (Q, depth)
+    _, sparse_rows = top_rows(bm25, depth)  # (Q, depth); -1 where no term matches, as in search
     records = {c.row: c for batch in retriever.docstore.scan() for c in batch}
     rows_out, feats, labels = [], [], []
     for q, question in enumerate(questions):
-        by_sparse = np.argsort(-bm25[q], kind="stable")[:depth]
-        rows = union_rows(dense_rows[q], by_sparse[bm25[q][by_sparse] > 0])  # (n,)
+        rows = union_rows(dense_rows[q], sparse_rows[q])  # (n,)
         stored = retriever.index.reconstruct_batch(rows)  # (n, dim)
         terms = QueryTerms.of(question.question)
         lexical = np.array([lexical_features(terms, records[int(r)].title, records[int(r)].text) for r in rows])
@@ -137,7 +137,7 @@ def ranked_by(
 def fit(retriever: VersionRetriever, train: list[Question], depth: int) -> None:
     vectors = retriever.encoder.encode_queries([q.question for q in train])  # (Q, dim)
     doc_of = {c.row: c.doc_id for batch in retriever.docstore.scan() for c in batch}
-    texts = [f"{c.title}\n{c.text}" if c.title else c.text for batch in retriever.docstore.scan() for c in batch]
+    texts = [indexed_text(c.title, c.text) for batch in retriever.docstore.scan() for c in batch]
     print("| k1 | b | w_sparse | w_phrase | w_title | train recall@1 | @5 | @20 |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|")
     best: tuple[float, str] = (-1.0, "")

@@ -12,7 +12,7 @@ terms that the query contains. Every term depends on the query and the chunk alo
 other candidates, so scores from an index version and from its delta can be merged by value.
 
 The default weights were fitted by logistic regression on the 24 training articles of SQuAD v1.1
-dev (`ragserve tune hybrid`); the held-out articles were not used.
+dev (`python -m bench.hybrid --fit`); the held-out articles were not used.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from retriever.sparse import terms
+from retriever.sparse import indexed_text, terms
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,7 +47,7 @@ class QueryTerms:
 
 def lexical_features(query: QueryTerms, title: str, text: str) -> tuple[float, float]:
     """(phrase, title) features of one chunk for one query, each in [0, 1]."""
-    words = terms(f"{title}\n{text}" if title else text)
+    words = terms(indexed_text(title, text))
     phrase = len(query.pairs & set(itertools.pairwise(words))) / len(query.pairs) if query.pairs else 0.0
     title_words = set(terms(title))
     title_hit = len(title_words & query.words) / len(title_words) if title_words else 0.0
