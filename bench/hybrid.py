@@ -160,13 +160,12 @@ def main() -> None:
     ap.add_argument("--fit", action="store_true", help="refit k1, b and the fusion weights on the train articles")
     args = ap.parse_args()
     header("retrieval on SQuAD-open dev by article split: dense, BM25, RRF baseline, hybrid")
-    from retriever.encoder import Encoder
-    from service.loading import cached_index_path, configure_threads, ensure_index, open_version
+    from service.loading import cached_index_path, configure_threads, ensure_index, make_encoder, open_version
 
     settings = Settings()
     configure_threads(settings)
     data = load_squad(SQUAD)
-    encoder = Encoder(settings.retriever_model)
+    encoder = make_encoder(settings)
     index_path = cached_index_path(settings, "squad", SQUAD)
     ensure_index(settings, index_path, lambda: data.paragraphs, lambda: encoder, progress=True)
     retriever = open_version(settings, index_path, encoder)

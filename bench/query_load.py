@@ -17,28 +17,22 @@ under <home>/bench/ and reused. Queries are SQuAD questions, top 5.
 """
 
 import argparse
-import http.client
 import json
-import os
 import random
-import subprocess
-import sys
-import tempfile
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 
 from bench.common import header, percentile
-from bench.latency import free_port, wait_ready
+from bench.load import phase, server
 from indexer.artifact import DOCSTORE_FILE, INDEX_FILE, clean_stale_staging, staging_directory
 from indexer.build import ArtifactWriter, BuildConfig
 from indexer.docstore import Docstore, StoredChunk
 from retriever import faiss_index
 from retriever.encoder import Encoder
 from service.evaluation import load_squad, spread_sample
-from service.loading import cached_index_path, ensure_index
+from service.loading import cached_index_path, ensure_index, make_encoder
 from service.settings import Settings
 
 SQUAD = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "squad-v1.1-dev.parquet"
@@ -81,35 +75,6 @@ def scaled_index(settings: Settings, encoder: Encoder, copies: int) -> Path:
     return out
 
 
-def client(port: int, queries: list[str], mode: str, until: float, out: list[float], errors: list[int]) -> None:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-    i = random.Random(port + len(out)).randrange(len(queries))
-    while time.perf_counter() < until:
-        body = json.dumps({"query": queries[i % len(queries)], "top_k": 5, "retrieval": mode})
-        started = time.perf_counter()
-        conn.request("POST", "/v1/retrieve", body, {"content-type": "application/json"})
-        response = conn.getresponse()
-        response.read()
-        out.append((time.perf_counter() - started) * 1000)
-        if response.status != 200:
-            errors.append(response.status)
-        i += 1
-
-
-def phase(port: int, queries: list[str], mode: str, clients: int, seconds: float) -> tuple[list[float], int]:
-    until = time.perf_counter() + seconds
-    times: list[list[float]] = [[] for _ in range(clients)]
-    errors: list[int] = []
-    threads = [
-        threading.Thread(target=client, args=(port, queries, mode, until, times[c], errors)) for c in range(clients)
-    ]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return [ms for per in times for ms in per], len(errors)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--copies", type=int, default=40)
@@ -119,30 +84,22 @@ def main() -> None:
     args = ap.parse_args()
     header(f"/v1/retrieve under load: {args.clients} clients vs 1, {args.seconds:.0f} s each, large index")
     settings = Settings()
-    index = scaled_index(settings, Encoder(settings.retriever_model), args.copies)
+    index = scaled_index(settings, make_encoder(settings), args.copies)
     queries = [q.question for q in spread_sample(load_squad(SQUAD).questions, 1000)]
     chunks = json.loads((index / "manifest.json").read_text())["counts"]["chunks"]
     print(f"index: {chunks} chunks; torch threads {settings.torch_threads}; top 5; SQuAD questions")
     print("| query batching | retrieval | clients | requests/s | p50 ms | p99 ms | non-200 |")
     print("|---|---|---:|---:|---:|---:|---:|")
     for batching, extra in (("off", {"RAGSERVE_QUERY_BATCH_MAX": "1"}), ("on (default)", {})):
-        port = free_port()
-        with tempfile.TemporaryDirectory() as registry:
-            env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAGSERVE_REGISTRY_DIR": registry, **extra}
-            cmd = [sys.executable, "-m", "service.cli", "--log-level", "warning", "serve", "--port", str(port)]
-            server = subprocess.Popen([*cmd, "--index", str(index)], env=env)
-            try:
-                wait_ready(f"http://127.0.0.1:{port}", server)
-                for mode in args.modes.split(","):
-                    phase(port, queries, mode, 1, 2)  # warm-up
-                    for clients in (1, args.clients):
-                        times, errors = phase(port, queries, mode, clients, args.seconds)
-                        rate, p50, p99 = len(times) / args.seconds, percentile(times, 50), percentile(times, 99)
-                        row = f"| {batching} | {mode} | {clients} | {rate:.0f} | {p50:.1f} | {p99:.1f} | {errors} |"
-                        print(row, flush=True)
-            finally:
-                server.terminate()
-                server.wait(timeout=30)
+        with server(index, extra) as port:
+            for mode in args.modes.split(","):
+                bodies = [{"query": q, "top_k": 5, "retrieval": mode} for q in queries]
+                phase(port, "/v1/retrieve", bodies, 1, 2)  # warm-up
+                for clients in (1, args.clients):
+                    times, errors = phase(port, "/v1/retrieve", bodies, clients, args.seconds)
+                    rate, p50, p99 = len(times) / args.seconds, percentile(times, 50), percentile(times, 99)
+                    row = f"| {batching} | {mode} | {clients} | {rate:.0f} | {p50:.1f} | {p99:.1f} | {errors} |"
+                    print(row, flush=True)
 
 
 if __name__ == "__main__":

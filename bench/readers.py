@@ -75,7 +75,8 @@ def main() -> None:
     print(
         f"recall@1 {report['recall@1']}, recall@5 {report['recall@5']}; processes {args.processes}, "
         f"torch threads {s['torch_threads']} each; max new tokens {s['max_new_tokens']}; "
-        f"rag temperature {s['rag_temperature']}; beams {s['num_beams']}"
+        f"rag temperature {s['rag_temperature']}; beams {s['num_beams']}; retrieval {s['retrieval']}; "
+        f"encoder {s['encoder_precision']}, generator {s['generator_precision']}"
     )
     print("| reader | exact match | F1 | p50 latency ms | mean latency ms |")
     print("|---|---:|---:|---:|---:|")

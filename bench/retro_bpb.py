@@ -38,7 +38,7 @@ from reader.retro_train import Batch, TrainSequence, held_out, make_batch, nll, 
 from retriever.encoder import Encoder
 from retriever.types import Passage
 from retriever.version import VersionRetriever
-from service.loading import open_registry
+from service.loading import make_encoder, open_registry
 from service.settings import Settings
 
 
@@ -77,7 +77,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     settings = Settings(index_name=args.index)
-    encoder = Encoder(settings.retriever_model)
+    encoder = make_encoder(settings)
     if args.build_squad:
         build_squad(settings, args.build_squad, encoder)
         return

@@ -46,6 +46,8 @@ class Manifest:
     # Version of the BM25 analyzer that wrote sparse.npz (0: the artifact has no sparse index and
     # one is built from the docstore when the version is opened).
     sparse_analyzer: int = 0
+    # Number format the passages were embedded in (retriever/types.py Precision; fp32 before it was recorded).
+    embedding_precision: str = "fp32"
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)

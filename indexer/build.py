@@ -37,7 +37,7 @@ class BuildConfig:
     exact_below: int = 50_000
     doc_batch: int = 256  # documents tokenized together
     embed_window: int = 2_048  # chunks sorted by length and embedded together
-    embed_batch: int = 64
+    embed_batch: int | None = None  # None: the encoder's own (see retriever/encoder.py)
 
 
 class ArtifactWriter:
@@ -82,6 +82,7 @@ class ArtifactWriter:
                 "retriever_model": self.encoder.name,
                 "retriever_weights_sha256": self.encoder.weights_sha256,
                 "dimension": self.encoder.dimension,
+                "embedding_precision": str(self.encoder.precision),
                 "metric": faiss_index.METRIC,
                 "index_factory": factory,
                 "chunking": {

@@ -58,6 +58,9 @@ def compact_artifact(base: Path, delta: DeltaContents, out: Path, encoder: Encod
     manifest = verify_artifact(base)
     if manifest.retriever_weights_sha256 != encoder.weights_sha256:
         raise ModelMismatchError(f"{base} was built with another retriever than {encoder.name!r}")
+    # Carried vectors keep the base's number format, delta vectors have the encoder's.
+    same = manifest.embedding_precision == encoder.precision or not delta.chunks
+    precision = manifest.embedding_precision if same else "mixed"
     chunking = ChunkingConfig(manifest.chunking["chunk_tokens"], manifest.chunking["overlap_tokens"])
     config = replace(config, chunking=chunking)
     index = faiss_index.read_cpu(base / INDEX_FILE)
@@ -80,7 +83,7 @@ def compact_artifact(base: Path, delta: DeltaContents, out: Path, encoder: Encod
         if delta.chunks:
             writer.add(delta.chunks, delta.vectors)
         counts["documents"] += len({c.doc_id for c in delta.chunks})
-        return writer.seal(out, counts, started, documents_seq=delta.seq)
+        return writer.seal(out, counts, started, documents_seq=delta.seq, embedding_precision=precision)
 
 
 def _base_vectors(index: faiss.Index, rows: list[StoredChunk], encoder: Encoder) -> np.ndarray:

@@ -26,6 +26,8 @@ class ReaderConfig:
     fid_model: str | None = None  # local encoder-decoder (T5) folder for `fid`
     retro_weights: Path | None = None  # trained retrofit layers for `retro` (safetensors)
     cache_dir: Path = Path("~/.cache/ragserve")
+    batch_max: int = 1  # concurrent requests decoded together (`stuff`); 1 = one at a time
+    batch_wait_ms: float = 0.0  # how long a batch waits for more requests once it has one
 
 
 # Retrieval for readers that retrieve again while they generate (RETRO): queries -> top-k passages each.

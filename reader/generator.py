@@ -28,6 +28,8 @@ from transformers import (
 
 from reader.lm import Batch, lm_for
 from retriever.errors import ModelNotFoundError
+from retriever.precision import resolve_precision
+from retriever.types import Precision
 
 log = logging.getLogger(__name__)
 
@@ -107,13 +109,20 @@ class Generator:
     (`lm`). Readers hold `lock` while they decode: on a small CPU, two generations at once only
     fight over the same cores (see the `torch_threads` setting)."""
 
-    def __init__(self, name_or_path: str = DEFAULT_GENERATOR, cache_dir: Path = Path("~/.cache/ragserve")) -> None:
+    def __init__(
+        self,
+        name_or_path: str = DEFAULT_GENERATOR,
+        cache_dir: Path = Path("~/.cache/ragserve"),
+        precision: Precision | str = Precision.FP32,
+    ) -> None:
         self.name = name_or_path
+        self.precision = resolve_precision(precision, "cpu")
         self.path = resolve_generator(name_or_path, cache_dir.expanduser())
         self.tokenizer: PreTrainedTokenizerBase = AutoTokenizer.from_pretrained(self.path, local_files_only=True)
         config = AutoConfig.from_pretrained(self.path, local_files_only=True)
         auto = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
-        self.model: PreTrainedModel = auto.from_pretrained(self.path, local_files_only=True, dtype=torch.float32)
+        dtype = torch.bfloat16 if self.precision is Precision.BF16 else torch.float32
+        self.model: PreTrainedModel = auto.from_pretrained(self.path, local_files_only=True, dtype=dtype)
         self.model.train(False)  # inference mode for dropout and friends
         eos = self.tokenizer.eos_token_id
         self.stop_ids: set[int] = {eos} if isinstance(eos, int) else set(eos or [])

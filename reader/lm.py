@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from transformers import PreTrainedModel
 from transformers.cache_utils import Cache, DynamicCache, EncoderDecoderCache
@@ -143,8 +144,30 @@ class CausalLM(LM):
         return Batch(after[:, -1], out.cache, mask, batch.positions + n), after
 
     def select(self, batch: Batch, rows: Tensor) -> Batch:
-        layers = [(keys[rows], values[rows]) for keys, values in kv_of(batch.cache)]
-        return Batch(batch.logprobs[rows], DynamicCache(ddp_cache_data=layers), batch.mask[rows], batch.positions[rows])
+        mask = batch.mask[rows]  # (R, S)
+        # Columns no selected row attends to (left padding of rows that are gone) are dropped.
+        first = int(mask.any(dim=0).int().argmax()) if mask.numel() else 0
+        layers = [(keys[rows, :, first:], values[rows, :, first:]) for keys, values in kv_of(batch.cache)]
+        return Batch(batch.logprobs[rows], DynamicCache(ddp_cache_data=layers), mask[:, first:], batch.positions[rows])
+
+    def merge(self, a: Batch, b: Batch) -> Batch:
+        """The rows of `a` then those of `b` as one batch: the shorter cache is left-padded with
+        masked-out columns, so every row keeps its own positions and its last token at the end."""
+        width = max(a.mask.shape[1], b.mask.shape[1])
+
+        def padded(batch: Batch) -> tuple[list[tuple[Tensor, Tensor]], Tensor]:
+            extra = width - batch.mask.shape[1]
+            kv = [(F.pad(k, (0, 0, extra, 0)), F.pad(v, (0, 0, extra, 0))) for k, v in kv_of(batch.cache)]
+            return kv, F.pad(batch.mask, (extra, 0))  # each k, v (B, H, width, Dh); mask (B, width)
+
+        (kv_a, mask_a), (kv_b, mask_b) = padded(a), padded(b)
+        layers = [(torch.cat([ka, kb]), torch.cat([va, vb])) for (ka, va), (kb, vb) in zip(kv_a, kv_b, strict=True)]
+        return Batch(
+            torch.cat([a.logprobs, b.logprobs]),
+            DynamicCache(ddp_cache_data=layers),
+            torch.cat([mask_a, mask_b]),
+            torch.cat([a.positions, b.positions]),
+        )
 
     def fuse(self, batch: Batch, prefix_len: int) -> Batch:
         """One row whose cache holds the prefix once, then every row's tokens after the prefix,

@@ -63,6 +63,7 @@ def load_retrofit(path: Path, model: PreTrainedModel) -> Retrofit:
         )
     retrofit = Retrofit(model, RetroConfig.from_json(metadata["config"]))
     retrofit.load_state_dict(load_file(str(path)))
+    retrofit.to(model.dtype)  # the base model's number format (bf16 where the generator runs in it)
     retrofit.train(False)
     return retrofit
 

@@ -16,9 +16,10 @@ import torch
 from sentence_transformers import SentenceTransformer
 from tokenizers import Tokenizer
 
-from retriever.batching import QueryBatcher
+from retriever.batching import MicroBatcher
 from retriever.errors import ModelNotFoundError
-from retriever.types import TokenizedText
+from retriever.precision import resolve_precision
+from retriever.types import Precision, TokenizedText
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,14 @@ def resolve_retriever(name_or_path: str) -> Path:
     raise ModelNotFoundError(f"retriever model {name_or_path!r} is not a bundled alias ({known}) nor a local folder")
 
 
+# Passages per forward pass. Measured on SQuAD chunks, 2 threads (bench/index_throughput.py): fp32
+# is fastest in small batches (activations stay in cache), bf16 a little larger.
+BATCH_SIZE = {Precision.FP32: 8, Precision.BF16: 16}
+# Batches are padded to a multiple of this many tokens: fewer distinct shapes, so oneDNN builds
+# fewer kernels (a first bf16 pass over SQuAD took 7.1 s unpadded, 5.0 s padded), and AMX tiles fit.
+PAD_MULTIPLE = 16
+
+
 def weights_sha256(model_dir: Path) -> str:
     """Digest over every weight file of a model folder, so an artifact can name the exact weights."""
     digest = hashlib.sha256()
@@ -67,11 +76,20 @@ def weights_sha256(model_dir: Path) -> str:
 class Encoder:
     """Wraps a SentenceTransformer for inference only; outputs are L2-normalised float32."""
 
-    def __init__(self, name_or_path: str = DEFAULT_RETRIEVER, device: str | None = None) -> None:
+    def __init__(
+        self,
+        name_or_path: str = DEFAULT_RETRIEVER,
+        device: str | None = None,
+        precision: Precision | str = Precision.FP32,
+    ) -> None:
         self.name = name_or_path
         self.path = resolve_retriever(name_or_path)
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.precision = resolve_precision(precision, self.device)
+        self.batch_size = BATCH_SIZE[self.precision]
         self.model = SentenceTransformer(str(self.path), device=self.device, local_files_only=True)
+        if self.precision is Precision.BF16:
+            self.model.to(torch.bfloat16)
         self.model.eval()
         self.weights_sha256 = weights_sha256(self.path)
         dim = self.model.get_embedding_dimension()
@@ -86,8 +104,9 @@ class Encoder:
         self._uses_token_types = "token_type_ids" in hf_tokenizer.model_input_names
         # Room left for text once the special tokens are in.
         window = self.model.max_seq_length or hf_tokenizer.model_max_length
-        self.max_tokens: int = int(window) - len(self._prefix) - len(self._suffix)
-        self._batcher: QueryBatcher | None = None
+        self.window = int(window)
+        self.max_tokens: int = self.window - len(self._prefix) - len(self._suffix)
+        self._batcher: MicroBatcher[str, np.ndarray] | None = None
 
     def _special_tokens(self) -> tuple[list[int], list[int]]:
         bare = self._tokenizer.encode("a", add_special_tokens=False).ids
@@ -100,8 +119,9 @@ class Encoder:
         encodings = self._tokenizer.encode_batch(list(texts), add_special_tokens=False)
         return [TokenizedText(e.ids, e.offsets, e.word_ids) for e in encodings]
 
-    def encode_ids(self, token_ids: Sequence[Sequence[int]], batch_size: int = 64) -> np.ndarray:
+    def encode_ids(self, token_ids: Sequence[Sequence[int]], batch_size: int | None = None) -> np.ndarray:
         """Embed pre-tokenized texts (each at most `max_tokens` long) -> (n, dim) float32."""
+        batch_size = batch_size or self.batch_size
         n = len(token_ids)
         out = np.empty((n, self.dimension), dtype=np.float32)
         order = sorted(range(n), key=lambda i: len(token_ids[i]))  # shortest first: least padding
@@ -113,7 +133,7 @@ class Encoder:
     def encode_queries(self, queries: Sequence[str]) -> np.ndarray:
         """(len(queries), dim); through the shared batcher when one is on (see `batch_queries`)."""
         if self._batcher is not None:
-            return self._batcher.encode(queries)
+            return np.stack(self._batcher.submit(queries))  # (len(queries), dim)
         return self._encode_queries_now(queries)
 
     def _encode_queries_now(self, queries: Sequence[str]) -> np.ndarray:
@@ -124,13 +144,18 @@ class Encoder:
         """Embed queries of concurrent callers together from now on (a server's request threads)."""
         if self._batcher is not None:
             self._batcher.close()
-        self._batcher = QueryBatcher(self._encode_queries_now, max_batch, max_wait_ms) if max_batch > 1 else None
+        self._batcher = None
+        if max_batch > 1:
+            self._batcher = MicroBatcher(self._query_rows, max_batch, max_wait_ms, "query-batcher")
+
+    def _query_rows(self, queries: Sequence[str]) -> list[np.ndarray]:
+        return list(self._encode_queries_now(queries))
 
     @torch.inference_mode()
     def _forward(self, batch: list[Sequence[int]]) -> np.ndarray:
         assert all(len(ids) <= self.max_tokens for ids in batch), "input longer than the model's window"
         seqs = [[*self._prefix, *ids, *self._suffix] for ids in batch]
-        width = max(len(s) for s in seqs)
+        width = min(-(-max(len(s) for s in seqs) // PAD_MULTIPLE) * PAD_MULTIPLE, self.window)  # rounded up
         input_ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)  # (B, T)
         mask = torch.zeros((len(seqs), width), dtype=torch.long)  # (B, T)
         for row, seq in enumerate(seqs):

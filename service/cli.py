@@ -42,17 +42,17 @@ def cmd_index_build(args: argparse.Namespace) -> int:
     from indexer.artifact import read_manifest
     from indexer.build import build_artifact
     from indexer.sources import read_corpus
-    from retriever.encoder import Encoder
-    from service.loading import build_config, configure_threads, open_registry
+    from service.loading import build_config, configure_threads, make_encoder, open_registry
 
     settings = _settings(
         chunk_tokens=args.chunk_tokens,
         overlap_tokens=args.overlap_tokens,
         index_factory=args.index_factory,
+        encoder_precision=args.precision,
         index_name=args.registry,
     )
     configure_threads(settings)
-    encoder = Encoder(settings.retriever_model)
+    encoder = make_encoder(settings)
     started = time.perf_counter()
 
     def build(out: Path) -> None:
@@ -150,10 +150,9 @@ def cmd_train_retro(args: argparse.Namespace) -> int:
     from reader.generator import Generator
     from reader.retro import default_weights_path
     from reader.retro_train import TrainConfig, train
-    from retriever.encoder import Encoder
     from retriever.errors import UnknownIndexError
     from retriever.version import VersionRetriever
-    from service.loading import configure_threads, open_registry
+    from service.loading import configure_threads, make_encoder, open_registry
 
     settings = _settings(index_name=args.index)
     configure_threads(settings)
@@ -162,7 +161,7 @@ def cmd_train_retro(args: argparse.Namespace) -> int:
     if version is None:
         raise UnknownIndexError(f"index {args.index!r} has no serving version (build one with `ragserve index build`)")
     out = args.out or settings.retro_weights or default_weights_path(settings.cache_dir, settings.generator_model)
-    retriever = VersionRetriever(registry.path_of(version), Encoder(settings.retriever_model))
+    retriever = VersionRetriever(registry.path_of(version), make_encoder(settings))
     generator = Generator(settings.generator_model, settings.cache_dir)
     config = TrainConfig(
         steps=args.steps, batch=args.batch, seq_tokens=args.seq_tokens, lr=args.lr, holdout=args.holdout, seed=args.seed
@@ -195,6 +194,9 @@ def parser() -> argparse.ArgumentParser:
     build.add_argument("--chunk-tokens", type=int)
     build.add_argument("--overlap-tokens", type=int)
     build.add_argument("--index-factory", help="FAISS factory string, e.g. Flat, HNSW32, IVF1024,Flat")
+    build.add_argument(
+        "--precision", choices=["fp32", "bf16", "auto"], help="retriever number format (setting encoder_precision)"
+    )
     build.add_argument("--no-progress", action="store_true")
     build.set_defaults(func=cmd_index_build)
     verify = index.add_parser("verify", help="check an artifact's checksums")

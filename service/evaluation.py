@@ -14,7 +14,6 @@ from tqdm import tqdm
 from indexer.sources import Document
 from reader.base import Reader
 from retriever.base import Retriever
-from retriever.encoder import Encoder
 from retriever.errors import InvalidInputError
 from retriever.types import SearchResult
 from service.settings import Settings
@@ -148,13 +147,21 @@ def run_squad_eval(
     progress: bool = True,
     articles: str = "all",
 ) -> dict[str, Any]:
-    from service.loading import cached_index_path, configure_threads, ensure_index, load_engine, open_version
+    from retriever.precision import resolve_precision
+    from service.loading import (
+        cached_index_path,
+        configure_threads,
+        ensure_index,
+        load_engine,
+        make_encoder,
+        open_version,
+    )
 
     configure_threads(settings)
     data = load_squad(data_path)
     chosen = select_articles((q.article for q in data.questions), articles)
     questions = spread_sample([q for q in data.questions if q.article in chosen], limit)
-    encoder = Encoder(settings.retriever_model)
+    encoder = make_encoder(settings)
     index_path = cached_index_path(settings, "squad", data_path)
     ensure_index(settings, index_path, lambda: data.paragraphs, lambda: encoder, progress)
     retriever: Retriever = open_version(settings, index_path, encoder)
@@ -181,5 +188,7 @@ def run_squad_eval(
         "overlap_tokens": settings.overlap_tokens,
         "max_new_tokens": settings.max_new_tokens,
         "torch_threads": settings.torch_threads,
+        "encoder_precision": str(encoder.precision),
+        "generator_precision": str(resolve_precision(settings.generator_precision, "cpu")),
     }
     return report

@@ -42,6 +42,14 @@ def configure_threads(settings: Settings) -> None:
     torch.set_num_threads(settings.torch_threads)
 
 
+def make_encoder(settings: Settings) -> Encoder:
+    return Encoder(settings.retriever_model, precision=settings.encoder_precision)
+
+
+def make_generator(settings: Settings) -> Generator:
+    return Generator(settings.generator_model, settings.cache_dir, settings.generator_precision)
+
+
 def open_version(settings: Settings, path: Path, encoder: Encoder) -> VersionRetriever:
     """One index version, searched the way the settings say."""
     fusion = FusionWeights(
@@ -116,6 +124,8 @@ def reader_config(settings: Settings) -> ReaderConfig:
         fid_model=settings.fid_model,
         retro_weights=settings.retro_weights,
         cache_dir=settings.cache_dir,
+        batch_max=settings.ask_batch_max,
+        batch_wait_ms=settings.ask_batch_wait_ms,
     )
 
 
@@ -147,7 +157,7 @@ def make_engine(settings: Settings, retriever: Retriever, generator: Generator) 
 def load_engine(settings: Settings, retriever: Retriever, generator: Generator | None = None) -> QAEngine:
     """An engine over a fixed retriever (evaluation)."""
     configure_threads(settings)
-    generator = generator or Generator(settings.generator_model, settings.cache_dir)
+    generator = generator or make_generator(settings)
     return make_engine(settings, retriever, generator)
 
 
@@ -176,10 +186,10 @@ def load_indexes(settings: Settings, encoder: Encoder) -> tuple[IndexManager, Jo
 def load_services(settings: Settings, encoder: Encoder | None = None, generator: Generator | None = None) -> Services:
     """What the server runs on: indexes and jobs (see `load_indexes`), models and readers."""
     configure_threads(settings)
-    encoder = encoder or Encoder(settings.retriever_model)
+    encoder = encoder or make_encoder(settings)
     encoder.batch_queries(settings.query_batch_max, settings.query_batch_wait_ms)
     indexes, jobs = load_indexes(settings, encoder)
-    generator = generator or Generator(settings.generator_model, settings.cache_dir)
+    generator = generator or make_generator(settings)
     engine = make_engine(settings, indexes.retriever, generator)
     return Services(engine=engine, indexes=indexes, jobs=jobs)
 
@@ -191,4 +201,4 @@ def prepare(settings: Settings) -> None:
         read_manifest(settings.index_path)  # fail now, with a clear message, if it is no artifact
     resolve_generator(settings.generator_model, settings.cache_dir)
     if settings.index_path is None and open_registry(settings).serving() is None:
-        demo_index(settings, lambda: Encoder(settings.retriever_model))
+        demo_index(settings, lambda: make_encoder(settings))

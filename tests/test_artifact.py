@@ -19,6 +19,7 @@ def test_manifest_describes_the_build(tiny_index: Path, encoder: Encoder) -> Non
         [INDEX_FILE, DOCSTORE_FILE, SPARSE_FILE, VOCAB_FILE, MANIFEST]
     )
     assert manifest.retriever_weights_sha256 == encoder.weights_sha256
+    assert manifest.embedding_precision == encoder.precision == "fp32"
     assert manifest.dimension == 384 and manifest.metric == "inner_product"
     assert manifest.index_factory == "Flat"
     assert manifest.counts["documents"] == 5 and manifest.counts["empty_documents"] == 1

@@ -1,4 +1,4 @@
-"""Query batching: concurrent callers get exactly what a lone call gives, in fewer passes."""
+"""Micro-batching: concurrent callers get exactly what a lone call gives, in fewer passes."""
 
 import threading
 from collections.abc import Sequence
@@ -6,7 +6,7 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 
-from retriever.batching import QueryBatcher
+from retriever.batching import MicroBatcher
 from retriever.encoder import Encoder
 
 QUERIES = [f"question number {i} about the Harrow bridge and Quenmoor" * (1 + i % 3) for i in range(24)]
@@ -15,15 +15,15 @@ QUERIES = [f"question number {i} about the Harrow bridge and Quenmoor" * (1 + i 
 def test_concurrent_queries_share_passes_and_equal_lone_embeddings(encoder: Encoder) -> None:
     passes: list[int] = []
 
-    def counted(queries: Sequence[str]) -> np.ndarray:
+    def counted(queries: Sequence[str]) -> list[np.ndarray]:
         passes.append(len(queries))
-        return encoder._encode_queries_now(queries)
+        return list(encoder._encode_queries_now(queries))
 
-    batcher = QueryBatcher(counted, max_batch=8, max_wait_ms=20)
+    batcher = MicroBatcher(counted, max_batch=8, max_wait_ms=20)
     got: dict[int, np.ndarray] = {}
 
     def ask(i: int) -> None:
-        got[i] = batcher.encode([QUERIES[i]])
+        (got[i],) = batcher.submit([QUERIES[i]])
 
     threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(QUERIES))]
     for t in threads:
@@ -33,21 +33,21 @@ def test_concurrent_queries_share_passes_and_equal_lone_embeddings(encoder: Enco
     batcher.close()
     lone = encoder._encode_queries_now(QUERIES)  # (24, dim)
     for i in range(len(QUERIES)):
-        np.testing.assert_allclose(got[i][0], lone[i], atol=1e-5)
+        np.testing.assert_allclose(got[i], lone[i], atol=1e-5)
     assert sum(passes) == len(QUERIES) and max(passes) <= 8
     assert len(passes) < len(QUERIES)  # some passes served several callers
 
 
 def test_a_failing_pass_raises_in_every_caller_and_the_batcher_goes_on() -> None:
-    def encode(queries: Sequence[str]) -> np.ndarray:
+    def encode(queries: Sequence[str]) -> list[int]:
         if "bad" in queries:
             raise RuntimeError("boom")
-        return np.zeros((len(queries), 2), np.float32)
+        return [len(q) for q in queries]
 
-    batcher = QueryBatcher(encode, max_batch=4)
+    batcher = MicroBatcher(encode, max_batch=4)
     with pytest.raises(RuntimeError, match="boom"):
-        batcher.encode(["bad"])
-    assert batcher.encode(["good", "also good"]).shape == (2, 2)
+        batcher.submit(["bad"])
+    assert batcher.submit(["good", "also good"]) == [4, 9]
     batcher.close()
 
 

@@ -1,15 +1,19 @@
 """Property tests of the RAG, fusion and stuffing readers on the real default generator: they
 would catch a wrong marginalization, a wrong cache layout or a padding bug."""
 
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from reader.base import Reader, ReaderConfig, ReaderContext, create_reader
 from reader.fusion import passage_segment, question_segment
 from reader.generator import Generator
+from reader.lm import Batch, CausalLM
 from reader.marginal import marginal_next_token, passage_prior, posterior
 from reader.prompt import PREFIX, qa_suffix
 from retriever.errors import ReaderUnavailableError
@@ -131,3 +135,60 @@ def test_rag_readers_run_on_an_encoder_decoder_generator(t5_generator: Generator
 def test_fusion_needs_a_decoder_only_generator(t5_generator: Generator) -> None:
     with pytest.raises(ReaderUnavailableError, match="decoder-only"):
         reader(t5_generator, "fusion")
+
+
+def test_concurrent_stuff_answers_share_steps_and_equal_lone_answers(
+    generator: Generator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    questions = [QUESTION, "Who built the Harrow bridge?", "How long is Velt cheese ripened?", "Where is Velt made?"]
+    lone = [generator.answer_text(plain(generator, PASSAGES[i % 3 : i % 3 + 1], q)) for i, q in enumerate(questions)]
+    rows: list[int] = []
+    step = generator.lm.step
+
+    def counted(batch: Batch, tokens: torch.Tensor) -> Batch:
+        rows.append(batch.rows)
+        return step(batch, tokens)
+
+    monkeypatch.setattr(generator.lm, "step", counted)
+    batched = reader(generator, "stuff", batch_max=3, batch_wait_ms=300)
+    got: dict[int, str] = {}
+
+    def ask(i: int) -> None:
+        got[i] = batched.answer(questions[i], PASSAGES[i % 3 : i % 3 + 1]).text
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(questions))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [got[i] for i in range(len(questions))] == lone
+    assert max(rows) > 1 and max(rows) <= 3  # answers shared decoding steps, never more than batch_max rows
+
+
+@settings(max_examples=6, deadline=None)
+@given(lengths=st.lists(st.integers(1, 40), min_size=2, max_size=4), join_after=st.integers(0, 3))
+def test_merged_and_trimmed_batches_decode_like_lone_rows(
+    generator: Generator, lengths: list[int], join_after: int
+) -> None:
+    """Rows that join a running batch or outlive others get the log-probs they would get alone."""
+    lm = generator.lm
+    assert isinstance(lm, CausalLM)
+    prefix = generator.encode(PREFIX)
+    base = generator.encode(qa_suffix(QUESTION, PASSAGES))
+    prompts = [base[:n] for n in lengths]
+    token = torch.tensor(generator.encode(" 1994")[:1])
+    batch = lm.start(prefix, prompts[:1])
+    for _ in range(join_after):  # the first row runs alone for a while
+        batch = lm.step(batch, token.expand(batch.rows))
+    batch = lm.merge(batch, lm.start(prefix, prompts[1:]))
+    batch = lm.select(batch, torch.arange(1, len(prompts)))  # the first row leaves
+    batch = lm.step(batch, token.expand(batch.rows))
+    for row, prompt in enumerate(prompts[1:]):
+        alone = lm.step(lm.start(prefix, [prompt]), token)
+        torch.testing.assert_close(batch.logprobs[row], alone.logprobs[0], atol=3e-4, rtol=0)
+
+
+def test_bf16_generator_gives_the_answer_fp32_gives(generator: Generator, cache_home: Path) -> None:
+    bf16 = Generator(str(generator.path), cache_home, precision="bf16")
+    assert bf16.model.dtype == torch.bfloat16
+    assert bf16.answer_text(plain(bf16, PASSAGES[:1])) == generator.answer_text(plain(generator, PASSAGES[:1]))

@@ -104,7 +104,8 @@ def test_cached_generation_matches_full_forward(frozen: Generator) -> None:
         pieces.append(result.logits)
         position += size
     assert position == T and state.position == T
-    torch.testing.assert_close(torch.cat(pieces, dim=1), full, rtol=0, atol=2e-4)
+    # Logits are ~±30 and kernels differ with the piece length: 2.2e-4 apart seen on an AVX-512 machine.
+    torch.testing.assert_close(torch.cat(pieces, dim=1), full, rtol=0, atol=1e-3)
 
 
 def test_weights_round_trip(frozen: Generator, tmp_path: Path) -> None:
