@@ -17,6 +17,7 @@ from sentence_transformers import SentenceTransformer
 from tokenizers import Tokenizer
 
 from retriever.batching import MicroBatcher
+from retriever.bert import LeanBert
 from retriever.errors import ModelNotFoundError
 from retriever.precision import resolve_precision
 from retriever.types import Precision, TokenizedText
@@ -91,6 +92,7 @@ class Encoder:
         if self.precision is Precision.BF16:
             self.model.to(torch.bfloat16)
         self.model.eval()
+        self._lean = LeanBert.of(self.model)  # None: run the modules as loaded
         self.weights_sha256 = weights_sha256(self.path)
         dim = self.model.get_embedding_dimension()
         assert dim is not None, "model does not report its embedding dimension"
@@ -161,7 +163,10 @@ class Encoder:
         for row, seq in enumerate(seqs):
             input_ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
             mask[row, : len(seq)] = 1
-        features = {"input_ids": input_ids.to(self.device), "attention_mask": mask.to(self.device)}
+        input_ids, mask = input_ids.to(self.device), mask.to(self.device)
+        if self._lean is not None:
+            return self._lean.embed(input_ids, mask).cpu().numpy()
+        features = {"input_ids": input_ids, "attention_mask": mask}
         if self._uses_token_types:
             features["token_type_ids"] = torch.zeros_like(features["input_ids"])
         emb = self.model(features)["sentence_embedding"]  # (B, dim)

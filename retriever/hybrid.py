@@ -17,6 +17,7 @@ dev (`python -m bench.hybrid --fit`); the held-out articles were not used.
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -47,11 +48,19 @@ class QueryTerms:
 
 def lexical_features(query: QueryTerms, title: str, text: str) -> tuple[float, float]:
     """(phrase, title) features of one chunk for one query, each in [0, 1]."""
-    words = terms(indexed_text(title, text))
-    phrase = len(query.pairs & set(itertools.pairwise(words))) / len(query.pairs) if query.pairs else 0.0
-    title_words = set(terms(title))
+    phrase = 0.0
+    if query.pairs:
+        # Terms are \w+ runs, so "a b" occurs in the space-joined terms exactly where a and b are adjacent.
+        joined = " " + " ".join(terms(indexed_text(title, text))) + " "
+        phrase = sum(f" {a} {b} " in joined for a, b in query.pairs) / len(query.pairs)
+    title_words = _title_terms(title)
     title_hit = len(title_words & query.words) / len(title_words) if title_words else 0.0
     return phrase, title_hit
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _title_terms(title: str) -> frozenset[str]:
+    return frozenset(terms(title))
 
 
 def fuse(

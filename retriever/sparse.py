@@ -14,6 +14,7 @@ combined with cosine similarities (see `retriever/hybrid.py`).
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from array import array
@@ -46,10 +47,14 @@ STOPWORDS = frozenset(
 
 def terms(text: str) -> list[str]:
     """Lower-cased word tokens without stop words; plural -s is folded (cars -> car)."""
-    return [_fold(w) for w in _WORD.findall(text.lower()) if w not in STOPWORDS]
+    return [t for w in _WORD.findall(text.lower()) if (t := _term(w))]
 
 
-def _fold(word: str) -> str:
+@functools.lru_cache(maxsize=1 << 20)
+def _term(word: str) -> str:
+    """The term of one lower-cased word; "" for a stop word. Memoised: a corpus repeats its words."""
+    if word in STOPWORDS:
+        return ""
     if len(word) > 3 and word.endswith("s") and not word.endswith(("ss", "us", "is")):
         return word[:-1]
     return word
