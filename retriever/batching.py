@@ -7,7 +7,8 @@ queued up (up to `max_batch` items, waiting at most `max_wait_ms` for more once 
 runs it in one call of `run`. A lone request waits for nothing when `max_wait_ms` is 0: batches
 form only from requests that arrived while the previous batch was running.
 
-Used for query embeddings (retriever/encoder.py) and for answer generation (reader/stuffing.py).
+Used for query embeddings (retriever/encoder.py). Answers are batched differently, with rows
+joining and leaving between decoding steps (reader/continuous.py).
 """
 
 from __future__ import annotations

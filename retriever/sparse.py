@@ -50,7 +50,7 @@ def terms(text: str) -> list[str]:
     return [t for w in _WORD.findall(text.lower()) if (t := _term(w))]
 
 
-@functools.lru_cache(maxsize=1 << 20)
+@functools.lru_cache(maxsize=1 << 18)  # a quarter million distinct words: tens of MB at most
 def _term(word: str) -> str:
     """The term of one lower-cased word; "" for a stop word. Memoised: a corpus repeats its words."""
     if word in STOPWORDS:

@@ -92,6 +92,9 @@ def test_serve_runs_a_real_server(tiny_index: Path, cache_home: Path, tmp_path: 
         "RAGSERVE_HOME": str(cache_home),
         "HF_HUB_OFFLINE": "1",
         "RAGSERVE_REGISTRY_DIR": str(tmp_path),
+        # The answer checked below is fp32's; bf16 (the default on AMX) answers this question with
+        # "the village of Oskar Hollow" (README, Performance: Generator precision).
+        "RAGSERVE_GENERATOR_PRECISION": "fp32",
     }
     cmd = [sys.executable, "-m", "service.cli", "--log-level", "warning", "serve", "--index", str(tiny_index)]
     server = subprocess.Popen([*cmd, "--port", str(port)], env=env)
