@@ -142,6 +142,24 @@ def test_reader_retrieves_at_chunk_boundaries(frozen: Generator, tiny_index: Pat
     assert queries, "no retrieval at a chunk boundary during generation"
 
 
+def test_a_retrofit_trained_in_fp32_runs_on_a_bf16_generator(
+    frozen: Generator, cache_home: Path, tmp_path: Path, tiny_index: Path, encoder: Encoder
+) -> None:
+    path = tmp_path / "retro.safetensors"
+    save_retrofit(opened(frozen, seed=3), path)
+    bf16 = Generator(str(frozen.path), cache_home, precision="bf16")
+    assert all(p.dtype == torch.bfloat16 for p in load_retrofit(path, bf16.model).parameters())
+    retriever = VersionRetriever(tiny_index, encoder)
+
+    def search(qs: Sequence[str], top_k: int) -> list[list[Passage]]:
+        return [r.passages for r in retriever.search_batch(qs, top_k)]
+
+    reader = create_reader("retro", ReaderContext(bf16, ReaderConfig(max_new_tokens=12, retro_weights=path), search))
+    question = "Who is the mayor of Quenmoor?"
+    answer = reader.answer(question, retriever.search(question, 2).passages)
+    assert answer.text and "retrieve" in answer.timings_ms
+
+
 def test_reader_without_weights_file_is_unavailable_only_when_configured(frozen: Generator, tmp_path: Path) -> None:
     from retriever.errors import ReaderUnavailableError
 
