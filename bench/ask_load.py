@@ -12,16 +12,13 @@ questions. The goal is requests/s at 8 clients >= 2x the sequential server's, wi
 
 import argparse
 import os
-from pathlib import Path
 
-from bench.common import header, percentile
+from bench.common import SQUAD, header, percentile
 from bench.load import phase, server
 from retriever.precision import resolve_precision
 from service.evaluation import load_squad, spread_sample
 from service.loading import cached_index_path, ensure_index, make_encoder
 from service.settings import Settings
-
-SQUAD = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "squad-v1.1-dev.parquet"
 
 
 def main() -> None:

@@ -4,6 +4,10 @@ import os
 import platform
 import sys
 import time
+from pathlib import Path
+
+# SQuAD v1.1 dev in ../shared beside the checkout (never part of the project).
+SQUAD = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "squad-v1.1-dev.parquet"
 
 
 def header(title: str) -> None:

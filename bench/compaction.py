@@ -15,14 +15,13 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from bench.common import header, percentile
+from bench.common import SQUAD, header, percentile
 from bench.hotswap import Call, _client, start_server
 from bench.latency import free_port, post
 from indexer.build import build_artifact
 from retriever.encoder import Encoder
 from service.evaluation import load_squad
 
-SQUAD = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "squad-v1.1-dev.parquet"
 BATCH = 64
 
 

@@ -7,19 +7,16 @@ passages of ~200 tokens each (SQuAD dev paragraphs), same question, same passage
 import argparse
 import statistics
 import time
-from pathlib import Path
 
 import torch
 
-from bench.common import header
+from bench.common import SQUAD, header
 from reader import builtin  # noqa: F401  (registers the readers)
 from reader.base import ReaderConfig, ReaderContext, create_reader
 from reader.generator import Generator
 from retriever.types import Passage
 from service.evaluation import load_squad
 from service.settings import Settings
-
-SQUAD = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "squad-v1.1-dev.parquet"
 
 
 def main() -> None:

@@ -15,11 +15,10 @@ import argparse
 import statistics
 import time
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 
-from bench.common import header
+from bench.common import SQUAD, header
 from retriever.hybrid import QueryTerms, lexical_features, union_rows
 from retriever.sparse import BM25Params, SparseIndex, indexed_text, top_rows
 from retriever.types import RetrievalMode, SearchResult
@@ -28,7 +27,6 @@ from service.evaluation import Question, load_squad, ranked_docs, spread_sample
 from service.settings import Settings
 from service.squad import select_articles
 
-SQUAD = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "squad-v1.1-dev.parquet"
 RECALL_AT = (1, 5, 20)
 DEPTH = 100  # chunks per list, so that 20 distinct paragraphs remain
 RRF_K = 60

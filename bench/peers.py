@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from bench.common import header, percentile
+from bench.common import SQUAD, header, percentile
 from indexer.build import BuildConfig, build_artifact
 from indexer.chunking import chunk_document
 from indexer.sources import Document
@@ -38,7 +38,6 @@ from retriever.types import Precision, RetrievalMode
 from retriever.version import VersionRetriever
 from service.evaluation import load_squad, spread_sample
 
-SQUAD = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "squad-v1.1-dev.parquet"
 WORKER = Path(__file__).with_name("peer_worker.py")
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import header, percentile
+from bench.common import SQUAD, header, percentile
 from bench.load import phase, server
 from indexer.artifact import DOCSTORE_FILE, INDEX_FILE, clean_stale_staging, staging_directory
 from indexer.build import ArtifactWriter, BuildConfig
@@ -35,7 +35,6 @@ from service.evaluation import load_squad, spread_sample
 from service.loading import cached_index_path, ensure_index, make_encoder
 from service.settings import Settings
 
-SQUAD = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "squad-v1.1-dev.parquet"
 DROP = 0.1
 SIGMA = 0.02
 

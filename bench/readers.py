@@ -19,11 +19,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from bench.common import header
+from bench.common import SQUAD, header
 from service.evaluation import run_squad_eval
 from service.settings import Settings
 
-SQUAD = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "squad-v1.1-dev.parquet"
 READERS = "stuff,rag-token,rag-sequence,fusion,retro"
 
 

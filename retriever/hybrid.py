@@ -55,7 +55,7 @@ def lexical_features(query: QueryTerms, title: str, text: str) -> tuple[float, f
     # substrings of the text cannot be adjacent in it: most candidates need no analysis at all.
     if any(a in lower and b in lower for a, b in query.pairs):
         # Terms are \w+ runs, so "a b" occurs in the space-joined terms exactly where a and b are adjacent.
-        joined = " " + " ".join(terms(indexed)) + " "
+        joined = " " + " ".join(terms(lower)) + " "
         phrase = sum(f" {a} {b} " in joined for a, b in query.pairs) / len(query.pairs)
     title_words = _title_terms(title)
     title_hit = len(title_words & query.words) / len(title_words) if title_words else 0.0

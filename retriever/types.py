@@ -17,9 +17,9 @@ class RetrievalMode(StrEnum):
 
 
 class Precision(StrEnum):
-    """Number format of the retriever's weights and activations. `bf16` embeds ~3x faster where the
-    CPU multiplies bf16 natively (AMX) at a measured cost in recall (README, Performance); `auto`
-    picks it only there."""
+    """Number format of a model's weights and activations (retriever and generator). `bf16` runs ~3x
+    faster where the CPU multiplies bf16 natively (AMX), at costs measured in the README
+    (Performance); `auto` picks it only there."""
 
     AUTO = "auto"
     FP32 = "fp32"
