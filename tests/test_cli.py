@@ -13,7 +13,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from indexer.artifact import read_manifest
 from reader.generator import Generator
+from retriever.precision import resolve_precision
 from service.cli import main
 
 
@@ -29,6 +31,11 @@ def test_index_build_and_verify(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert report["chunks_per_second"] > 0 and report["index_factory"] == "Flat"
     assert main(["index", "verify", str(out)]) == 0
     assert "4 files verified" in capsys.readouterr().out
+    assert read_manifest(out).embedding_precision == resolve_precision("auto", "cpu")  # the default
+    bf16 = tmp_path / "idx-bf16"
+    args = ["index", "build", "--input", str(corpus), "--out", str(bf16), "--precision", "bf16", "--no-progress"]
+    assert main(args) == 0
+    assert read_manifest(bf16).embedding_precision == "bf16"
 
 
 def test_cli_errors_are_one_clear_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
