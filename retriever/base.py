@@ -1,5 +1,6 @@
 """The retriever boundary the service talks to (no torch, no faiss in here)."""
 
+import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
@@ -13,6 +14,10 @@ class Retriever(ABC):
 
     def search(self, query: str, top_k: int, mode: RetrievalMode | None = None) -> SearchResult:
         return self.search_batch([query], top_k, mode)[0]
+
+    async def search_async(self, query: str, top_k: int, mode: RetrievalMode | None = None) -> SearchResult:
+        """`search` for a coroutine: on a worker thread here; batching retrievers await their batch."""
+        return await asyncio.to_thread(self.search, query, top_k, mode)
 
     @abstractmethod
     def search_batch(self, queries: Sequence[str], top_k: int, mode: RetrievalMode | None = None) -> list[SearchResult]:

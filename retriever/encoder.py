@@ -16,7 +16,6 @@ import torch
 from sentence_transformers import SentenceTransformer
 from tokenizers import Tokenizer
 
-from retriever.batching import MicroBatcher
 from retriever.bert import LeanBert
 from retriever.errors import ModelNotFoundError
 from retriever.precision import resolve_precision
@@ -108,7 +107,6 @@ class Encoder:
         window = self.model.max_seq_length or hf_tokenizer.model_max_length
         self.window = int(window)
         self.max_tokens: int = self.window - len(self._prefix) - len(self._suffix)
-        self._batcher: MicroBatcher[str, np.ndarray] | None = None
 
     def _special_tokens(self) -> tuple[list[int], list[int]]:
         bare = self._tokenizer.encode("a", add_special_tokens=False).ids
@@ -133,25 +131,9 @@ class Encoder:
         return out
 
     def encode_queries(self, queries: Sequence[str]) -> np.ndarray:
-        """(len(queries), dim); through the shared batcher when one is on (see `batch_queries`)."""
-        if self._batcher is not None:
-            return np.stack(self._batcher.submit(queries))  # (len(queries), dim)
-        return self._encode_queries_now(queries)
-
-    def _encode_queries_now(self, queries: Sequence[str]) -> np.ndarray:
+        """(len(queries), dim). A server batches concurrent queries before this (`BatchedRetriever`)."""
         tokens = [t.ids[: self.max_tokens] for t in self.tokenize(queries)]
         return self.encode_ids(tokens)
-
-    def batch_queries(self, max_batch: int, max_wait_ms: float) -> None:
-        """Embed queries of concurrent callers together from now on (a server's request threads)."""
-        if self._batcher is not None:
-            self._batcher.close()
-        self._batcher = None
-        if max_batch > 1:
-            self._batcher = MicroBatcher(self._query_rows, max_batch, max_wait_ms, "query-batcher")
-
-    def _query_rows(self, queries: Sequence[str]) -> list[np.ndarray]:
-        return list(self._encode_queries_now(queries))
 
     @torch.inference_mode()
     def _forward(self, batch: list[Sequence[int]]) -> np.ndarray:

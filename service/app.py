@@ -11,6 +11,7 @@ from service.admin import build_admin_router
 from service.documents import build_documents_router
 from service.errors import install_error_handlers
 from service.limits import BodySizeLimit
+from service.metrics import MetricsMiddleware
 from service.routes import build_router
 from service.settings import Settings
 from service.state import Services, ServiceState
@@ -55,7 +56,7 @@ def create_app(settings: Settings, loader: Loader = _default_loader) -> FastAPI:
     )
     app.state.ragserve = state
     install_error_handlers(app)
-    app.middleware("http")(state.metrics.middleware)
+    app.add_middleware(MetricsMiddleware, metrics=state.metrics)
     app.add_middleware(
         BodySizeLimit,
         max_bytes=settings.max_body_bytes,

@@ -58,7 +58,7 @@ def scope_of(authorization: str | None, admin: list[str], read: list[str]) -> Sc
 def require(scope: Scope, only_if: Callable[[ServiceState], bool] = lambda _: True) -> params.Depends:
     """A dependency that lets a request through only with a token of `scope` (admin covers read)."""
 
-    def check(state: StateDep, authorization: Annotated[str | None, Header()] = None) -> None:
+    async def check(state: StateDep, authorization: Annotated[str | None, Header()] = None) -> None:
         if not only_if(state):
             return
         settings = state.settings
@@ -66,7 +66,7 @@ def require(scope: Scope, only_if: Callable[[ServiceState], bool] = lambda _: Tr
         if scope is Scope.ADMIN and granted is not Scope.ADMIN:
             raise ForbiddenError("this endpoint needs an admin token")
 
-    marker: params.Depends = Depends(check)
+    marker: params.Depends = Depends(check)  # a coroutine: FastAPI would run a function on a thread
     return marker
 
 

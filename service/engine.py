@@ -51,6 +51,13 @@ class QAEngine:
         result.timings_ms["total"] = (time.perf_counter() - started) * 1000
         return result
 
+    async def retrieve_async(self, query: str, top_k: int, mode: RetrievalMode | None = None) -> SearchResult:
+        """`retrieve` for the event loop: awaits a batched search rather than holding a thread."""
+        started = time.perf_counter()
+        result = await self.retriever.search_async(query, top_k, mode)
+        result.timings_ms["total"] = (time.perf_counter() - started) * 1000
+        return result
+
     def reader(self, name: str | None) -> Reader:
         name = name or self.default_reader
         if name not in self.readers:

@@ -19,6 +19,7 @@ from reader import builtin  # noqa: F401  (registers the built-in readers)
 from reader.base import Reader, ReaderConfig, ReaderContext, create_reader, reader_names
 from reader.generator import Generator, resolve_generator
 from retriever.base import Retriever
+from retriever.batching import BatchedRetriever
 from retriever.encoder import Encoder, resolve_retriever, weights_sha256
 from retriever.errors import ReaderUnavailableError
 from retriever.hybrid import FusionWeights
@@ -187,10 +188,12 @@ def load_services(settings: Settings, encoder: Encoder | None = None, generator:
     """What the server runs on: indexes and jobs (see `load_indexes`), models and readers."""
     configure_threads(settings)
     encoder = encoder or make_encoder(settings)
-    encoder.batch_queries(settings.query_batch_max, settings.query_batch_wait_ms)
     indexes, jobs = load_indexes(settings, encoder)
     generator = generator or make_generator(settings)
-    engine = make_engine(settings, indexes.retriever, generator)
+    retriever: Retriever = indexes.retriever
+    if settings.query_batch_max > 1:  # concurrent requests' searches share embedding passes
+        retriever = BatchedRetriever(retriever, settings.query_batch_max, settings.query_batch_wait_ms)
+    engine = make_engine(settings, retriever, generator)
     return Services(engine=engine, indexes=indexes, jobs=jobs)
 
 

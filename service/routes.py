@@ -39,9 +39,9 @@ def build_router(settings: Settings) -> APIRouter:
         )
 
     @router.post("/v1/retrieve", response_model=RetrieveResponse, tags=["qa"], dependencies=[QueryAuth])
-    def retrieve(body: RetrieveRequest, engine: EngineDep, state: StateDep) -> RetrieveResponse:  # type: ignore[valid-type]
+    async def retrieve(body: RetrieveRequest, engine: EngineDep, state: StateDep) -> RetrieveResponse:  # type: ignore[valid-type]
         req = cast(RetrieveRequestBase, body)
-        result = engine.retrieve(req.query, req.top_k, req.retrieval)
+        result = await engine.retrieve_async(req.query, req.top_k, req.retrieval)
         state.metrics.observe_stages("/v1/retrieve", result.timings_ms)
         return RetrieveResponse(
             passages=[PassageOut.of(p) for p in result.passages],

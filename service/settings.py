@@ -56,10 +56,14 @@ class Settings(BaseSettings):
     default_reader: str = "stuff"
     torch_threads: Annotated[int, Field(ge=1, le=64)] = 2
     query_batch_max: Annotated[int, Field(ge=1, le=256)] = Field(
-        32, description="Queries of concurrent requests embedded in one forward pass, at most; 1: no batching."
+        32,
+        description="Searches of concurrent requests run together (one embedding pass, one index search), "
+        "at most; 1: no batching.",
     )
     query_batch_wait_ms: Annotated[float, Field(ge=0, le=50)] = Field(
-        0.0, description="How long a query batch waits for more queries once it has one; 0: only what has queued."
+        5.0,
+        description="The most a search batch waits for as many queries as the previous batch held (a lone "
+        "client never waits); 0: only what has queued.",
     )
 
     # --- indexing -----------------------------------------------------------------------------

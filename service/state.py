@@ -1,4 +1,8 @@
-"""What the app holds at run time, and the dependencies routes use to reach it."""
+"""What the app holds at run time, and the dependencies routes use to reach it.
+
+The dependencies are coroutines although they never await: FastAPI runs a plain function
+dependency on a worker thread, a hop per dependency per request that cost more than the search
+itself under load."""
 
 from dataclasses import dataclass, field
 from typing import Annotated
@@ -30,7 +34,7 @@ class ServiceState:
     load_error: str | None = None
 
 
-def get_state(request: Request) -> ServiceState:
+async def get_state(request: Request) -> ServiceState:
     state: ServiceState = request.app.state.ragserve
     return state
 
@@ -38,21 +42,21 @@ def get_state(request: Request) -> ServiceState:
 StateDep = Annotated[ServiceState, Depends(get_state)]
 
 
-def get_services(state: StateDep) -> Services:
+async def get_services(state: StateDep) -> Services:
     if state.services is None:
         raise NotReadyError(state.load_error or "models and index are still loading; retry shortly")
     return state.services
 
 
-def get_engine(services: Annotated[Services, Depends(get_services)]) -> QAEngine:
+async def get_engine(services: Annotated[Services, Depends(get_services)]) -> QAEngine:
     return services.engine
 
 
-def get_indexes(services: Annotated[Services, Depends(get_services)]) -> IndexManager:
+async def get_indexes(services: Annotated[Services, Depends(get_services)]) -> IndexManager:
     return services.indexes
 
 
-def get_jobs(services: Annotated[Services, Depends(get_services)]) -> Jobs:
+async def get_jobs(services: Annotated[Services, Depends(get_services)]) -> Jobs:
     return services.jobs
 
 

@@ -18,7 +18,7 @@ from indexer.docstore import Docstore
 from indexer.sources import Document
 from retriever.delta import DeltaIndex, FreshRetriever
 from retriever.encoder import Encoder
-from retriever.hybrid import FusionWeights, QueryTerms, lexical_features
+from retriever.hybrid import FusionWeights, QueryTerms, fuse, lexical_features, rank
 from retriever.sparse import SPARSE_FILE, VOCAB_FILE, BM25Params, SparseIndex, terms, top_rows
 from retriever.types import RetrievalMode
 from retriever.version import VersionRetriever
@@ -108,6 +108,40 @@ def test_lexical_features_equal_their_definition(query: list[str], title: list[s
     phrase = len(q.pairs & pairs) / len(q.pairs) if q.pairs else 0.0
     title_hit = len(title_terms & q.words) / len(title_terms) if title_terms else 0.0
     assert lexical_features(q, title_s, text_s) == pytest.approx((phrase, title_hit))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    query=st.lists(st.sampled_from(WORDS), min_size=1, max_size=6),
+    chunks=st.lists(
+        st.tuples(st.lists(st.sampled_from(WORDS), max_size=2), st.lists(st.sampled_from(WORDS), max_size=12)),
+        min_size=1,
+        max_size=30,
+    ),
+    scores=st.data(),
+    phrase_weight=st.sampled_from([0.19, 0.0, -0.3, 2.0]),
+    top_k=st.integers(1, 8),
+)
+def test_rank_equals_a_full_ranking_by_fuse(
+    query: list[str],
+    chunks: list[tuple[list[str], list[str]]],
+    scores: st.DataObject,
+    phrase_weight: float,
+    top_k: int,
+) -> None:
+    n = len(chunks)
+    grid = st.sampled_from([0.0, 0.25, 0.5, 0.75, 1.0])  # coarse: ties are common, and must break the same way
+    dense = np.array(scores.draw(st.lists(grid, min_size=n, max_size=n)), np.float32)
+    sparse = np.array(scores.draw(st.lists(grid, min_size=n, max_size=n)), np.float32)
+    texts = [(" ".join(title), " ".join(text)) for title, text in chunks]
+    weights = FusionWeights(sparse=0.75, phrase=phrase_weight, title=-0.21)
+    q = QueryTerms.of(" ".join(query))
+    rows = np.arange(100, 100 + n, dtype=np.int64)
+    got_scores, got_rows = rank(q, rows, dense, sparse, texts, weights, top_k)
+    full = fuse(q, dense, sparse, texts, weights)  # (n,)
+    want = np.argsort(-full, kind="stable")[:top_k]
+    assert got_rows.tolist() == rows[want].tolist()
+    np.testing.assert_array_equal(got_scores, full[want])
 
 
 def test_each_mode_finds_the_obvious_chunk(tiny_index: Path, encoder: Encoder) -> None:
