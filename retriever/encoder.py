@@ -54,9 +54,10 @@ def resolve_retriever(name_or_path: str) -> Path:
 # Passages per forward pass. Measured on SQuAD chunks, 2 threads (bench/index_throughput.py): fp32
 # is fastest in small batches (activations stay in cache), bf16 a little larger.
 BATCH_SIZE = {Precision.FP32: 8, Precision.BF16: 16}
-# Batches are padded to a multiple of this many tokens: fewer distinct shapes, so oneDNN builds
-# fewer kernels (a first bf16 pass over SQuAD took 7.1 s unpadded, 5.0 s padded), and AMX tiles fit.
-PAD_MULTIPLE = 16
+# Batches are padded to a multiple of this many tokens. bf16: fewer distinct shapes, so oneDNN
+# builds fewer kernels (a first bf16 pass over SQuAD took 7.1 s unpadded, 5.0 s padded), and AMX
+# tiles fit. fp32 has no such cost, and padding is pure waste there (unpadded: ~5% faster on SQuAD).
+PAD_MULTIPLE = {Precision.FP32: 1, Precision.BF16: 16}
 
 
 def weights_sha256(model_dir: Path) -> str:
@@ -87,6 +88,7 @@ class Encoder:
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.precision = resolve_precision(precision, self.device)
         self.batch_size = BATCH_SIZE[self.precision]
+        self.pad_multiple = PAD_MULTIPLE[self.precision]
         self.model = SentenceTransformer(str(self.path), device=self.device, local_files_only=True)
         if self.precision is Precision.BF16:
             self.model.to(torch.bfloat16)
@@ -139,7 +141,8 @@ class Encoder:
     def _forward(self, batch: list[Sequence[int]]) -> np.ndarray:
         assert all(len(ids) <= self.max_tokens for ids in batch), "input longer than the model's window"
         seqs = [[*self._prefix, *ids, *self._suffix] for ids in batch]
-        width = min(-(-max(len(s) for s in seqs) // PAD_MULTIPLE) * PAD_MULTIPLE, self.window)  # rounded up
+        pad = self.pad_multiple
+        width = min(-(-max(len(s) for s in seqs) // pad) * pad, self.window)  # rounded up
         input_ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)  # (B, T)
         mask = torch.zeros((len(seqs), width), dtype=torch.long)  # (B, T)
         for row, seq in enumerate(seqs):

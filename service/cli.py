@@ -26,7 +26,15 @@ def _settings(**overrides: Any) -> Settings:
     return Settings(**{k: v for k, v in overrides.items() if v is not None})
 
 
+# How many times an idle OpenMP worker thread spins, waiting for the next parallel region, before
+# it sleeps; libgomp reads it once, when torch loads. Its default (300,000) keeps the encoder's
+# second thread busy-waiting through the Python between forward passes, on the core the event loop
+# needs: 20,000 served 548 instead of 437 requests/s at 8 clients (bench/query_load.py, README).
+SERVE_SPINCOUNT = "20000"
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
+    os.environ.setdefault("GOMP_SPINCOUNT", SERVE_SPINCOUNT)  # a value already set wins; torch is not loaded yet
     import uvicorn
 
     from service.app import create_app
