@@ -22,6 +22,8 @@ from transformers import PreTrainedModel
 from transformers.cache_utils import Cache, DynamicCache, EncoderDecoderCache
 from transformers.modeling_outputs import BaseModelOutput
 
+from reader.kv_cache import GrowingLayer, growing_cache, of_layers
+
 PREFIX_CACHE_SIZE = 4
 
 
@@ -120,7 +122,7 @@ class CausalLM(LM):
             tokens[row, width - n :] = torch.tensor(list(suffix))
             mask[row, p + width - n :] = 1
             positions[row, width - n :] = torch.arange(p, p + n)
-        cache = DynamicCache(ddp_cache_data=[(k.contiguous(), v.contiguous()) for k, v in kv]) if kv else DynamicCache()
+        cache = growing_cache(kv)  # the prefix's KV copied once into room that the suffix and answer fill
         out = self.model(
             input_ids=tokens, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True, logits_to_keep=1
         )
@@ -148,23 +150,19 @@ class CausalLM(LM):
         # Columns no selected row attends to (left padding of rows that are gone) are dropped.
         first = int(mask.any(dim=0).int().argmax()) if mask.numel() else 0
         layers = [(keys[rows, :, first:], values[rows, :, first:]) for keys, values in kv_of(batch.cache)]
-        return Batch(batch.logprobs[rows], DynamicCache(ddp_cache_data=layers), mask[:, first:], batch.positions[rows])
+        return Batch(batch.logprobs[rows], growing_cache(layers), mask[:, first:], batch.positions[rows])
 
     def merge(self, a: Batch, b: Batch) -> Batch:
         """The rows of `a` then those of `b` as one batch: the shorter cache is left-padded with
         masked-out columns, so every row keeps its own positions and its last token at the end."""
         width = max(a.mask.shape[1], b.mask.shape[1])
-
-        def padded(batch: Batch) -> tuple[list[tuple[Tensor, Tensor]], Tensor]:
-            extra = width - batch.mask.shape[1]
-            kv = [(F.pad(k, (0, 0, extra, 0)), F.pad(v, (0, 0, extra, 0))) for k, v in kv_of(batch.cache)]
-            return kv, F.pad(batch.mask, (extra, 0))  # each k, v (B, H, width, Dh); mask (B, width)
-
-        (kv_a, mask_a), (kv_b, mask_b) = padded(a), padded(b)
-        layers = [(torch.cat([ka, kb]), torch.cat([va, vb])) for (ka, va), (kb, vb) in zip(kv_a, kv_b, strict=True)]
+        pairs = zip(kv_of(a.cache), kv_of(b.cache), strict=True)
+        layers = [GrowingLayer.stacked([kv_a, kv_b], width) for kv_a, kv_b in pairs]  # each (Ba+Bb, H, width, Dh)
+        mask_a = F.pad(a.mask, (width - a.mask.shape[1], 0))  # (Ba, width)
+        mask_b = F.pad(b.mask, (width - b.mask.shape[1], 0))  # (Bb, width)
         return Batch(
             torch.cat([a.logprobs, b.logprobs]),
-            DynamicCache(ddp_cache_data=layers),
+            of_layers(layers),
             torch.cat([mask_a, mask_b]),
             torch.cat([a.positions, b.positions]),
         )
@@ -184,7 +182,7 @@ class CausalLM(LM):
             )
         mask = torch.cat([batch.mask[:1, :prefix_len], batch.mask[:, prefix_len:].reshape(1, -1)], dim=1)  # (1, P+B*L)
         logprobs = batch.logprobs[:1]  # unused: the caller extends the fused row before reading it
-        return Batch(logprobs, DynamicCache(ddp_cache_data=kv), mask, batch.positions.max()[None])
+        return Batch(logprobs, growing_cache(kv), mask, batch.positions.max()[None])
 
 
 class Seq2SeqLM(LM):
