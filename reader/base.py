@@ -8,9 +8,9 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
-from retriever.errors import UnknownReaderError
+from retriever.errors import ReaderUnavailableError, UnknownReaderError
 from retriever.types import Passage
 
 if TYPE_CHECKING:
@@ -44,19 +44,42 @@ class ReaderContext:
 
 
 @dataclass(frozen=True, slots=True)
+class Evidence:
+    """Where an extractive answer was copied from: characters [start_char, end_char) of the text
+    of passage number `passage` (an index into the passages the reader was given)."""
+
+    passage: int
+    start_char: int
+    end_char: int
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
 class Answer:
     text: str
     passages: list[Passage]  # the passages the answer was generated from (ranked, for RAG readers)
     timings_ms: dict[str, float] = field(default_factory=dict)
     probability: float | None = None  # p(answer | question) where the reader defines it
     weights: list[float] | None = None  # per passage: its share of the answer (posterior), aligned
+    evidence: Evidence | None = None  # extractive answers: the passage span the answer was copied from
+
+
+def cannot_copy(reader: str) -> ReaderUnavailableError:
+    return ReaderUnavailableError(
+        f"reader {reader!r} cannot copy its answer from the passages (extractive); the 'stuff' reader can"
+    )
 
 
 class Reader(ABC):
     name: str
+    extractive: ClassVar[bool] = False  # whether `answer_extractive` is implemented
 
     @abstractmethod
     def answer(self, question: str, passages: Sequence[Passage]) -> Answer: ...
+
+    def answer_extractive(self, question: str, passages: Sequence[Passage]) -> Answer:
+        """An answer copied from the passages (a span of one of them), with its `evidence`."""
+        raise cannot_copy(self.name)
 
 
 ReaderFactory = Callable[[ReaderContext], Reader]

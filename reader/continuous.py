@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from reader.extractive import SpanConstraint, constrained_argmax
 from reader.generator import Generator
 from reader.lm import Batch, CausalLM
 
@@ -29,6 +30,7 @@ from reader.lm import Batch, CausalLM
 class _Request:
     prompt: Sequence[int]
     max_new_tokens: int
+    constraint: SpanConstraint | None = None  # extractive answers: only spans of the passages
     tokens: list[int] = field(default_factory=list)
     done: threading.Event = field(default_factory=threading.Event)
     error: BaseException | None = None
@@ -52,10 +54,11 @@ class ContinuousDecoder:
         self._worker = threading.Thread(target=self._run, name="answer-decoder", daemon=True)
         self._worker.start()
 
-    def greedy(self, prompt: Sequence[int], max_new_tokens: int) -> list[int]:
-        """What `Generator.greedy(prompt, max_new_tokens, prefix)` returns, decoded with other requests."""
+    def greedy(self, prompt: Sequence[int], max_new_tokens: int, constraint: SpanConstraint | None = None) -> list[int]:
+        """What `Generator.greedy(prompt, max_new_tokens, prefix, constraint)` returns, decoded with
+        other requests."""
         assert prompt and max_new_tokens >= 1
-        request = _Request(prompt, max_new_tokens)
+        request = _Request(prompt, max_new_tokens, constraint)
         self._queue.put(request)
         request.done.wait()
         if request.error is not None:
@@ -89,10 +92,12 @@ class ContinuousDecoder:
 
     def _step(self, batch: Batch, active: list[_Request]) -> tuple[Batch | None, list[_Request]]:
         """Choose every row's next token; finished rows leave; the others advance one step."""
-        chosen = batch.logprobs.argmax(dim=-1)  # (B,)
+        chosen = constrained_argmax(batch.logprobs, [r.constraint for r in active])  # (B,)
         keep: list[int] = []
         for row, (request, token) in enumerate(zip(active, chosen.tolist(), strict=True)):
             request.tokens.append(token)
+            if request.constraint is not None:
+                request.constraint.advance(token)
             if self.generator.ends_answer(token) or len(request.tokens) >= request.max_new_tokens:
                 request.finish()
             else:

@@ -26,6 +26,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from reader.extractive import SpanConstraint, constrained_argmax, source_of
 from reader.lm import Batch, lm_for
 from retriever.errors import ModelNotFoundError
 from retriever.precision import resolve_precision
@@ -156,25 +157,42 @@ class Generator:
         return self.decode([t for t in tokens if t not in self.stop_ids]).split("\n")[0].strip()
 
     @torch.inference_mode()
-    def greedy_rows(self, batch: Batch, max_new_tokens: int) -> list[list[int]]:
+    def greedy_rows(
+        self, batch: Batch, max_new_tokens: int, constraints: Sequence[SpanConstraint | None] | None = None
+    ) -> list[list[int]]:
         """Greedy continuation of every row until a token that ends the answer (kept, last) or the
-        limit. The caller holds `lock`."""
+        limit; a row with a constraint only takes the tokens it allows (reader/extractive.py).
+        The caller holds `lock`."""
         out: list[list[int]] = [[] for _ in range(batch.rows)]
         done = [False] * batch.rows
+        constraints = constraints or [None] * batch.rows
         for step in range(max_new_tokens):
-            chosen = batch.logprobs.argmax(dim=-1)  # (B,)
+            chosen = constrained_argmax(batch.logprobs, constraints)  # (B,)
             for row, token in enumerate(chosen.tolist()):
                 if not done[row]:
                     out[row].append(token)
                     done[row] = self.ends_answer(token)
+                    if (constraint := constraints[row]) is not None:
+                        constraint.advance(token)
             if all(done) or step == max_new_tokens - 1:
                 break
             batch = self.lm.step(batch, chosen)
         return out
 
     @torch.inference_mode()
-    def greedy(self, prompt_ids: list[int], max_new_tokens: int, prefix: Sequence[int] = ()) -> list[int]:
+    def greedy(
+        self,
+        prompt_ids: list[int],
+        max_new_tokens: int,
+        prefix: Sequence[int] = (),
+        constraint: SpanConstraint | None = None,
+    ) -> list[int]:
         """Greedy answer tokens for one prompt (after `prefix`), without the token that ended it."""
         with self.lock:
-            (tokens,) = self.greedy_rows(self.lm.start(prefix, [prompt_ids]), max_new_tokens)
+            (tokens,) = self.greedy_rows(self.lm.start(prefix, [prompt_ids]), max_new_tokens, [constraint])
         return tokens[:-1] if tokens and self.ends_answer(tokens[-1]) else tokens
+
+    def span_constraint(self, texts: Sequence[str]) -> SpanConstraint:
+        """Answers limited to spans of `texts` (passages as they are in the prompt), ended by any
+        token that ends an answer."""
+        return SpanConstraint([source_of(self.tokenizer, t) for t in texts], self.stop_ids | self.newline_ids)

@@ -26,6 +26,7 @@ def truncate(generator: Generator, passage: Passage, max_tokens: int) -> Passage
 @register("stuff")
 class StuffingReader(Reader):
     name = "stuff"
+    extractive = True
 
     def __init__(self, context: ReaderContext) -> None:
         self.generator = context.generator
@@ -38,13 +39,27 @@ class StuffingReader(Reader):
             )
 
     def answer(self, question: str, passages: Sequence[Passage]) -> Answer:
+        return self._answer(question, passages, extractive=False)
+
+    def answer_extractive(self, question: str, passages: Sequence[Passage]) -> Answer:
+        return self._answer(question, passages, extractive=True)
+
+    def _answer(self, question: str, passages: Sequence[Passage], extractive: bool) -> Answer:
         used = list(passages)
         cut = [truncate(self.generator, p, self.config.max_passage_tokens) for p in used]
         suffix = self.generator.encode(qa_suffix(question, cut))
+        # The cut texts are prefixes of the passages' texts, so offsets into them hold for the passages.
+        constraint = self.generator.span_constraint([p.text for p in cut]) if extractive else None
         started = time.perf_counter()
-        if self._decoder is not None:
-            tokens = self._decoder.greedy(suffix, self.config.max_new_tokens)
+        if constraint is not None and not constraint.allowed():  # passages without a single token
+            tokens: list[int] = []
+        elif self._decoder is not None:
+            tokens = self._decoder.greedy(suffix, self.config.max_new_tokens, constraint)
         else:
-            tokens = self.generator.greedy(suffix, self.config.max_new_tokens, prefix=self.prefix)
+            tokens = self.generator.greedy(suffix, self.config.max_new_tokens, self.prefix, constraint)
         elapsed = (time.perf_counter() - started) * 1000
-        return Answer(text=self.generator.answer_text(tokens), passages=used, timings_ms={"generate": elapsed})
+        timings = {"generate": elapsed}
+        if constraint is None:
+            return Answer(self.generator.answer_text(tokens), used, timings)
+        evidence = constraint.evidence()
+        return Answer(evidence.text if evidence else "", used, timings, evidence=evidence)

@@ -109,6 +109,8 @@ def cmd_eval_squad(args: argparse.Namespace) -> int:
     settings = _settings()
     if args.retrieval:
         settings = settings.model_copy(update={"retrieval": RetrievalMode(args.retrieval)})
+    if args.extractive:
+        settings = settings.model_copy(update={"extractive": True})
     report = run_squad_eval(
         settings,
         args.data,
@@ -220,6 +222,9 @@ def parser() -> argparse.ArgumentParser:
     )
     squad.add_argument("--top-k", type=int, help="passages given to the reader (default: setting ask_top_k)")
     squad.add_argument("--retrieval-only", action="store_true", help="skip the reader")
+    squad.add_argument(
+        "--extractive", action="store_true", help="answers copied from the passages (default: setting extractive)"
+    )
     squad.add_argument(
         "--retrieval", choices=[m.value for m in RetrievalMode], help="dense, sparse or hybrid (default: setting)"
     )

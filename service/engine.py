@@ -4,7 +4,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from reader.base import Reader
+from reader.base import Evidence, Reader, cannot_copy
 from retriever.base import Retriever
 from retriever.errors import InvalidInputError, ReaderUnavailableError, UnknownReaderError
 from retriever.types import Passage, RetrievalMode, SearchResult
@@ -19,6 +19,7 @@ class AskResult:
     timings_ms: dict[str, float]
     probability: float | None = None
     weights: list[float | None] = field(default_factory=list)  # per passage, aligned
+    evidence: Evidence | None = None  # extractive answers: the passage span it was copied from
 
 
 class QAEngine:
@@ -28,7 +29,9 @@ class QAEngine:
         readers: Mapping[str, Reader],
         default_reader: str,
         unavailable: Mapping[str, str] | None = None,
+        extractive: bool = False,
     ) -> None:
+        self.extractive = extractive  # the default when a request does not say
         self.unavailable = dict(unavailable or {})  # reader name -> why this configuration cannot run it
         if default_reader not in readers:
             raise self._missing(default_reader, readers)
@@ -65,14 +68,29 @@ class QAEngine:
         return self.readers[name]
 
     def ask(
-        self, question: str, top_k: int, reader_name: str | None = None, mode: RetrievalMode | None = None
+        self,
+        question: str,
+        top_k: int,
+        reader_name: str | None = None,
+        mode: RetrievalMode | None = None,
+        extractive: bool | None = None,
     ) -> AskResult:
         started = time.perf_counter()
         reader = self.reader(reader_name)  # fail fast, before any work
+        copy = self.extractive if extractive is None else extractive
+        if copy and not reader.extractive:
+            raise cannot_copy(reader.name)
         found = self.retriever.search(question, top_k, mode)
-        answer = reader.answer(question, found.passages)
+        answer = reader.answer_extractive(question, found.passages) if copy else reader.answer(question, found.passages)
         timings = {**found.timings_ms, **answer.timings_ms, "total": (time.perf_counter() - started) * 1000}
         weights: list[float | None] = list(answer.weights) if answer.weights else [None] * len(answer.passages)
         return AskResult(
-            answer.text, answer.passages, reader.name, found.index_version, timings, answer.probability, weights
+            answer.text,
+            answer.passages,
+            reader.name,
+            found.index_version,
+            timings,
+            answer.probability,
+            weights,
+            answer.evidence,
         )

@@ -97,11 +97,16 @@ class ReaderScores:
 
 
 def evaluate(
-    retriever: Retriever, readers: Sequence[Reader], questions: list[Question], top_k: int, progress: bool = True
+    retriever: Retriever,
+    readers: Sequence[Reader],
+    questions: list[Question],
+    top_k: int,
+    progress: bool = True,
+    extractive: bool = False,
 ) -> dict[str, Any]:
     """Recall@1/5/20 of the gold paragraph; for each reader, EM/F1 and latency of answers from the
-    same top_k passages (retrieved once per question). The top-level exact_match, f1 and
-    p50_latency_ms are the first reader's."""
+    same top_k passages (retrieved once per question), copied from them if `extractive`. The
+    top-level exact_match, f1 and p50_latency_ms are the first reader's."""
     hits = dict.fromkeys(RECALL_AT, 0)
     scores = {reader.name: ReaderScores() for reader in readers}
     depth = max(*RECALL_AT, top_k) * 2  # chunks fetched, so that 20 distinct paragraphs remain
@@ -115,7 +120,12 @@ def evaluate(
                 hits[k] += q.gold_doc in docs[:k]
             for reader in readers:
                 t0 = time.perf_counter()
-                answer = reader.answer(q.question, result.passages[:top_k])
+                passages = result.passages[:top_k]
+                answer = (
+                    reader.answer_extractive(q.question, passages)
+                    if extractive
+                    else reader.answer(q.question, passages)
+                )
                 seconds = time.perf_counter() - t0
                 got = scores[reader.name]
                 got.latency_ms.append(seconds * 1000 + result.timings_ms["embed"] + result.timings_ms["search"])
@@ -169,7 +179,7 @@ def run_squad_eval(
     if not retrieval_only:
         engine = load_engine(settings, retriever)
         readers = [engine.reader(name) for name in reader_names]
-    report = evaluate(retriever, readers, questions, top_k, progress)
+    report = evaluate(retriever, readers, questions, top_k, progress, settings.extractive)
     report["settings"] = {
         "data": str(data_path),
         "limit": limit,
@@ -179,6 +189,7 @@ def run_squad_eval(
         "index": str(index_path),
         "index_version": retriever.index_version,
         "readers": [reader.name for reader in readers],
+        "extractive": settings.extractive,
         "top_k": top_k,
         "retriever_model": settings.retriever_model,
         "generator_model": settings.generator_model if readers else None,

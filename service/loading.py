@@ -152,7 +152,7 @@ def make_readers(
 
 def make_engine(settings: Settings, retriever: Retriever, generator: Generator) -> QAEngine:
     readers, unavailable = make_readers(settings, generator, retriever)
-    return QAEngine(retriever, readers, settings.default_reader, unavailable)
+    return QAEngine(retriever, readers, settings.default_reader, unavailable, settings.extractive)
 
 
 def load_engine(settings: Settings, retriever: Retriever, generator: Generator | None = None) -> QAEngine:

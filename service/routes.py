@@ -10,6 +10,7 @@ from service.schemas import (
     AskRequestBase,
     AskResponse,
     CitationOut,
+    EvidenceOut,
     PassageOut,
     RetrieveRequestBase,
     RetrieveResponse,
@@ -27,12 +28,13 @@ def build_router(settings: Settings) -> APIRouter:
     @router.post("/v1/ask", response_model=AskResponse, tags=["qa"], dependencies=[QueryAuth])
     def ask(body: AskRequest, engine: EngineDep, state: StateDep) -> AskResponse:  # type: ignore[valid-type]
         req = cast(AskRequestBase, body)  # the settings-bound subclass built above
-        result = engine.ask(req.question, req.top_k, req.reader, req.retrieval)
+        result = engine.ask(req.question, req.top_k, req.reader, req.retrieval, req.extractive)
         state.metrics.observe_stages("/v1/ask", result.timings_ms)
         return AskResponse(
             answer=result.answer,
             probability=result.probability,
             citations=[CitationOut.cite(p, w) for p, w in zip(result.passages, result.weights, strict=True)],
+            evidence=EvidenceOut.of(result.passages, result.evidence),
             reader=result.reader,
             index_version=result.index_version,
             timings_ms=result.timings_ms,

@@ -1,11 +1,13 @@
 """Request and response bodies. Request limits come from Settings, so the OpenAPI document at
 /docs shows the limits this server really enforces."""
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from reader.base import Evidence
 from retriever.types import Passage, RetrievalMode
 from service.settings import Settings
 
@@ -38,10 +40,38 @@ class CitationOut(PassageOut):
         return cls(chunk_id=p.chunk_id, doc_id=p.doc_id, title=p.title, score=p.score, text=p.text, weight=weight)
 
 
+class EvidenceOut(BaseModel):
+    """The span of a cited passage that an extractive answer was copied from."""
+
+    chunk_id: str
+    doc_id: str
+    start_char: int = Field(description="Offset of the answer in the passage's text (the citation's `text`).")
+    end_char: int
+    document_start_char: int = Field(description="Offset of the answer in the whole source document.")
+    document_end_char: int
+    text: str
+
+    @classmethod
+    def of(cls, passages: Sequence[Passage], evidence: Evidence | None) -> "EvidenceOut | None":
+        if evidence is None:
+            return None
+        passage = passages[evidence.passage]
+        return cls(
+            chunk_id=passage.chunk_id,
+            doc_id=passage.doc_id,
+            start_char=evidence.start_char,
+            end_char=evidence.end_char,
+            document_start_char=passage.start_char + evidence.start_char,
+            document_end_char=passage.start_char + evidence.end_char,
+            text=evidence.text,
+        )
+
+
 class AskResponse(BaseModel):
     answer: str
     probability: float | None = Field(None, description="p(answer | question), for readers that define it.")
     citations: list[CitationOut]
+    evidence: EvidenceOut | None = Field(None, description="Extractive answers: where the answer was copied from.")
     reader: str
     index_version: str
     timings_ms: dict[str, float]
@@ -58,6 +88,7 @@ class AskRequestBase(StrictModel):
     top_k: int
     reader: ReaderName | None = None
     retrieval: Retrieval | None = None
+    extractive: bool | None = None
 
 
 class RetrieveRequestBase(StrictModel):
@@ -86,6 +117,11 @@ def request_models(settings: Settings) -> RequestModels:
         )
         reader: ReaderName | None = Field(None, description=f"Reader to use; default {settings.default_reader!r}.")
         retrieval: Retrieval | None = Field(None, description=retrieval_help)
+        extractive: bool | None = Field(
+            None,
+            description="Copy the answer from the passages (a span of one, returned as `evidence`); "
+            f"default {settings.extractive}. Readers that cannot: 422.",
+        )
 
     class RetrieveRequest(RetrieveRequestBase):
         query: Text

@@ -54,6 +54,9 @@ class Settings(BaseSettings):
         description="fp32 | bf16 | auto (bf16 where the CPU has AMX): number format of the generator when serving.",
     )
     default_reader: str = "stuff"
+    extractive: bool = Field(
+        False, description="Answers copied from the passages (a span of one, with its offsets) unless a request says."
+    )
     torch_threads: Annotated[int, Field(ge=1, le=64)] = 2
     query_batch_max: Annotated[int, Field(ge=1, le=256)] = Field(
         32,

@@ -5,7 +5,7 @@ from fastapi.testclient import TestClient
 
 from service.app import create_app
 from service.settings import Settings
-from tests.conftest import wait_ready
+from tests.conftest import TINY_CORPUS, wait_ready
 
 
 def test_ask_answers_from_the_corpus_and_cites_the_passage(client: TestClient) -> None:
@@ -19,6 +19,18 @@ def test_ask_answers_from_the_corpus_and_cites_the_passage(client: TestClient) -
     assert body["reader"] == "stuff"
     assert body["index_version"] == client.get("/readyz").json()["index_version"]
     assert {"embed", "search", "generate", "total"} <= set(body["timings_ms"])
+
+
+def test_an_extractive_answer_is_a_span_of_the_cited_passage_and_of_its_document(client: TestClient) -> None:
+    body = client.post("/v1/ask", json={"question": "How many people live in Quenmoor?", "extractive": True}).json()
+    evidence, cited = body["evidence"], body["citations"][0]
+    assert body["answer"] == evidence["text"] == "4,200"  # copied, not paraphrased ("4200")
+    assert (evidence["chunk_id"], evidence["doc_id"]) == (cited["chunk_id"], cited["doc_id"])
+    assert cited["text"][evidence["start_char"] : evidence["end_char"]] == "4,200"
+    document = next(d for d in TINY_CORPUS if d.id == evidence["doc_id"]).text
+    assert document[evidence["document_start_char"] : evidence["document_end_char"]] == "4,200"
+    plain = client.post("/v1/ask", json={"question": "How many people live in Quenmoor?"}).json()
+    assert plain["evidence"] is None
 
 
 @pytest.mark.parametrize("reader", ["rag-token", "rag-sequence", "fusion"])
@@ -87,6 +99,8 @@ BAD_REQUESTS = [
     ("/v1/retrieve", {"question": "wrong field"}, 422, "query"),
     ("/v1/retrieve", {"query": "q", "retrieval": "fuzzy"}, 422, "retrieval"),
     ("/v1/ask", {"question": "q", "retrieval": 3}, 422, "retrieval"),
+    ("/v1/ask", {"question": "q", "extractive": "yes"}, 422, "extractive"),
+    ("/v1/ask", {"question": "q", "extractive": True, "reader": "rag-token"}, 422, "extractive"),
 ]
 
 
