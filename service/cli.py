@@ -120,6 +120,7 @@ def cmd_eval_squad(args: argparse.Namespace) -> int:
         args.top_k or settings.ask_top_k,
         progress=not args.no_progress,
         articles=args.articles,
+        passages=args.passages,
     )
     text = json.dumps(report, indent=2)
     print(text)
@@ -224,6 +225,12 @@ def parser() -> argparse.ArgumentParser:
     squad.add_argument("--retrieval-only", action="store_true", help="skip the reader")
     squad.add_argument(
         "--extractive", action="store_true", help="answers copied from the passages (default: setting extractive)"
+    )
+    squad.add_argument(
+        "--passages",
+        choices=["retrieved", "gold"],
+        default="retrieved",
+        help="what the readers read: the top --top-k retrieved passages, or each question's own paragraph",
     )
     squad.add_argument(
         "--retrieval", choices=[m.value for m in RetrievalMode], help="dense, sparse or hybrid (default: setting)"

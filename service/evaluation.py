@@ -15,7 +15,7 @@ from indexer.sources import Document
 from reader.base import Reader
 from retriever.base import Retriever
 from retriever.errors import InvalidInputError
-from retriever.types import SearchResult
+from retriever.types import Passage, SearchResult
 from service.settings import Settings
 from service.squad import exact_match, f1_score, select_articles
 
@@ -71,6 +71,10 @@ def spread_sample(items: list[Question], limit: int | None) -> list[Question]:
     return [items[int(i * step)] for i in range(limit)]
 
 
+def gold_passage(paragraph: Document) -> Passage:
+    return Passage(f"{paragraph.id}#gold", paragraph.id, paragraph.title, paragraph.text, 1.0, 0, len(paragraph.text))
+
+
 def ranked_docs(result: SearchResult) -> list[str]:
     """Distinct documents in rank order (a long paragraph may come back as several chunks)."""
     return list(dict.fromkeys(p.doc_id for p in result.passages))
@@ -103,10 +107,13 @@ def evaluate(
     top_k: int,
     progress: bool = True,
     extractive: bool = False,
+    gold: dict[str, Document] | None = None,
 ) -> dict[str, Any]:
     """Recall@1/5/20 of the gold paragraph; for each reader, EM/F1 and latency of answers from the
-    same top_k passages (retrieved once per question), copied from them if `extractive`. The
-    top-level exact_match, f1 and p50_latency_ms are the first reader's."""
+    same top_k passages (retrieved once per question), copied from them if `extractive`. Given
+    `gold` (paragraphs by id), readers get each question's own paragraph instead of the retrieved
+    ones: how well they read when retrieval is perfect. The top-level exact_match, f1 and
+    p50_latency_ms are the first reader's; latency includes retrieval either way."""
     hits = dict.fromkeys(RECALL_AT, 0)
     scores = {reader.name: ReaderScores() for reader in readers}
     depth = max(*RECALL_AT, top_k) * 2  # chunks fetched, so that 20 distinct paragraphs remain
@@ -120,7 +127,7 @@ def evaluate(
                 hits[k] += q.gold_doc in docs[:k]
             for reader in readers:
                 t0 = time.perf_counter()
-                passages = result.passages[:top_k]
+                passages = [gold_passage(gold[q.gold_doc])] if gold is not None else result.passages[:top_k]
                 answer = (
                     reader.answer_extractive(q.question, passages)
                     if extractive
@@ -156,6 +163,7 @@ def run_squad_eval(
     top_k: int,
     progress: bool = True,
     articles: str = "all",
+    passages: str = "retrieved",
 ) -> dict[str, Any]:
     from retriever.precision import resolve_precision
     from service.loading import (
@@ -179,7 +187,8 @@ def run_squad_eval(
     if not retrieval_only:
         engine = load_engine(settings, retriever)
         readers = [engine.reader(name) for name in reader_names]
-    report = evaluate(retriever, readers, questions, top_k, progress, settings.extractive)
+    gold = {p.id: p for p in data.paragraphs} if passages == "gold" else None
+    report = evaluate(retriever, readers, questions, top_k, progress, settings.extractive, gold)
     report["settings"] = {
         "data": str(data_path),
         "limit": limit,
@@ -190,6 +199,7 @@ def run_squad_eval(
         "index_version": retriever.index_version,
         "readers": [reader.name for reader in readers],
         "extractive": settings.extractive,
+        "passages": passages,
         "top_k": top_k,
         "retriever_model": settings.retriever_model,
         "generator_model": settings.generator_model if readers else None,

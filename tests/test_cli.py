@@ -88,6 +88,11 @@ def test_eval_squad_reports_recall_and_answer_scores(
     again = json.loads(capsys.readouterr().out)
     assert again["exact_match"] is None and again["questions"] == 2
     assert again["settings"]["index"] == report["settings"]["index"]
+    # readers given each question's own paragraph, answers copied from it
+    assert main(["eval", "squad", "--data", str(data), "--passages", "gold", "--extractive", "--no-progress"]) == 0
+    copied = json.loads(capsys.readouterr().out)
+    assert copied["settings"]["passages"] == "gold" and copied["settings"]["extractive"] is True
+    assert copied["exact_match"] > 0  # "1871" at least, now copied from the gold paragraph
 
 
 def test_serve_runs_a_real_server(tiny_index: Path, cache_home: Path, tmp_path: Path) -> None:
