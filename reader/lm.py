@@ -8,6 +8,8 @@ and repeated (beam search, scoring candidates under every passage).
 Prompts are `prefix + suffix`. The prefix (the instruction and the worked examples, the same for
 every request) of a causal LM is run once and its KV cache reused, so a request pays only for its
 passages, question and answer. An encoder-decoder model encodes `prefix + suffix` as its input.
+
+The model work of every method runs on the process's compute thread (retriever/compute.py).
 """
 
 from abc import ABC, abstractmethod
@@ -23,6 +25,7 @@ from transformers.cache_utils import Cache, DynamicCache, EncoderDecoderCache
 from transformers.modeling_outputs import BaseModelOutput
 
 from reader.kv_cache import GrowingLayer, growing_cache, of_layers
+from retriever.compute import on_compute_thread
 
 PREFIX_CACHE_SIZE = 4
 
@@ -107,6 +110,7 @@ class CausalLM(LM):
         self._prefixes.move_to_end(key)
         return self._prefixes[key]
 
+    @on_compute_thread
     def start(self, prefix: Sequence[int], suffixes: Sequence[Sequence[int]]) -> Batch:
         assert suffixes and all(suffixes), "every row needs a non-empty suffix"
         rows, width, p = len(suffixes), max(len(s) for s in suffixes), len(prefix)
@@ -129,6 +133,7 @@ class CausalLM(LM):
         logprobs = torch.log_softmax(out.logits[:, -1].float(), dim=-1)  # (B, V)
         return Batch(logprobs, out.cache, mask, positions[:, -1] + 1)
 
+    @on_compute_thread
     def extend(self, batch: Batch, tokens: Tensor) -> tuple[Batch, Tensor]:
         rows, n = tokens.shape
         assert rows == batch.rows
@@ -145,6 +150,7 @@ class CausalLM(LM):
         after = torch.log_softmax(out.logits.float(), dim=-1)  # (B, n, V)
         return Batch(after[:, -1], out.cache, mask, batch.positions + n), after
 
+    @on_compute_thread
     def select(self, batch: Batch, rows: Tensor) -> Batch:
         mask = batch.mask[rows]  # (R, S)
         # Columns no selected row attends to (left padding of rows that are gone) are dropped.
@@ -152,6 +158,7 @@ class CausalLM(LM):
         layers = [(keys[rows, :, first:], values[rows, :, first:]) for keys, values in kv_of(batch.cache)]
         return Batch(batch.logprobs[rows], growing_cache(layers), mask[:, first:], batch.positions[rows])
 
+    @on_compute_thread
     def merge(self, a: Batch, b: Batch) -> Batch:
         """The rows of `a` then those of `b` as one batch: the shorter cache is left-padded with
         masked-out columns, so every row keeps its own positions and its last token at the end."""
@@ -167,6 +174,7 @@ class CausalLM(LM):
             torch.cat([a.positions, b.positions]),
         )
 
+    @on_compute_thread
     def fuse(self, batch: Batch, prefix_len: int) -> Batch:
         """One row whose cache holds the prefix once, then every row's tokens after the prefix,
         side by side at the positions they were encoded at (fusion of separately encoded passages).
@@ -193,6 +201,7 @@ class Seq2SeqLM(LM):
         start = model.config.decoder_start_token_id
         self.decoder_start = int(start if start is not None else pad_id)
 
+    @on_compute_thread
     def start(self, prefix: Sequence[int], suffixes: Sequence[Sequence[int]]) -> Batch:
         inputs = [[*prefix, *s] for s in suffixes]
         rows, width = len(inputs), max(len(i) for i in inputs)
@@ -211,6 +220,7 @@ class Seq2SeqLM(LM):
         )
         return self.extend(empty, torch.full((rows, 1), self.decoder_start, dtype=torch.long))[0]
 
+    @on_compute_thread
     def extend(self, batch: Batch, tokens: Tensor) -> tuple[Batch, Tensor]:
         assert batch.encoded is not None
         out = self.model(
@@ -225,6 +235,7 @@ class Seq2SeqLM(LM):
             batch, logprobs=after[:, -1], cache=out.cache, positions=batch.positions + tokens.shape[1]
         ), after
 
+    @on_compute_thread
     def select(self, batch: Batch, rows: Tensor) -> Batch:
         assert batch.encoded is not None and isinstance(batch.cache, EncoderDecoderCache)
         parts = (batch.cache.self_attention_cache, batch.cache.cross_attention_cache)

@@ -17,6 +17,7 @@ from sentence_transformers import SentenceTransformer
 from tokenizers import Tokenizer
 
 from retriever.bert import LeanBert
+from retriever.compute import on_compute_thread
 from retriever.errors import ModelNotFoundError
 from retriever.precision import resolve_precision
 from retriever.types import Precision, TokenizedText
@@ -137,6 +138,7 @@ class Encoder:
         tokens = [t.ids[: self.max_tokens] for t in self.tokenize(queries)]
         return self.encode_ids(tokens)
 
+    @on_compute_thread  # see retriever/compute.py
     @torch.inference_mode()
     def _forward(self, batch: list[Sequence[int]]) -> np.ndarray:
         assert all(len(ids) <= self.max_tokens for ids in batch), "input longer than the model's window"
