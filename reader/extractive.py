@@ -22,6 +22,7 @@ from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
 from reader.base import Evidence
+from retriever.compute import on_compute_thread
 from retriever.errors import ReaderUnavailableError
 
 
@@ -101,6 +102,7 @@ class SpanConstraint:
         return Evidence(passage, start_char, end_char, source.text[start_char:end_char])
 
 
+@on_compute_thread  # a (B, V) reduction starts an OpenMP team in whichever thread runs it
 def constrained_argmax(logprobs: Tensor, constraints: Sequence[SpanConstraint | None]) -> Tensor:
     """(B, V) log-probabilities -> (B,) greedy tokens, each constrained row limited to what its
     constraint allows."""

@@ -7,7 +7,10 @@ region then pays a futex wake-up. On 2 cores, two long-lived threads that both r
 search batcher and the answer decoder) made each ~1.6-1.9× slower: measured, a 300-token prefill
 took 95 ms on a thread alone and 173 ms while a second thread had a team, a decoding step 39 ms
 and 57 ms. So the forward passes of the retriever and the generator (`Encoder._forward`, the
-`reader.lm` methods) hop onto this one thread; the hop costs tens of microseconds.
+`reader.lm` methods) hop onto this one thread; the hop costs tens of microseconds. Small tensor
+operations elsewhere are harmless, but not all are small: an argmax over (8, 49152) logits starts
+a team in the thread that runs it (it left the answer decoder's thread with one after the first
+concurrent requests, and every answer slower from then on), so greedy token choice hops too.
 
 The caller's grad and inference modes go with the call (they are thread-local in torch).
 """
