@@ -14,6 +14,11 @@ and 7 in turn, each paying a full forward pass.
 Callers either block (`submit`, from a request thread) or await (`submit_async`, from the event
 loop: no thread is held while the batch runs, and no thread hop is paid to get there).
 
+Batches run on the batcher's own worker thread, or on a thread that is shared with other work
+(`on`: the process's compute thread, retriever/compute.py): then each batch is one task there,
+queued behind what is already waiting (e.g. an answer's decoding step), so the models never run on
+two threads at once.
+
 Used for whole searches (`BatchedRetriever` below: query embeddings, index search and fusion of a
 batch in one go). Answers are batched differently, with rows joining and leaving between decoding
 steps (reader/continuous.py).
@@ -28,10 +33,13 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 from retriever.base import Retriever
 from retriever.types import RetrievalMode, SearchResult
+
+if TYPE_CHECKING:
+    from retriever.compute import ComputeThread
 
 In = TypeVar("In")
 Out = TypeVar("Out")
@@ -54,7 +62,12 @@ class MicroBatcher(Generic[In, Out]):
     """`run(items) -> results` (aligned, one per item) called on batches of concurrent callers' items."""
 
     def __init__(
-        self, run: Callable[[list[In]], Sequence[Out]], max_batch: int, max_wait_ms: float = 0.0, name: str = "batcher"
+        self,
+        run: Callable[[list[In]], Sequence[Out]],
+        max_batch: int,
+        max_wait_ms: float = 0.0,
+        name: str = "batcher",
+        on: ComputeThread | None = None,
     ) -> None:
         assert max_batch >= 1 and max_wait_ms >= 0, "max_batch >= 1 and max_wait_ms >= 0"
         self._run_batch = run
@@ -62,14 +75,19 @@ class MicroBatcher(Generic[In, Out]):
         self.max_wait = max_wait_ms / 1000
         self._queue: queue.SimpleQueue[_Call[In, Out] | None] = queue.SimpleQueue()
         self._expected = 1  # items the next batch waits for: what the previous one held
-        self._worker = threading.Thread(target=self._run, name=name, daemon=True)
-        self._worker.start()
+        self._on = on
+        self._scheduled = False  # `on` mode: a batch task is queued on that thread or running
+        self._lock = threading.Lock()
+        self._worker: threading.Thread | None = None
+        if on is None:
+            self._worker = threading.Thread(target=self._run, name=name, daemon=True)
+            self._worker.start()
 
     def submit(self, items: Sequence[In]) -> Sequence[Out]:
         """Results for `items` (in order), computed together with other callers' items."""
         done = threading.Event()
         call: _Call[In, Out] = _Call(items, done.set)
-        self._queue.put(call)
+        self._enqueue(call)
         done.wait()
         return call.outcome()
 
@@ -87,29 +105,59 @@ class MicroBatcher(Generic[In, Out]):
                 loop.call_soon_threadsafe(settle)
 
         call: _Call[In, Out] = _Call(items, wake)
-        self._queue.put(call)
+        self._enqueue(call)
         await future
         return call.outcome()
 
     def close(self) -> None:
-        self._queue.put(None)
-        self._worker.join(timeout=10)
+        if self._worker is not None:
+            self._queue.put(None)
+            self._worker.join(timeout=10)
+
+    def _enqueue(self, call: _Call[In, Out]) -> None:
+        self._queue.put(call)
+        if self._on is not None:
+            self._schedule()
+
+    def _schedule(self) -> None:
+        assert self._on is not None
+        with self._lock:
+            if self._scheduled:
+                return
+            self._scheduled = True
+        self._on.post(self._one_batch)
+
+    def _one_batch(self) -> None:
+        """`on` mode: run one batch of what has queued, then queue another task if calls remain
+        (behind whatever else the shared thread has to do)."""
+        try:
+            first = self._queue.get_nowait()
+        except queue.Empty:
+            first = None
+        if first is not None:
+            self._execute(self._gather(first))
+        with self._lock:
+            self._scheduled = False
+        if not self._queue.empty():
+            self._schedule()
 
     def _run(self) -> None:
         while (first := self._queue.get()) is not None:
-            batch = self._gather(first)
-            try:
-                results = self._run_batch([item for call in batch for item in call.items])
-                assert len(results) == sum(len(call.items) for call in batch), "one result per item"
-            except BaseException as exc:  # handed to every caller of this batch
-                for call in batch:
-                    call.error = exc
-                    call.on_done()
-                continue
-            at = 0
+            self._execute(self._gather(first))
+
+    def _execute(self, batch: list[_Call[In, Out]]) -> None:
+        try:
+            results = self._run_batch([item for call in batch for item in call.items])
+            assert len(results) == sum(len(call.items) for call in batch), "one result per item"
+        except BaseException as exc:  # handed to every caller of this batch
             for call in batch:
-                call.results, at = results[at : at + len(call.items)], at + len(call.items)
+                call.error = exc
                 call.on_done()
+            return
+        at = 0
+        for call in batch:
+            call.results, at = results[at : at + len(call.items)], at + len(call.items)
+            call.on_done()
 
     def _gather(self, first: _Call[In, Out]) -> list[_Call[In, Out]]:
         """`first` plus what is queued, and what arrives within max_wait while fewer items than the
@@ -145,10 +193,12 @@ class BatchedRetriever(Retriever):
     all queries at once, the docstore read once. A batch holding several (top_k, mode) pairs is
     searched once per pair, and a pair whose search fails fails only its own callers."""
 
-    def __init__(self, inner: Retriever, max_batch: int, max_wait_ms: float = 0.0) -> None:
+    def __init__(
+        self, inner: Retriever, max_batch: int, max_wait_ms: float = 0.0, on: ComputeThread | None = None
+    ) -> None:
         self.inner = inner
         self._batcher: MicroBatcher[_Search, SearchResult | Exception] = MicroBatcher(
-            self._run, max_batch, max_wait_ms, "search-batcher"
+            self._run, max_batch, max_wait_ms, "search-batcher", on
         )
 
     @property

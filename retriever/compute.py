@@ -18,6 +18,7 @@ The caller's grad and inference modes go with the call (they are thread-local in
 from __future__ import annotations
 
 import functools
+import logging
 import queue
 import threading
 from collections.abc import Callable
@@ -29,7 +30,8 @@ import torch
 P = ParamSpec("P")
 R = TypeVar("R")
 
-_Task = tuple[Callable[[], object], "Future[object]"]
+_Task = tuple[Callable[[], object], "Future[object] | None"]  # None: posted, nobody waits
+log = logging.getLogger(__name__)
 
 
 class ComputeThread:
@@ -46,13 +48,24 @@ class ComputeThread:
         self._queue.put((fn, future))
         return future.result()  # type: ignore[return-value]  # fn's own result
 
+    def post(self, fn: Callable[[], object]) -> None:
+        """Run fn() on this thread later, after what is already queued; nobody waits for it (an
+        exception is logged)."""
+        self._queue.put((fn, None))
+
     def _serve(self) -> None:
         while True:
             fn, future = self._queue.get()
             try:
-                future.set_result(fn())
+                result = fn()
             except BaseException as exc:  # handed to the caller
-                future.set_exception(exc)
+                if future is None:
+                    log.exception("a posted task failed")
+                else:
+                    future.set_exception(exc)
+                continue
+            if future is not None:
+                future.set_result(result)
 
 
 _shared: ComputeThread | None = None

@@ -20,6 +20,7 @@ from reader.base import Reader, ReaderConfig, ReaderContext, create_reader, read
 from reader.generator import Generator, resolve_generator
 from retriever.base import Retriever
 from retriever.batching import BatchedRetriever
+from retriever.compute import compute_thread
 from retriever.encoder import Encoder, resolve_retriever, weights_sha256
 from retriever.errors import ReaderUnavailableError
 from retriever.hybrid import FusionWeights
@@ -192,7 +193,10 @@ def load_services(settings: Settings, encoder: Encoder | None = None, generator:
     generator = generator or make_generator(settings)
     retriever: Retriever = indexes.retriever
     if settings.query_batch_max > 1:  # concurrent requests' searches share embedding passes
-        retriever = BatchedRetriever(retriever, settings.query_batch_max, settings.query_batch_wait_ms)
+        # Batches run on the compute thread, between decoding steps: one thread runs all models.
+        retriever = BatchedRetriever(
+            retriever, settings.query_batch_max, settings.query_batch_wait_ms, on=compute_thread()
+        )
     engine = make_engine(settings, retriever, generator)
     return Services(engine=engine, indexes=indexes, jobs=jobs)
 

@@ -11,6 +11,7 @@ import pytest
 
 from retriever.base import Retriever
 from retriever.batching import BatchedRetriever, MicroBatcher
+from retriever.compute import compute_thread
 from retriever.encoder import Encoder
 from retriever.errors import InvalidInputError
 from retriever.types import RetrievalMode, SearchResult
@@ -115,9 +116,10 @@ def chunk_ids(result: SearchResult) -> list[str]:
     return [p.chunk_id for p in result.passages]
 
 
-def test_batched_searches_equal_lone_ones_per_top_k_and_mode(version: VersionRetriever) -> None:
+@pytest.mark.parametrize("on", [None, "compute"], ids=["own worker", "on the compute thread"])
+def test_batched_searches_equal_lone_ones_per_top_k_and_mode(version: VersionRetriever, on: str | None) -> None:
     counting = CountingRetriever(version)
-    batched = BatchedRetriever(counting, max_batch=32, max_wait_ms=20)
+    batched = BatchedRetriever(counting, max_batch=32, max_wait_ms=20, on=compute_thread() if on else None)
     modes = [RetrievalMode.DENSE, RetrievalMode.SPARSE, RetrievalMode.HYBRID, None]
     asks = [(QUERIES[i], 1 + i % 3, modes[i % 4]) for i in range(len(QUERIES))]
     got: dict[int, SearchResult] = {}
@@ -135,9 +137,10 @@ def test_batched_searches_equal_lone_ones_per_top_k_and_mode(version: VersionRet
     assert len(counting.batches) < len(asks)  # some searches shared a batch
 
 
-def test_awaited_searches_share_batches_and_equal_lone_ones(version: VersionRetriever) -> None:
+@pytest.mark.parametrize("on", [None, "compute"], ids=["own worker", "on the compute thread"])
+def test_awaited_searches_share_batches_and_equal_lone_ones(version: VersionRetriever, on: str | None) -> None:
     counting = CountingRetriever(version)
-    batched = BatchedRetriever(counting, max_batch=32)
+    batched = BatchedRetriever(counting, max_batch=32, on=compute_thread() if on else None)
 
     async def all_at_once() -> list[SearchResult]:
         return await asyncio.gather(*(batched.search_async(q, 2, RetrievalMode.HYBRID) for q in QUERIES))
@@ -149,8 +152,11 @@ def test_awaited_searches_share_batches_and_equal_lone_ones(version: VersionRetr
     assert len(counting.batches) < len(QUERIES)
 
 
-def test_a_failing_search_fails_only_the_callers_that_asked_for_it(version: VersionRetriever) -> None:
-    batched = BatchedRetriever(CountingRetriever(version), max_batch=32, max_wait_ms=50)
+@pytest.mark.parametrize("on", [None, "compute"], ids=["own worker", "on the compute thread"])
+def test_a_failing_search_fails_only_the_callers_that_asked_for_it(version: VersionRetriever, on: str | None) -> None:
+    batched = BatchedRetriever(
+        CountingRetriever(version), max_batch=32, max_wait_ms=50, on=compute_thread() if on else None
+    )
     outcomes: dict[int, SearchResult | Exception] = {}
 
     def ask(i: int) -> None:
