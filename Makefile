@@ -48,11 +48,13 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.query_load --seconds 12
 	$(BIN)/python -m bench.ask_load --seconds 30
 
-## The long ones: every reader on 500 SQuAD questions (about 45 minutes), RETRO bits per byte.
+## The long ones: every reader on 500 SQuAD questions (about 45 minutes), RETRO bits per byte,
+## free vs extractive answers and the generator's number formats on the held-out articles (~10 min).
 bench-readers: $(STAMP)
 	RAGSERVE_MAX_NEW_TOKENS=16 $(BIN)/python -m bench.readers --limit 500 --top-k 2 \
 		--readers stuff,rag-sequence,rag-token,retro,fusion --processes 2
 	$(BIN)/python -m bench.retro_bpb --index squad --docs 100
+	$(BIN)/python -m bench.reader_quality --limit 200
 
 ## txtai and Haystack side by side, from their own environment (never a ragserve dependency).
 PEERS := .venv-peers

@@ -7,12 +7,17 @@ region then pays a futex wake-up. On 2 cores, two long-lived threads that both r
 search batcher and the answer decoder) made each ~1.6-1.9× slower: measured, a 300-token prefill
 took 95 ms on a thread alone and 173 ms while a second thread had a team, a decoding step 39 ms
 and 57 ms. So the forward passes of the retriever and the generator (`Encoder._forward`, the
-`reader.lm` methods) hop onto this one thread; the hop costs tens of microseconds. Small tensor
+`reader.lm` methods) hop onto this one thread (the hop costs tens of microseconds), and the search
+batcher runs its batches here as tasks (retriever/batching.py, `on`). Small tensor
 operations elsewhere are harmless, but not all are small: an argmax over (8, 49152) logits starts
 a team in the thread that runs it (it left the answer decoder's thread with one after the first
 concurrent requests, and every answer slower from then on), so greedy token choice hops too.
 
 The caller's grad and inference modes go with the call (they are thread-local in torch).
+
+Only a server needs this: it is switched on by `use_compute_thread()` (service/loading.py), and
+the models are built on the thread too, since loading them runs parallel regions of its own. A
+command-line run (index build, eval) does everything on its own thread, as before.
 """
 
 from __future__ import annotations
@@ -72,8 +77,8 @@ _shared: ComputeThread | None = None
 _shared_lock = threading.Lock()
 
 
-def compute_thread() -> ComputeThread:
-    """The process's compute thread, started on first use."""
+def use_compute_thread() -> ComputeThread:
+    """The process's compute thread (started on first use); from now on model work runs there."""
     global _shared
     with _shared_lock:
         if _shared is None:
@@ -81,17 +86,25 @@ def compute_thread() -> ComputeThread:
         return _shared
 
 
+def on_compute(fn: Callable[[], R]) -> R:
+    """fn() on the compute thread when one is in use, else right here."""
+    return _shared.run(fn) if _shared is not None else fn()
+
+
 def on_compute_thread(fn: Callable[P, R]) -> Callable[P, R]:
-    """Run every call of `fn` on the compute thread, in the caller's grad and inference modes."""
+    """Run every call of `fn` on the compute thread (when one is in use), in the caller's grad and
+    inference modes."""
 
     @functools.wraps(fn)
     def hop(*args: P.args, **kwargs: P.kwargs) -> R:
+        if _shared is None:
+            return fn(*args, **kwargs)
         inference, grad = torch.is_inference_mode_enabled(), torch.is_grad_enabled()
 
         def call() -> R:
             with torch.inference_mode(inference), torch.set_grad_enabled(grad):
                 return fn(*args, **kwargs)
 
-        return compute_thread().run(call)
+        return _shared.run(call)
 
     return hop

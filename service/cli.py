@@ -37,10 +37,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     os.environ.setdefault("GOMP_SPINCOUNT", SERVE_SPINCOUNT)  # a value already set wins; torch is not loaded yet
     import uvicorn
 
+    from retriever.compute import use_compute_thread
     from service.app import create_app
     from service.loading import prepare
 
     settings = _settings(index_path=args.index, host=args.host, port=args.port)
+    use_compute_thread()  # every model runs on one thread, from the demo index build on (retriever/compute.py)
     prepare(settings)  # first run: convert the generator, build the demo index (with progress)
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=args.log_level)
     return 0

@@ -20,7 +20,7 @@ from reader.base import Reader, ReaderConfig, ReaderContext, create_reader, read
 from reader.generator import Generator, resolve_generator
 from retriever.base import Retriever
 from retriever.batching import BatchedRetriever
-from retriever.compute import compute_thread
+from retriever.compute import on_compute, use_compute_thread
 from retriever.encoder import Encoder, resolve_retriever, weights_sha256
 from retriever.errors import ReaderUnavailableError
 from retriever.hybrid import FusionWeights
@@ -186,17 +186,17 @@ def load_indexes(settings: Settings, encoder: Encoder) -> tuple[IndexManager, Jo
 
 
 def load_services(settings: Settings, encoder: Encoder | None = None, generator: Generator | None = None) -> Services:
-    """What the server runs on: indexes and jobs (see `load_indexes`), models and readers."""
-    configure_threads(settings)
-    encoder = encoder or make_encoder(settings)
+    """What the server runs on: indexes and jobs (see `load_indexes`), models and readers. From
+    here on one thread runs every model, built there too (retriever/compute.py)."""
+    compute = use_compute_thread()
+    compute.run(lambda: configure_threads(settings))  # thread counts are per thread in OpenMP
+    encoder = encoder or compute.run(lambda: make_encoder(settings))
     indexes, jobs = load_indexes(settings, encoder)
-    generator = generator or make_generator(settings)
+    generator = generator or compute.run(lambda: make_generator(settings))
     retriever: Retriever = indexes.retriever
     if settings.query_batch_max > 1:  # concurrent requests' searches share embedding passes
-        # Batches run on the compute thread, between decoding steps: one thread runs all models.
-        retriever = BatchedRetriever(
-            retriever, settings.query_batch_max, settings.query_batch_wait_ms, on=compute_thread()
-        )
+        # Batches are tasks on the compute thread, between decoding steps.
+        retriever = BatchedRetriever(retriever, settings.query_batch_max, settings.query_batch_wait_ms, on=compute)
     engine = make_engine(settings, retriever, generator)
     return Services(engine=engine, indexes=indexes, jobs=jobs)
 
@@ -208,4 +208,4 @@ def prepare(settings: Settings) -> None:
         read_manifest(settings.index_path)  # fail now, with a clear message, if it is no artifact
     resolve_generator(settings.generator_model, settings.cache_dir)
     if settings.index_path is None and open_registry(settings).serving() is None:
-        demo_index(settings, lambda: make_encoder(settings))
+        demo_index(settings, lambda: on_compute(lambda: make_encoder(settings)))

@@ -11,7 +11,7 @@ import pytest
 
 from retriever.base import Retriever
 from retriever.batching import BatchedRetriever, MicroBatcher
-from retriever.compute import compute_thread
+from retriever.compute import use_compute_thread
 from retriever.encoder import Encoder
 from retriever.errors import InvalidInputError
 from retriever.types import RetrievalMode, SearchResult
@@ -119,7 +119,7 @@ def chunk_ids(result: SearchResult) -> list[str]:
 @pytest.mark.parametrize("on", [None, "compute"], ids=["own worker", "on the compute thread"])
 def test_batched_searches_equal_lone_ones_per_top_k_and_mode(version: VersionRetriever, on: str | None) -> None:
     counting = CountingRetriever(version)
-    batched = BatchedRetriever(counting, max_batch=32, max_wait_ms=20, on=compute_thread() if on else None)
+    batched = BatchedRetriever(counting, max_batch=32, max_wait_ms=20, on=use_compute_thread() if on else None)
     modes = [RetrievalMode.DENSE, RetrievalMode.SPARSE, RetrievalMode.HYBRID, None]
     asks = [(QUERIES[i], 1 + i % 3, modes[i % 4]) for i in range(len(QUERIES))]
     got: dict[int, SearchResult] = {}
@@ -140,7 +140,7 @@ def test_batched_searches_equal_lone_ones_per_top_k_and_mode(version: VersionRet
 @pytest.mark.parametrize("on", [None, "compute"], ids=["own worker", "on the compute thread"])
 def test_awaited_searches_share_batches_and_equal_lone_ones(version: VersionRetriever, on: str | None) -> None:
     counting = CountingRetriever(version)
-    batched = BatchedRetriever(counting, max_batch=32, on=compute_thread() if on else None)
+    batched = BatchedRetriever(counting, max_batch=32, on=use_compute_thread() if on else None)
 
     async def all_at_once() -> list[SearchResult]:
         return await asyncio.gather(*(batched.search_async(q, 2, RetrievalMode.HYBRID) for q in QUERIES))
@@ -155,7 +155,7 @@ def test_awaited_searches_share_batches_and_equal_lone_ones(version: VersionRetr
 @pytest.mark.parametrize("on", [None, "compute"], ids=["own worker", "on the compute thread"])
 def test_a_failing_search_fails_only_the_callers_that_asked_for_it(version: VersionRetriever, on: str | None) -> None:
     batched = BatchedRetriever(
-        CountingRetriever(version), max_batch=32, max_wait_ms=50, on=compute_thread() if on else None
+        CountingRetriever(version), max_batch=32, max_wait_ms=50, on=use_compute_thread() if on else None
     )
     outcomes: dict[int, SearchResult | Exception] = {}
 

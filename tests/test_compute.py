@@ -5,7 +5,7 @@ import threading
 import pytest
 import torch
 
-from retriever.compute import compute_thread, on_compute_thread
+from retriever.compute import on_compute_thread, use_compute_thread
 from retriever.encoder import Encoder
 
 
@@ -25,22 +25,25 @@ def fails() -> None:
 
 
 def test_calls_run_on_the_compute_thread_in_the_callers_modes() -> None:
+    use_compute_thread()  # a server's start-up does this (service/loading.py)
     assert where_and_modes() == ("torch-compute", True, False)
     with torch.no_grad():
         assert where_and_modes() == ("torch-compute", False, False)
     with torch.inference_mode():
         assert where_and_modes() == ("torch-compute", False, True)
     assert nested() == "torch-compute"
-    assert compute_thread() is compute_thread()
+    assert use_compute_thread() is use_compute_thread()  # one per process
 
 
 def test_an_exception_reaches_the_caller_and_the_thread_goes_on() -> None:
+    use_compute_thread()
     with pytest.raises(ValueError, match="boom"):
         fails()
     assert where_and_modes()[0] == "torch-compute"
 
 
 def test_encoder_passes_from_several_threads_all_run_on_it(encoder: Encoder, monkeypatch: pytest.MonkeyPatch) -> None:
+    use_compute_thread()
     assert encoder._lean is not None  # MiniLM runs through the lean forward pass
     seen: list[str] = []
     embed = encoder._lean.embed
