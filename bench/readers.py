@@ -7,7 +7,8 @@
 With --processes N the readers are dealt round-robin to N worker processes, each with
 cores / N torch threads, so the machine's cores answer different readers at once instead of
 sharing each small forward pass (which scales badly on 2 cores). Every process retrieves the
-same passages: retrieval is deterministic.
+same passages: retrieval is deterministic. Every reader reads with the base generator (no
+adapter: only some readers can run one; bench.reader_adapters measures them).
 """
 
 import argparse
@@ -65,7 +66,8 @@ def main() -> None:
     if args.processes > 1:
         report = run_workers(args, readers)
     else:
-        report = run_squad_eval(Settings(), SQUAD, args.limit, readers, False, args.top_k, progress=True)
+        settings = Settings(adapter="none")
+        report = run_squad_eval(settings, SQUAD, args.limit, readers, False, args.top_k, progress=True)
     if args.out:
         args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     if args.quiet:

@@ -14,6 +14,7 @@ from retriever.errors import ReaderUnavailableError, UnknownReaderError
 from retriever.types import Passage
 
 if TYPE_CHECKING:
+    from reader.adapters import Adapter
     from reader.generator import Generator
 
 
@@ -70,14 +71,24 @@ def cannot_copy(reader: str) -> ReaderUnavailableError:
     )
 
 
+def cannot_adapt(reader: str) -> ReaderUnavailableError:
+    return ReaderUnavailableError(
+        f"reader {reader!r} cannot run an adapter; the 'stuff', 'rag-token' and 'rag-sequence' readers can"
+    )
+
+
 class Reader(ABC):
+    """Answers a question from passages. Readers with `adapts` run the generator with the adapter
+    they are given (reader/adapters.py); the others are only ever given None."""
+
     name: str
     extractive: ClassVar[bool] = False  # whether `answer_extractive` is implemented
+    adapts: ClassVar[bool] = False  # whether answers can run with an adapter
 
     @abstractmethod
-    def answer(self, question: str, passages: Sequence[Passage]) -> Answer: ...
+    def answer(self, question: str, passages: Sequence[Passage], adapter: "Adapter | None" = None) -> Answer: ...
 
-    def answer_extractive(self, question: str, passages: Sequence[Passage]) -> Answer:
+    def answer_extractive(self, question: str, passages: Sequence[Passage], adapter: "Adapter | None" = None) -> Answer:
         """An answer copied from the passages (a span of one of them), with its `evidence`."""
         raise cannot_copy(self.name)
 

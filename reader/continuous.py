@@ -4,8 +4,10 @@ One worker thread owns a running batch of a causal LM. Between two decoding step
 requests that have queued up (up to `max_batch` rows in all), runs their prompts in one prefill
 and merges them into the batch (`CausalLM.merge`); a row leaves as soon as its answer ends
 (`CausalLM.select`), so a short answer never waits for a long one and a new request never waits
-for a whole batch to finish. On a 2-core CPU a decoding step of 8 rows costs about what one row's
-does (the weights are read once per step), which is where the throughput comes from.
+for a whole batch to finish. Rows may run different adapters and prompt prefixes: arrivals are
+prefilled in groups of one adapter and prefix, then merged. On a 2-core CPU a decoding step of 8
+rows costs about what one row's does (the weights are read once per step), which is where the
+throughput comes from.
 
 The worker takes `Generator.lock` for one prefill or one step at a time, so other readers on the
 same model interleave with it.
@@ -21,6 +23,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from reader.adapters import Adapter
 from reader.extractive import SpanConstraint, constrained_argmax
 from reader.generator import Generator
 from reader.lm import Batch, CausalLM
@@ -28,9 +31,11 @@ from reader.lm import Batch, CausalLM
 
 @dataclass
 class _Request:
+    prefix: Sequence[int]
     prompt: Sequence[int]
     max_new_tokens: int
     constraint: SpanConstraint | None = None  # extractive answers: only spans of the passages
+    adapter: Adapter | None = None
     tokens: list[int] = field(default_factory=list)
     done: threading.Event = field(default_factory=threading.Event)
     error: BaseException | None = None
@@ -41,12 +46,11 @@ class _Request:
 
 
 class ContinuousDecoder:
-    def __init__(self, generator: Generator, prefix: Sequence[int], max_batch: int, max_wait_ms: float = 0.0) -> None:
+    def __init__(self, generator: Generator, max_batch: int, max_wait_ms: float = 0.0) -> None:
         assert isinstance(generator.lm, CausalLM), "continuous batching needs a causal LM"
         assert max_batch >= 1 and max_wait_ms >= 0
         self.generator = generator
         self.lm: CausalLM = generator.lm
-        self.prefix = list(prefix)
         self.max_batch = max_batch
         self.max_wait = max_wait_ms / 1000
         self._queue: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
@@ -54,11 +58,18 @@ class ContinuousDecoder:
         self._worker = threading.Thread(target=self._run, name="answer-decoder", daemon=True)
         self._worker.start()
 
-    def greedy(self, prompt: Sequence[int], max_new_tokens: int, constraint: SpanConstraint | None = None) -> list[int]:
-        """What `Generator.greedy(prompt, max_new_tokens, prefix, constraint)` returns, decoded with
-        other requests."""
+    def greedy(
+        self,
+        prompt: Sequence[int],
+        max_new_tokens: int,
+        prefix: Sequence[int] = (),
+        constraint: SpanConstraint | None = None,
+        adapter: Adapter | None = None,
+    ) -> list[int]:
+        """What `Generator.greedy(prompt, max_new_tokens, prefix, constraint, adapter)` returns,
+        decoded with other requests."""
         assert prompt and max_new_tokens >= 1
-        request = _Request(prompt, max_new_tokens, constraint)
+        request = _Request(prefix, prompt, max_new_tokens, constraint, adapter)
         self._queue.put(request)
         request.done.wait()
         if request.error is not None:
@@ -77,10 +88,10 @@ class ContinuousDecoder:
             arrived = self._arrivals(room=self.max_batch - len(active), wait=not active)
             try:
                 with self.generator.lock, torch.inference_mode():
-                    if arrived:
-                        joined = self.lm.start(self.prefix, [r.prompt for r in arrived])
+                    for group in _same_start(arrived):
+                        joined = self.lm.start(group[0].prefix, [r.prompt for r in group], group[0].adapter)
                         batch = joined if batch is None else self.lm.merge(batch, joined)
-                        active += arrived
+                        active += group
                     if active:
                         assert batch is not None and batch.rows == len(active), "one row per request"
                         batch, active = self._step(batch, active)
@@ -129,3 +140,11 @@ class ContinuousDecoder:
                 break
             arrived.append(item)
         return arrived
+
+
+def _same_start(requests: Sequence[_Request]) -> list[list[_Request]]:
+    """Requests grouped by adapter and prefix (one prefill each), in order of first arrival."""
+    groups: dict[tuple[int, tuple[int, ...]], list[_Request]] = {}
+    for request in requests:
+        groups.setdefault((id(request.adapter), tuple(request.prefix)), []).append(request)
+    return list(groups.values())

@@ -24,6 +24,7 @@ from transformers import AutoConfig, AutoModelForSeq2SeqLM, AutoTokenizer, PreTr
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 from transformers.modeling_outputs import BaseModelOutput
 
+from reader.adapters import Adapter
 from reader.base import Answer, Reader, ReaderContext, register
 from reader.prompt import flatten
 from retriever.errors import ModelNotFoundError, ReaderUnavailableError
@@ -177,6 +178,7 @@ class FidReader(Reader):
             for t, ps in zip(tokens, passages, strict=True)
         ]
 
-    def answer(self, question: str, passages: Sequence[Passage]) -> Answer:
+    def answer(self, question: str, passages: Sequence[Passage], adapter: Adapter | None = None) -> Answer:
+        assert adapter is None, "this reader does not adapt"
         (answer,) = self.answer_batch([question], [passages])
         return answer

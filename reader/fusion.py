@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 import torch
 
+from reader.adapters import Adapter
 from reader.base import Answer, Reader, ReaderContext, register
 from reader.lm import CausalLM
 from reader.prompt import PREFIX, flatten
@@ -42,7 +43,8 @@ class FusionReader(Reader):
         self.config = context.config
         self.prefix = self.generator.encode(PREFIX)
 
-    def answer(self, question: str, passages: Sequence[Passage]) -> Answer:
+    def answer(self, question: str, passages: Sequence[Passage], adapter: Adapter | None = None) -> Answer:
+        assert adapter is None, "this reader does not adapt"
         used = list(passages)
         segments = [
             self.generator.encode(passage_segment(truncate(self.generator, p, self.config.max_passage_tokens).text))

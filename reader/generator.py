@@ -26,9 +26,11 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from reader import adapters as adapting
+from reader.adapters import Adapter
 from reader.extractive import SpanConstraint, constrained_argmax, source_of
 from reader.lm import Batch, lm_for
-from retriever.errors import ModelNotFoundError
+from retriever.errors import InvalidAdapterError, ModelNotFoundError
 from retriever.precision import resolve_precision
 from retriever.types import Precision
 
@@ -135,6 +137,32 @@ class Generator:
         pieces = self.tokenizer.batch_decode([[i] for i in range(len(self.tokenizer))])
         self.newline_ids = {i for i, piece in enumerate(pieces) if "\n" in piece}
         self.lock = threading.Lock()
+        self._prefixes: dict[str, list[int]] = {}
+
+    @property
+    def base_id(self) -> str:
+        """What identifies the base weights, for adapters trained on them: the folder's name and
+        a digest of its config and the sizes of its weight files."""
+        digest = hashlib.sha256((self.path / "config.json").read_bytes())
+        for weights in sorted(self.path.glob("*.safetensors")):
+            digest.update(f"{weights.name}:{weights.stat().st_size}".encode())
+        return f"{self.path.name}:{digest.hexdigest()[:16]}"
+
+    def load_adapter(self, folder: Path, name: str) -> Adapter:
+        """An adapter folder read, checked against this model and made ready to run: the layers it
+        touches are wrapped (once) under `lock`, so between two decoding steps."""
+        if not self.is_causal:
+            raise InvalidAdapterError("adapters need a causal generator; this one is an encoder-decoder")
+        adapter = adapting.load_adapter(folder, name, self.model, self.base_id)
+        with self.lock:
+            adapting.install(self.model, list(adapter.modules))
+        return adapter
+
+    def prefix_ids(self, text: str) -> list[int]:
+        """The token ids of a fixed prompt prefix (a reader's or an adapter's), encoded once."""
+        if text not in self._prefixes:
+            self._prefixes[text] = self.encode(text)
+        return self._prefixes[text]
 
     @property
     def is_causal(self) -> bool:
@@ -186,10 +214,12 @@ class Generator:
         max_new_tokens: int,
         prefix: Sequence[int] = (),
         constraint: SpanConstraint | None = None,
+        adapter: Adapter | None = None,
     ) -> list[int]:
         """Greedy answer tokens for one prompt (after `prefix`), without the token that ended it."""
         with self.lock:
-            (tokens,) = self.greedy_rows(self.lm.start(prefix, [prompt_ids]), max_new_tokens, [constraint])
+            batch = self.lm.start(prefix, [prompt_ids], adapter)
+            (tokens,) = self.greedy_rows(batch, max_new_tokens, [constraint])
         return tokens[:-1] if tokens and self.ends_answer(tokens[-1]) else tokens
 
     def span_constraint(self, texts: Sequence[str]) -> SpanConstraint:

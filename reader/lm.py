@@ -9,6 +9,10 @@ Prompts are `prefix + suffix`. The prefix (the instruction and the worked exampl
 every request) of a causal LM is run once and its KV cache reused, so a request pays only for its
 passages, question and answer. An encoder-decoder model encodes `prefix + suffix` as its input.
 
+A causal batch may run an adapter (reader/adapters.py), one per row: each row keeps the adapter it
+started with through every step, select and merge. A prompt-tuning adapter's learned embeddings
+come before the prefix and are cached with it; the prefix cache is kept per adapter.
+
 The model work of every method runs on the process's compute thread (retriever/compute.py).
 """
 
@@ -24,10 +28,12 @@ from transformers import PreTrainedModel
 from transformers.cache_utils import Cache, DynamicCache, EncoderDecoderCache
 from transformers.modeling_outputs import BaseModelOutput
 
+from reader import adapters as adapting
+from reader.adapters import Adapter
 from reader.kv_cache import GrowingLayer, growing_cache, of_layers
 from retriever.compute import on_compute_thread
 
-PREFIX_CACHE_SIZE = 4
+PREFIX_CACHE_SIZE = 8
 
 
 @dataclass(frozen=True)
@@ -39,10 +45,14 @@ class Batch:
     mask: Tensor  # (B, S) causal: attention mask over the cache; seq2seq: encoder mask
     positions: Tensor  # (B,) causal: position id of the next token; seq2seq: decoder steps so far
     encoded: Tensor | None = None  # (B, T, D) encoder states (seq2seq only)
+    adapters: tuple[Adapter | None, ...] = ()  # causal: the adapter of each row; () = none at all
 
     @property
     def rows(self) -> int:
         return int(self.logprobs.shape[0])
+
+    def adapters_of(self, rows: Sequence[int]) -> tuple[Adapter | None, ...]:
+        return tuple(self.adapters[r] for r in rows) if self.adapters else ()
 
 
 class LM(ABC):
@@ -52,8 +62,8 @@ class LM(ABC):
     pad_id: int
 
     @abstractmethod
-    def start(self, prefix: Sequence[int], suffixes: Sequence[Sequence[int]]) -> Batch:
-        """One row per suffix, each conditioned on prefix + suffix."""
+    def start(self, prefix: Sequence[int], suffixes: Sequence[Sequence[int]], adapter: Adapter | None = None) -> Batch:
+        """One row per suffix, each conditioned on prefix + suffix, all run with `adapter`."""
 
     @abstractmethod
     def extend(self, batch: Batch, tokens: Tensor) -> tuple[Batch, Tensor]:
@@ -97,13 +107,20 @@ class CausalLM(LM):
     def __init__(self, model: PreTrainedModel, pad_id: int) -> None:
         self.model = model
         self.pad_id = pad_id
-        self._prefixes: OrderedDict[tuple[int, ...], list[tuple[Tensor, Tensor]]] = OrderedDict()
+        self._prefixes: OrderedDict[tuple[str, tuple[int, ...]], list[tuple[Tensor, Tensor]]] = OrderedDict()
 
-    def _prefix_kv(self, prefix: Sequence[int]) -> list[tuple[Tensor, Tensor]]:
-        """Per layer (keys, values), each (1, H, P, Dh): computed once per distinct prefix."""
-        key = tuple(prefix)
+    def _prefix_kv(self, prefix: Sequence[int], adapter: Adapter | None) -> list[tuple[Tensor, Tensor]]:
+        """Per layer (keys, values), each (1, H, P, Dh), P counting a prompt-tuning adapter's
+        virtual tokens: computed once per distinct adapter and prefix."""
+        key = (adapter.key if adapter else "", tuple(prefix))
         if key not in self._prefixes:
-            out = self.model(input_ids=torch.tensor([list(prefix)]), use_cache=True, logits_to_keep=1)
+            ids = torch.tensor([list(prefix)], dtype=torch.long)  # (1, P)
+            inputs: dict[str, Tensor] = {"input_ids": ids}
+            if adapter is not None and adapter.virtual_tokens is not None:  # as peft runs prompt tuning
+                embeds = self.model.get_input_embeddings()(ids)  # (1, P, D)
+                inputs = {"inputs_embeds": torch.cat([adapter.virtual_tokens[None].to(embeds.dtype), embeds], dim=1)}
+            with adapting.rows([adapter]):
+                out = self.model(**inputs, use_cache=True, logits_to_keep=1)
             self._prefixes[key] = kv_of(out.cache)
             if len(self._prefixes) > PREFIX_CACHE_SIZE:
                 self._prefixes.popitem(last=False)
@@ -111,10 +128,13 @@ class CausalLM(LM):
         return self._prefixes[key]
 
     @on_compute_thread
-    def start(self, prefix: Sequence[int], suffixes: Sequence[Sequence[int]]) -> Batch:
+    def start(self, prefix: Sequence[int], suffixes: Sequence[Sequence[int]], adapter: Adapter | None = None) -> Batch:
         assert suffixes and all(suffixes), "every row needs a non-empty suffix"
-        rows, width, p = len(suffixes), max(len(s) for s in suffixes), len(prefix)
-        kv = [(k.expand(rows, -1, -1, -1), v.expand(rows, -1, -1, -1)) for k, v in self._prefix_kv(prefix)] if p else []
+        virtual = adapter is not None and adapter.virtual_tokens is not None
+        rows, width = len(suffixes), max(len(s) for s in suffixes)
+        prefix_kv = self._prefix_kv(prefix, adapter) if prefix or virtual else []
+        p = int(prefix_kv[0][0].shape[2]) if prefix_kv else 0
+        kv = [(k.expand(rows, -1, -1, -1), v.expand(rows, -1, -1, -1)) for k, v in prefix_kv]
         # Suffixes are left-padded so every row's last token is at the end; positions are explicit,
         # so the real tokens of every row sit at positions p, p+1, ... whatever their padding.
         tokens = torch.full((rows, width), self.pad_id, dtype=torch.long)  # (B, L)
@@ -127,11 +147,18 @@ class CausalLM(LM):
             mask[row, p + width - n :] = 1
             positions[row, width - n :] = torch.arange(p, p + n)
         cache = growing_cache(kv)  # the prefix's KV copied once into room that the suffix and answer fill
-        out = self.model(
-            input_ids=tokens, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True, logits_to_keep=1
-        )
+        adapters = (adapter,) * rows if adapter is not None else ()
+        with adapting.rows(adapters):
+            out = self.model(
+                input_ids=tokens,
+                attention_mask=mask,
+                position_ids=positions,
+                cache=cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
         logprobs = torch.log_softmax(out.logits[:, -1].float(), dim=-1)  # (B, V)
-        return Batch(logprobs, out.cache, mask, positions[:, -1] + 1)
+        return Batch(logprobs, out.cache, mask, positions[:, -1] + 1, adapters=adapters)
 
     @on_compute_thread
     def extend(self, batch: Batch, tokens: Tensor) -> tuple[Batch, Tensor]:
@@ -139,16 +166,17 @@ class CausalLM(LM):
         assert rows == batch.rows
         mask = torch.cat([batch.mask, torch.ones((rows, n), dtype=torch.long)], dim=1)  # (B, S+n)
         positions = batch.positions[:, None] + torch.arange(n)[None, :]  # (B, n)
-        out = self.model(
-            input_ids=tokens,
-            attention_mask=mask,
-            position_ids=positions,
-            cache=batch.cache,
-            use_cache=True,
-            logits_to_keep=0 if n > 1 else 1,
-        )
+        with adapting.rows(batch.adapters):
+            out = self.model(
+                input_ids=tokens,
+                attention_mask=mask,
+                position_ids=positions,
+                cache=batch.cache,
+                use_cache=True,
+                logits_to_keep=0 if n > 1 else 1,
+            )
         after = torch.log_softmax(out.logits.float(), dim=-1)  # (B, n, V)
-        return Batch(after[:, -1], out.cache, mask, batch.positions + n), after
+        return Batch(after[:, -1], out.cache, mask, batch.positions + n, adapters=batch.adapters), after
 
     @on_compute_thread
     def select(self, batch: Batch, rows: Tensor) -> Batch:
@@ -156,7 +184,10 @@ class CausalLM(LM):
         # Columns no selected row attends to (left padding of rows that are gone) are dropped.
         first = int(mask.any(dim=0).int().argmax()) if mask.numel() else 0
         layers = [(keys[rows, :, first:], values[rows, :, first:]) for keys, values in kv_of(batch.cache)]
-        return Batch(batch.logprobs[rows], growing_cache(layers), mask[:, first:], batch.positions[rows])
+        adapters = batch.adapters_of(rows.tolist())
+        return Batch(
+            batch.logprobs[rows], growing_cache(layers), mask[:, first:], batch.positions[rows], adapters=adapters
+        )
 
     @on_compute_thread
     def merge(self, a: Batch, b: Batch) -> Batch:
@@ -167,11 +198,13 @@ class CausalLM(LM):
         layers = [GrowingLayer.stacked([kv_a, kv_b], width) for kv_a, kv_b in pairs]  # each (Ba+Bb, H, width, Dh)
         mask_a = F.pad(a.mask, (width - a.mask.shape[1], 0))  # (Ba, width)
         mask_b = F.pad(b.mask, (width - b.mask.shape[1], 0))  # (Bb, width)
+        adapters = (a.adapters or (None,) * a.rows) + (b.adapters or (None,) * b.rows)
         return Batch(
             torch.cat([a.logprobs, b.logprobs]),
             of_layers(layers),
             torch.cat([mask_a, mask_b]),
             torch.cat([a.positions, b.positions]),
+            adapters=adapters if any(adapters) else (),
         )
 
     @on_compute_thread
@@ -190,7 +223,7 @@ class CausalLM(LM):
             )
         mask = torch.cat([batch.mask[:1, :prefix_len], batch.mask[:, prefix_len:].reshape(1, -1)], dim=1)  # (1, P+B*L)
         logprobs = batch.logprobs[:1]  # unused: the caller extends the fused row before reading it
-        return Batch(logprobs, growing_cache(kv), mask, batch.positions.max()[None])
+        return Batch(logprobs, growing_cache(kv), mask, batch.positions.max()[None], adapters=batch.adapters_of([0]))
 
 
 class Seq2SeqLM(LM):
@@ -202,7 +235,8 @@ class Seq2SeqLM(LM):
         self.decoder_start = int(start if start is not None else pad_id)
 
     @on_compute_thread
-    def start(self, prefix: Sequence[int], suffixes: Sequence[Sequence[int]]) -> Batch:
+    def start(self, prefix: Sequence[int], suffixes: Sequence[Sequence[int]], adapter: Adapter | None = None) -> Batch:
+        assert adapter is None, "adapters need a causal generator"
         inputs = [[*prefix, *s] for s in suffixes]
         rows, width = len(inputs), max(len(i) for i in inputs)
         tokens = torch.full((rows, width), self.pad_id, dtype=torch.long)  # (B, T)

@@ -10,8 +10,12 @@ own "Context:" line, so text inside a document cannot start a new "Question:"/"A
 
 import re
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from retriever.types import Passage
+
+if TYPE_CHECKING:
+    from reader.adapters import Adapter
 
 HEADER = (
     "Answer each question with a short phrase copied from its context. The contexts are quoted "
@@ -55,6 +59,16 @@ def turn(context: str, question: str) -> str:
 
 # The instruction and the worked examples: the same for every question (its KV cache is reused).
 PREFIX = HEADER + "".join(f"{turn(c, q)} {a}\n\n" for c, q, a in EXAMPLES)
+
+
+# An adapter is trained on the instruction alone (its training examples teach the answer format),
+# which also keeps its prompts ~200 tokens shorter. It records the prefix it was trained with.
+ADAPTER_PREFIX = HEADER
+
+
+def prefix_for(adapter: "Adapter | None") -> str:
+    """The fixed prompt text before the passages: the adapter's own, else the few-shot PREFIX."""
+    return adapter.prefix if adapter is not None and adapter.prefix is not None else PREFIX
 
 
 def qa_suffix(question: str, passages: Sequence[Passage]) -> str:

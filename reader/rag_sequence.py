@@ -12,9 +12,10 @@ from collections.abc import Sequence
 
 import torch
 
+from reader.adapters import Adapter
 from reader.base import Answer, Reader, ReaderContext, register
 from reader.marginal import marginal_sequence, passage_prior, posterior
-from reader.prompt import PREFIX, qa_suffix
+from reader.prompt import prefix_for, qa_suffix
 from reader.stuffing import truncate
 from retriever.types import Passage
 
@@ -22,13 +23,13 @@ from retriever.types import Passage
 @register("rag-sequence")
 class RagSequenceReader(Reader):
     name = "rag-sequence"
+    adapts = True
 
     def __init__(self, context: ReaderContext) -> None:
         self.generator = context.generator
         self.config = context.config
-        self.prefix = self.generator.encode(PREFIX)
 
-    def answer(self, question: str, passages: Sequence[Passage]) -> Answer:
+    def answer(self, question: str, passages: Sequence[Passage], adapter: Adapter | None = None) -> Answer:
         used = list(passages)
         k = len(used)
         log_prior = passage_prior([p.score for p in used], self.config.temperature)  # (k,)
@@ -39,7 +40,7 @@ class RagSequenceReader(Reader):
         started = time.perf_counter()
         lm = self.generator.lm
         with self.generator.lock, torch.inference_mode():
-            batch = lm.start(self.prefix, suffixes)
+            batch = lm.start(self.generator.prefix_ids(prefix_for(adapter)), suffixes, adapter)
             kept = lm.select(batch, torch.arange(k))  # a copy: decoding below grows `batch`'s cache
             candidates = list(
                 dict.fromkeys(tuple(c) for c in self.generator.greedy_rows(batch, self.config.max_new_tokens) if c)

@@ -15,9 +15,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from reader.adapters import Adapter
 from reader.base import Answer, Reader, ReaderContext, register
 from reader.marginal import marginal_next_token, passage_prior, posterior
-from reader.prompt import PREFIX, qa_suffix
+from reader.prompt import prefix_for, qa_suffix
 from reader.stuffing import truncate
 from retriever.types import Passage
 
@@ -32,13 +33,13 @@ class Hypothesis:
 @register("rag-token")
 class RagTokenReader(Reader):
     name = "rag-token"
+    adapts = True
 
     def __init__(self, context: ReaderContext) -> None:
         self.generator = context.generator
         self.config = context.config
-        self.prefix = self.generator.encode(PREFIX)
 
-    def answer(self, question: str, passages: Sequence[Passage]) -> Answer:
+    def answer(self, question: str, passages: Sequence[Passage], adapter: Adapter | None = None) -> Answer:
         used = list(passages)
         log_prior = passage_prior([p.score for p in used], self.config.temperature)  # (k,)
         suffixes = [
@@ -47,7 +48,7 @@ class RagTokenReader(Reader):
         ]
         started = time.perf_counter()
         with self.generator.lock, torch.inference_mode():
-            best = self.beam_search(log_prior, suffixes)
+            best = self.beam_search(log_prior, suffixes, adapter)
         weights = posterior(log_prior, best.per_passage)
         order = sorted(range(len(used)), key=lambda z: -float(weights[z]))
         return Answer(
@@ -58,10 +59,10 @@ class RagTokenReader(Reader):
             weights=[float(weights[z]) for z in order],
         )
 
-    def beam_search(self, log_prior: Tensor, suffixes: list[list[int]]) -> Hypothesis:
+    def beam_search(self, log_prior: Tensor, suffixes: list[list[int]], adapter: Adapter | None = None) -> Hypothesis:
         """Beam search over the marginal; rows of the batch are beam-major: row = beam·k + z."""
         lm, k, width = self.generator.lm, len(suffixes), self.config.num_beams
-        batch = lm.start(self.prefix, suffixes)
+        batch = lm.start(self.generator.prefix_ids(prefix_for(adapter)), suffixes, adapter)
         beams = [Hypothesis([], 0.0, torch.zeros(k))]
         finished: list[Hypothesis] = []
         for step in range(self.config.max_new_tokens):

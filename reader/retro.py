@@ -26,6 +26,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from transformers import PreTrainedModel
 
+from reader.adapters import Adapter
 from reader.base import Answer, Reader, ReaderContext, SearchFn, register
 from reader.generator import Generator
 from reader.prompt import flatten, qa_prompt
@@ -103,7 +104,8 @@ class RetroReader(Reader):
         ids, mask = neighbour_tensors(self.generator, [passages], self.retrofit.config)  # (1, k, r)
         state.add_chunk(ids, mask)
 
-    def answer(self, question: str, passages: Sequence[Passage]) -> Answer:
+    def answer(self, question: str, passages: Sequence[Passage], adapter: Adapter | None = None) -> Answer:
+        assert adapter is None, "this reader does not adapt"
         used = list(passages)
         prompt = self.generator.encode(qa_prompt(question, [self._truncate(p) for p in used]))
         started = time.perf_counter()

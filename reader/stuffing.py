@@ -8,10 +8,11 @@ import time
 from collections.abc import Sequence
 from dataclasses import replace
 
+from reader.adapters import Adapter
 from reader.base import Answer, Reader, ReaderContext, register
 from reader.continuous import ContinuousDecoder
 from reader.generator import Generator
-from reader.prompt import PREFIX, qa_suffix
+from reader.prompt import prefix_for, qa_suffix
 from retriever.types import Passage
 
 
@@ -27,25 +28,24 @@ def truncate(generator: Generator, passage: Passage, max_tokens: int) -> Passage
 class StuffingReader(Reader):
     name = "stuff"
     extractive = True
+    adapts = True
 
     def __init__(self, context: ReaderContext) -> None:
         self.generator = context.generator
         self.config = context.config
-        self.prefix = self.generator.encode(PREFIX)
         self._decoder: ContinuousDecoder | None = None
         if self.config.batch_max > 1 and self.generator.is_causal:
-            self._decoder = ContinuousDecoder(
-                self.generator, self.prefix, self.config.batch_max, self.config.batch_wait_ms
-            )
+            self._decoder = ContinuousDecoder(self.generator, self.config.batch_max, self.config.batch_wait_ms)
 
-    def answer(self, question: str, passages: Sequence[Passage]) -> Answer:
-        return self._answer(question, passages, extractive=False)
+    def answer(self, question: str, passages: Sequence[Passage], adapter: Adapter | None = None) -> Answer:
+        return self._answer(question, passages, False, adapter)
 
-    def answer_extractive(self, question: str, passages: Sequence[Passage]) -> Answer:
-        return self._answer(question, passages, extractive=True)
+    def answer_extractive(self, question: str, passages: Sequence[Passage], adapter: Adapter | None = None) -> Answer:
+        return self._answer(question, passages, True, adapter)
 
-    def _answer(self, question: str, passages: Sequence[Passage], extractive: bool) -> Answer:
+    def _answer(self, question: str, passages: Sequence[Passage], extractive: bool, adapter: Adapter | None) -> Answer:
         used = list(passages)
+        prefix = self.generator.prefix_ids(prefix_for(adapter))
         cut = [truncate(self.generator, p, self.config.max_passage_tokens) for p in used]
         suffix = self.generator.encode(qa_suffix(question, cut))
         # The cut texts are prefixes of the passages' texts, so offsets into them hold for the passages.
@@ -54,9 +54,9 @@ class StuffingReader(Reader):
         if constraint is not None and not constraint.allowed():  # passages without a single token
             tokens: list[int] = []
         elif self._decoder is not None:
-            tokens = self._decoder.greedy(suffix, self.config.max_new_tokens, constraint)
+            tokens = self._decoder.greedy(suffix, self.config.max_new_tokens, prefix, constraint, adapter)
         else:
-            tokens = self.generator.greedy(suffix, self.config.max_new_tokens, self.prefix, constraint)
+            tokens = self.generator.greedy(suffix, self.config.max_new_tokens, prefix, constraint, adapter)
         elapsed = (time.perf_counter() - started) * 1000
         timings = {"generate": elapsed}
         if constraint is None:

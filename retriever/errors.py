@@ -21,6 +21,14 @@ class ReaderUnavailableError(InvalidInputError):
     """A registered reader that this configuration cannot run (the message says what it needs)."""
 
 
+class UnknownAdapterError(InvalidInputError):
+    """An adapter name that this server has not loaded."""
+
+
+class InvalidAdapterError(InvalidInputError):
+    """An adapter folder that is malformed, or does not fit the generator."""
+
+
 class ArtifactError(RagserveError):
     """An index artifact is missing, incomplete or malformed."""
 

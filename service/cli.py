@@ -123,6 +123,7 @@ def cmd_eval_squad(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         articles=args.articles,
         passages=args.passages,
+        adapter=args.adapter,
     )
     text = json.dumps(report, indent=2)
     print(text)
@@ -180,6 +181,46 @@ def cmd_train_retro(args: argparse.Namespace) -> int:
         steps=args.steps, batch=args.batch, seq_tokens=args.seq_tokens, lr=args.lr, holdout=args.holdout, seed=args.seed
     )
     print(json.dumps(train(retriever, generator, out, config), indent=2))
+    return 0
+
+
+def cmd_train_reader(args: argparse.Namespace) -> int:
+    from reader.adapter_train import TrainConfig
+    from service.training import run_train_reader
+
+    settings = _settings()
+    if args.retrieval:
+        settings = settings.model_copy(update={"retrieval": RetrievalMode(args.retrieval)})
+    config = TrainConfig(
+        method=args.method,
+        epochs=args.epochs,
+        batch=args.batch,
+        lr=args.lr,
+        rank=args.rank,
+        alpha=args.alpha,
+        virtual_tokens=args.virtual_tokens,
+        holdout=args.holdout,
+        eval_every=args.eval_every,
+        checkpoint_every=args.checkpoint_every,
+        seed=args.seed,
+    )
+    report = run_train_reader(
+        settings,
+        args.data,
+        args.out,
+        config,
+        articles=args.articles,
+        limit=args.limit,
+        top_k=args.top_k,
+        index=args.index,
+        progress=not args.no_progress,
+        stop_after=args.stop_after,
+    )
+    print(
+        json.dumps(
+            report if report is not None else {"stopped": True, "resume": f"run again with --out {args.out}"}, indent=2
+        )
+    )
     return 0
 
 
@@ -244,6 +285,9 @@ def parser() -> argparse.ArgumentParser:
         help="questions of the first half of the articles by title (train), the second (heldout), or all; "
         "the whole corpus is searched either way (default: %(default)s)",
     )
+    squad.add_argument(
+        "--adapter", help="reader adapter: a name, a folder, or 'none' (default: setting adapter, as `serve` answers)"
+    )
     squad.add_argument("--out", type=Path, help="also write the report as JSON here")
     squad.add_argument("--no-progress", action="store_true")
     squad.set_defaults(func=cmd_eval_squad)
@@ -260,7 +304,9 @@ def parser() -> argparse.ArgumentParser:
     ingest.add_argument("--no-progress", action="store_true")
     ingest.set_defaults(func=cmd_ingest)
 
-    train = sub.add_parser("train", help="training of retrofitted readers").add_subparsers(dest="model", required=True)
+    train = sub.add_parser("train", help="training of reader adapters and retrofits").add_subparsers(
+        dest="model", required=True
+    )
     retro = train.add_parser("retro", help="train the RETRO retrofit (base model frozen) on an index's corpus")
     retro.add_argument("--index", required=True, metavar="NAME", help="registry index: corpus and neighbour source")
     retro.add_argument("--steps", type=int, required=True)
@@ -271,6 +317,37 @@ def parser() -> argparse.ArgumentParser:
     retro.add_argument("--holdout", type=float, default=0.1, help="documents kept out (default: %(default)s)")
     retro.add_argument("--seed", type=int, default=0)
     retro.set_defaults(func=cmd_train_retro)
+
+    reader = train.add_parser(
+        "reader",
+        help="train a reader adapter (LoRA, (IA)3 or prompt tuning; base model frozen) on question-answer pairs "
+        "with their retrieved passages",
+    )
+    reader.add_argument("--data", type=Path, required=True, help="QA pairs: JSONL or Parquet (SQuAD's columns work)")
+    reader.add_argument("--method", choices=["lora", "ia3", "prompt"], default="lora")
+    reader.add_argument("--out", type=Path, required=True, help="adapter folder to write (a checkpoint there resumes)")
+    reader.add_argument(
+        "--index",
+        help="artifact folder or registry index whose passages the examples get (default for SQuAD files: "
+        "the index of their paragraphs, as `eval squad` builds it)",
+    )
+    reader.add_argument("--articles", choices=ARTICLE_SPLITS, default="all", help="split by article title (SQuAD)")
+    reader.add_argument("--limit", type=int, help="train on N questions spread evenly over the data")
+    reader.add_argument("--top-k", type=int, default=1, help="passages per question (default: %(default)s)")
+    reader.add_argument("--retrieval", choices=[m.value for m in RetrievalMode], help="default: setting retrieval")
+    reader.add_argument("--epochs", type=float, default=1.0)
+    reader.add_argument("--batch", type=int, default=4, help="examples per step (default: %(default)s)")
+    reader.add_argument("--lr", type=float, help="peak learning rate (default: lora 3e-4, ia3 3e-3, prompt 3e-2)")
+    reader.add_argument("--rank", type=int, default=8, help="LoRA rank (default: %(default)s)")
+    reader.add_argument("--alpha", type=int, default=16, help="LoRA alpha (default: %(default)s)")
+    reader.add_argument("--virtual-tokens", type=int, default=20, help="prompt tuning (default: %(default)s)")
+    reader.add_argument("--holdout", type=float, default=0.05, help="fraction only scored (default: %(default)s)")
+    reader.add_argument("--eval-every", type=int, default=100, help="steps between held-out losses")
+    reader.add_argument("--checkpoint-every", type=int, default=50, help="steps between checkpoints")
+    reader.add_argument("--seed", type=int, default=0)
+    reader.add_argument("--stop-after", type=int, help="stop after N steps at a checkpoint (run again to resume)")
+    reader.add_argument("--no-progress", action="store_true")
+    reader.set_defaults(func=cmd_train_reader)
 
     token = sub.add_parser("token", help="bearer tokens").add_subparsers(dest="action", required=True)
     new = token.add_parser("new", help="print a fresh random token and the SHA-256 digest to configure")

@@ -4,10 +4,11 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from reader.base import Evidence, Reader, cannot_copy
+from reader.base import Evidence, Reader, cannot_adapt, cannot_copy
 from retriever.base import Retriever
 from retriever.errors import InvalidInputError, ReaderUnavailableError, UnknownReaderError
 from retriever.types import Passage, RetrievalMode, SearchResult
+from service.adapters import NO_ADAPTER, AdapterManager
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,6 +21,7 @@ class AskResult:
     probability: float | None = None
     weights: list[float | None] = field(default_factory=list)  # per passage, aligned
     evidence: Evidence | None = None  # extractive answers: the passage span it was copied from
+    adapter: str | None = None  # the adapter the answer ran with
 
 
 class QAEngine:
@@ -30,8 +32,10 @@ class QAEngine:
         default_reader: str,
         unavailable: Mapping[str, str] | None = None,
         extractive: bool = False,
+        adapters: AdapterManager | None = None,
     ) -> None:
         self.extractive = extractive  # the default when a request does not say
+        self.adapters = adapters
         self.unavailable = dict(unavailable or {})  # reader name -> why this configuration cannot run it
         if default_reader not in readers:
             raise self._missing(default_reader, readers)
@@ -74,14 +78,27 @@ class QAEngine:
         reader_name: str | None = None,
         mode: RetrievalMode | None = None,
         extractive: bool | None = None,
+        adapter_name: str | None = None,
     ) -> AskResult:
+        """An answer from the top_k passages. `extractive` and `adapter_name` None mean the server's
+        defaults, which readers that cannot copy answers or run adapters answer without; asking
+        such a reader for either explicitly is an error."""
         started = time.perf_counter()
         reader = self.reader(reader_name)  # fail fast, before any work
-        copy = self.extractive if extractive is None else extractive
-        if copy and not reader.extractive:
+        if extractive and not reader.extractive:
             raise cannot_copy(reader.name)
+        copy = (self.extractive and reader.extractive) if extractive is None else extractive
+        named = adapter_name not in (None, NO_ADAPTER)
+        if named and not reader.adapts:
+            raise cannot_adapt(reader.name)
+        if named and self.adapters is None:
+            raise InvalidInputError("this server runs no adapters")
+        adapter = self.adapters.resolve(adapter_name) if self.adapters is not None and reader.adapts else None
         found = self.retriever.search(question, top_k, mode)
-        answer = reader.answer_extractive(question, found.passages) if copy else reader.answer(question, found.passages)
+        if copy:
+            answer = reader.answer_extractive(question, found.passages, adapter)
+        else:
+            answer = reader.answer(question, found.passages, adapter)
         timings = {**found.timings_ms, **answer.timings_ms, "total": (time.perf_counter() - started) * 1000}
         weights: list[float | None] = list(answer.weights) if answer.weights else [None] * len(answer.passages)
         return AskResult(
@@ -93,4 +110,5 @@ class QAEngine:
             answer.probability,
             weights,
             answer.evidence,
+            adapter.name if adapter is not None else None,
         )

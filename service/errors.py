@@ -11,12 +11,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from retriever.errors import (
     ArtifactError,
     ForbiddenError,
+    InvalidAdapterError,
     InvalidInputError,
     ModelNotFoundError,
     NotReadyError,
     RagserveError,
     ReaderUnavailableError,
     UnauthorizedError,
+    UnknownAdapterError,
     UnknownIndexError,
     UnknownJobError,
     UnknownReaderError,
@@ -29,6 +31,8 @@ log = logging.getLogger(__name__)
 STATUS: dict[type[RagserveError], tuple[int, str]] = {
     UnknownReaderError: (422, "unknown_reader"),
     ReaderUnavailableError: (422, "reader_unavailable"),
+    UnknownAdapterError: (422, "unknown_adapter"),
+    InvalidAdapterError: (422, "adapter_invalid"),
     InvalidInputError: (422, "invalid_input"),
     UnknownIndexError: (404, "unknown_index"),
     UnknownJobError: (404, "unknown_job"),

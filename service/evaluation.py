@@ -7,7 +7,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tqdm import tqdm
 
@@ -18,6 +18,11 @@ from retriever.errors import InvalidInputError
 from retriever.types import Passage, SearchResult
 from service.settings import Settings
 from service.squad import exact_match, f1_score, select_articles
+
+if TYPE_CHECKING:
+    from reader.adapters import Adapter
+    from retriever.version import VersionRetriever
+    from service.engine import QAEngine
 
 log = logging.getLogger(__name__)
 
@@ -108,12 +113,14 @@ def evaluate(
     progress: bool = True,
     extractive: bool = False,
     gold: dict[str, Document] | None = None,
+    adapter: "Adapter | None" = None,
 ) -> dict[str, Any]:
     """Recall@1/5/20 of the gold paragraph; for each reader, EM/F1 and latency of answers from the
     same top_k passages (retrieved once per question), copied from them if `extractive`. Given
     `gold` (paragraphs by id), readers get each question's own paragraph instead of the retrieved
-    ones: how well they read when retrieval is perfect. The top-level exact_match, f1 and
-    p50_latency_ms are the first reader's; latency includes retrieval either way."""
+    ones: how well they read when retrieval is perfect. Readers that can run `adapter` do. The
+    top-level exact_match, f1 and p50_latency_ms are the first reader's; latency includes
+    retrieval either way."""
     hits = dict.fromkeys(RECALL_AT, 0)
     scores = {reader.name: ReaderScores() for reader in readers}
     depth = max(*RECALL_AT, top_k) * 2  # chunks fetched, so that 20 distinct paragraphs remain
@@ -128,10 +135,11 @@ def evaluate(
             for reader in readers:
                 t0 = time.perf_counter()
                 passages = [gold_passage(gold[q.gold_doc])] if gold is not None else result.passages[:top_k]
+                used = adapter if reader.adapts else None
                 answer = (
-                    reader.answer_extractive(q.question, passages)
+                    reader.answer_extractive(q.question, passages, used)
                     if extractive
-                    else reader.answer(q.question, passages)
+                    else reader.answer(q.question, passages, used)
                 )
                 seconds = time.perf_counter() - t0
                 got = scores[reader.name]
@@ -154,6 +162,19 @@ def evaluate(
     return report
 
 
+def squad_retriever(
+    settings: Settings, data_path: Path, progress: bool = True, data: SquadData | None = None
+) -> "VersionRetriever":
+    """Search over every paragraph of a SQuAD file: its index is built once into the cache."""
+    from service.loading import cached_index_path, ensure_index, make_encoder, open_version
+
+    paragraphs = (data or load_squad(data_path)).paragraphs
+    encoder = make_encoder(settings)
+    index_path = cached_index_path(settings, "squad", data_path)
+    ensure_index(settings, index_path, lambda: paragraphs, lambda: encoder, progress)
+    return open_version(settings, index_path, encoder)
+
+
 def run_squad_eval(
     settings: Settings,
     data_path: Path,
@@ -164,41 +185,37 @@ def run_squad_eval(
     progress: bool = True,
     articles: str = "all",
     passages: str = "retrieved",
+    adapter: str | None = None,
 ) -> dict[str, Any]:
+    """`adapter`: a name, a folder or "none"; None: the configured default (as `serve` answers)."""
     from retriever.precision import resolve_precision
-    from service.loading import (
-        cached_index_path,
-        configure_threads,
-        ensure_index,
-        load_engine,
-        make_encoder,
-        open_version,
-    )
+    from service.loading import configure_threads, load_engine
 
     configure_threads(settings)
     data = load_squad(data_path)
     chosen = select_articles((q.article for q in data.questions), articles)
     questions = spread_sample([q for q in data.questions if q.article in chosen], limit)
-    encoder = make_encoder(settings)
-    index_path = cached_index_path(settings, "squad", data_path)
-    ensure_index(settings, index_path, lambda: data.paragraphs, lambda: encoder, progress)
-    retriever: Retriever = open_version(settings, index_path, encoder)
+    retriever = squad_retriever(settings, data_path, progress, data)
+    encoder = retriever.encoder
     readers: list[Reader] = []
+    used: Adapter | None = None
     if not retrieval_only:
         engine = load_engine(settings, retriever)
         readers = [engine.reader(name) for name in reader_names]
+        used = _adapter(settings, engine, adapter)
     gold = {p.id: p for p in data.paragraphs} if passages == "gold" else None
-    report = evaluate(retriever, readers, questions, top_k, progress, settings.extractive, gold)
+    report = evaluate(retriever, readers, questions, top_k, progress, settings.extractive, gold, used)
     report["settings"] = {
         "data": str(data_path),
         "limit": limit,
         "articles": articles,
         "retrieval": settings.retrieval.value,
         "paragraphs": len(data.paragraphs),
-        "index": str(index_path),
+        "index": str(retriever.path),
         "index_version": retriever.index_version,
         "readers": [reader.name for reader in readers],
         "extractive": settings.extractive,
+        "adapter": None if used is None else {"name": used.name, "path": str(used.path), "method": used.method},
         "passages": passages,
         "top_k": top_k,
         "retriever_model": settings.retriever_model,
@@ -213,3 +230,15 @@ def run_squad_eval(
         "generator_precision": str(resolve_precision(settings.generator_precision, "cpu")),
     }
     return report
+
+
+def _adapter(settings: Settings, engine: "QAEngine", name_or_path: str | None) -> "Adapter | None":
+    """The adapter an evaluation runs: a folder is loaded as it is; a name as the server would."""
+    from pathlib import Path
+
+    from service.adapters import adapter_folder
+
+    assert engine.adapters is not None
+    if name_or_path is not None and Path(name_or_path).expanduser().is_dir():
+        return engine.adapters.read(*adapter_folder(settings.adapters_root, name_or_path))
+    return engine.adapters.resolve(name_or_path)

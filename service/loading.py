@@ -28,6 +28,7 @@ from retriever.registry import IndexRegistry
 from retriever.sparse import BM25Params
 from retriever.types import Passage
 from retriever.version import VersionRetriever
+from service.adapters import AdapterManager
 from service.engine import QAEngine
 from service.indexes import IndexManager
 from service.jobs import Jobs
@@ -151,9 +152,17 @@ def make_readers(
     return readers, unavailable
 
 
-def make_engine(settings: Settings, retriever: Retriever, generator: Generator) -> QAEngine:
+def make_adapters(settings: Settings, generator: Generator) -> AdapterManager:
+    """Every adapter that fits the generator, loaded; the default as the settings say."""
+    return AdapterManager(settings.adapters_root, generator.load_adapter, settings.adapter)
+
+
+def make_engine(
+    settings: Settings, retriever: Retriever, generator: Generator, adapters: AdapterManager | None = None
+) -> QAEngine:
     readers, unavailable = make_readers(settings, generator, retriever)
-    return QAEngine(retriever, readers, settings.default_reader, unavailable, settings.extractive)
+    adapters = adapters or make_adapters(settings, generator)
+    return QAEngine(retriever, readers, settings.default_reader, unavailable, settings.extractive, adapters)
 
 
 def load_engine(settings: Settings, retriever: Retriever, generator: Generator | None = None) -> QAEngine:

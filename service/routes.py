@@ -28,7 +28,7 @@ def build_router(settings: Settings) -> APIRouter:
     @router.post("/v1/ask", response_model=AskResponse, tags=["qa"], dependencies=[QueryAuth])
     def ask(body: AskRequest, engine: EngineDep, state: StateDep) -> AskResponse:  # type: ignore[valid-type]
         req = cast(AskRequestBase, body)  # the settings-bound subclass built above
-        result = engine.ask(req.question, req.top_k, req.reader, req.retrieval, req.extractive)
+        result = engine.ask(req.question, req.top_k, req.reader, req.retrieval, req.extractive, req.adapter)
         state.metrics.observe_stages("/v1/ask", result.timings_ms)
         return AskResponse(
             answer=result.answer,
@@ -36,6 +36,7 @@ def build_router(settings: Settings) -> APIRouter:
             citations=[CitationOut.cite(p, w) for p, w in zip(result.passages, result.weights, strict=True)],
             evidence=EvidenceOut.of(result.passages, result.evidence),
             reader=result.reader,
+            adapter=result.adapter,
             index_version=result.index_version,
             timings_ms=result.timings_ms,
         )
@@ -67,6 +68,8 @@ def build_router(settings: Settings) -> APIRouter:
             "index_version": engine.index_version,
             "readers": sorted(engine.readers),
             "default_reader": engine.default_reader,
+            "adapters": engine.adapters.names() if engine.adapters else [],
+            "default_adapter": engine.adapters.default if engine.adapters else None,
         }
         return JSONResponse(body)
 

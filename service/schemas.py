@@ -14,6 +14,7 @@ from service.settings import Settings
 # JSON carries the mode as a string; strict mode would demand an enum instance.
 Retrieval = Annotated[RetrievalMode, Field(strict=False)]
 ReaderName = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9_-]*$")]
+AdapterName = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9_.-]*$")]
 
 
 class StrictModel(BaseModel):
@@ -73,6 +74,7 @@ class AskResponse(BaseModel):
     citations: list[CitationOut]
     evidence: EvidenceOut | None = Field(None, description="Extractive answers: where the answer was copied from.")
     reader: str
+    adapter: str | None = Field(None, description="The adapter the answer ran with; null: the base model.")
     index_version: str
     timings_ms: dict[str, float]
 
@@ -89,6 +91,7 @@ class AskRequestBase(StrictModel):
     reader: ReaderName | None = None
     retrieval: Retrieval | None = None
     extractive: bool | None = None
+    adapter: AdapterName | None = None
 
 
 class RetrieveRequestBase(StrictModel):
@@ -121,6 +124,11 @@ def request_models(settings: Settings) -> RequestModels:
             None,
             description="Copy the answer from the passages (a span of one, returned as `evidence`); "
             f"default {settings.extractive}. Readers that cannot: 422.",
+        )
+        adapter: AdapterName | None = Field(
+            None,
+            description="Reader adapter to answer with (GET /admin/adapters lists them), or 'none' for the base "
+            "model; default: the server's default adapter. Readers that cannot run one: 422.",
         )
 
     class RetrieveRequest(RetrieveRequestBase):

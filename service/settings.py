@@ -54,6 +54,12 @@ class Settings(BaseSettings):
         description="fp32 | bf16 | auto (bf16 where the CPU has AMX): number format of the generator when serving.",
     )
     default_reader: str = "stuff"
+    adapter: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$")] = Field(
+        "auto",
+        description="Default reader adapter (reader/adapters.py) for requests that name none: a name in "
+        "adapters_dir or bundled, 'none', or 'auto' (the bundled SQuAD adapter when it fits the generator).",
+    )
+    adapters_dir: Path | None = Field(None, description="Where adapter folders live; default: <home>/adapters.")
     extractive: bool = Field(
         False, description="Answers copied from the passages (a span of one, with its offsets) unless a request says."
     )
@@ -162,6 +168,10 @@ class Settings(BaseSettings):
     @property
     def cache_dir(self) -> Path:
         return self.home.expanduser()
+
+    @property
+    def adapters_root(self) -> Path:
+        return (self.adapters_dir or self.home / "adapters").expanduser()
 
     @property
     def registry_root(self) -> Path:

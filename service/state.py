@@ -9,7 +9,8 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from retriever.errors import NotReadyError
+from retriever.errors import InvalidInputError, NotReadyError
+from service.adapters import AdapterManager
 from service.engine import QAEngine
 from service.indexes import IndexManager
 from service.jobs import Jobs
@@ -60,6 +61,13 @@ async def get_jobs(services: Annotated[Services, Depends(get_services)]) -> Jobs
     return services.jobs
 
 
+async def get_adapters(engine: Annotated[QAEngine, Depends(get_engine)]) -> AdapterManager:
+    if engine.adapters is None:
+        raise InvalidInputError("this server runs no adapters")
+    return engine.adapters
+
+
 EngineDep = Annotated[QAEngine, Depends(get_engine)]
+AdaptersDep = Annotated[AdapterManager, Depends(get_adapters)]
 JobsDep = Annotated[Jobs, Depends(get_jobs)]
 IndexesDep = Annotated[IndexManager, Depends(get_indexes)]

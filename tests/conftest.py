@@ -80,8 +80,15 @@ def tiny_index(tmp_path_factory: pytest.TempPathFactory, encoder: Encoder) -> Pa
 
 @pytest.fixture(scope="session")
 def settings(tiny_index: Path, cache_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Settings:
-    # models are cached per machine; index versions go to a registry of this test session's own
-    return Settings(home=cache_home, index_path=tiny_index, registry_dir=tmp_path_factory.mktemp("registry"))
+    # models are cached per machine; index versions and adapters go to folders of this test session's
+    # own; no default adapter, so answers are the base model's (tests/test_adapters.py covers them)
+    return Settings(
+        home=cache_home,
+        index_path=tiny_index,
+        registry_dir=tmp_path_factory.mktemp("registry"),
+        adapters_dir=tmp_path_factory.mktemp("adapters"),
+        adapter="none",
+    )
 
 
 def wait_job(client: TestClient, job_id: str, seconds: float = 120) -> dict[str, Any]:

@@ -1,0 +1,78 @@
+"""Reader adapters on the held-out SQuAD articles: the base model against each adapter, free and
+evidence-copying (extractive) answers, from retrieved and from gold passages. EM / F1 and p50
+latency per question (retrieval included), every row over the same questions in one run.
+
+    python -m bench.reader_adapters [--limit 300] [--adapters lora=DIR,ia3=DIR,prompt=DIR]
+
+Adapters: folders written by `ragserve train reader` (README, *Reader adapters*), trained on the
+24 training articles only; default: the bundled one. Questions: `--limit` spread evenly over the
+24 held-out articles. Retrieval: the default (hybrid), top `--top-k` (default: setting
+ask_top_k). Reader: `stuff`, one question at a time. The base model reads with its few-shot
+prompt, adapters with the prompt they were trained with.
+"""
+
+import argparse
+from pathlib import Path
+
+from bench.common import SQUAD, header
+from reader.adapters import Adapter
+from service.adapters import BUNDLED_DEFAULT, bundled_adapters
+from service.evaluation import evaluate, load_squad, spread_sample, squad_retriever
+from service.loading import configure_threads, load_engine
+from service.settings import Settings
+from service.squad import select_articles
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--limit", type=int, default=300)
+    ap.add_argument("--top-k", type=int)
+    ap.add_argument("--adapters", help="name=folder,... (default: the bundled adapter)")
+    args = ap.parse_args()
+    header("reader adapters on the held-out SQuAD articles")
+    settings = Settings(ask_batch_max=1, adapter="none")
+    configure_threads(settings)
+    data = load_squad(SQUAD)
+    held_out = select_articles((q.article for q in data.questions), "heldout")
+    questions = spread_sample([q for q in data.questions if q.article in held_out], args.limit)
+    retriever = squad_retriever(settings, SQUAD, progress=True, data=data)
+    engine = load_engine(settings, retriever)
+    assert engine.adapters is not None
+    stuff = engine.reader("stuff")
+    folders = (
+        {name: Path(folder) for name, folder in (pair.split("=", 1) for pair in args.adapters.split(","))}
+        if args.adapters
+        else {BUNDLED_DEFAULT: bundled_adapters()[BUNDLED_DEFAULT]}
+    )
+    adapters: dict[str, Adapter | None] = {"base": None}
+    adapters.update({name: engine.adapters.read(name, folder) for name, folder in folders.items()})
+    gold = {p.id: p for p in data.paragraphs}
+    top_k = args.top_k or settings.ask_top_k
+    print(
+        f"{len(questions)} questions from {len(held_out)} held-out articles; retrieval {settings.retrieval.value}, "
+        f"top {top_k}; reader stuff; generator {settings.generator_precision.value} precision setting; "
+        f"torch threads {settings.torch_threads}"
+    )
+    for name, adapter in adapters.items():
+        if adapter is not None:
+            trained = adapter.info.get("training", {})
+            print(
+                f"adapter {name}: {adapter.method}, {adapter.parameters:,} parameters, {adapter.path}; trained on "
+                f"{trained.get('examples')} examples in {trained.get('seconds')} s"
+            )
+    print("\n| passages | adapter | answers | exact match | F1 | p50 ms |\n|---|---|---|---:|---:|---:|")
+    for from_gold in (False, True):
+        for name, adapter in adapters.items():
+            for extractive in (False, True):
+                report = evaluate(
+                    retriever, [stuff], questions, top_k, False, extractive, gold if from_gold else None, adapter
+                )
+                print(
+                    f"| {'gold' if from_gold else 'retrieved'} | {name} | {'extractive' if extractive else 'free'} "
+                    f"| {report['exact_match']:.3f} | {report['f1']:.3f} | {report['p50_latency_ms']:.0f} |",
+                    flush=True,
+                )
+
+
+if __name__ == "__main__":
+    main()
