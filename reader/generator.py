@@ -7,6 +7,7 @@ safetensors folder in the cache directory and later loads read that folder (well
 
 import hashlib
 import importlib.util
+import json
 import logging
 import os
 import shutil
@@ -37,6 +38,7 @@ from retriever.types import Precision
 log = logging.getLogger(__name__)
 
 DEFAULT_GENERATOR = "SmolLM2-135M-Instruct"
+_VOLATILE_CONFIG = {"transformers_version", "_name_or_path", "torch_dtype", "dtype", "use_cache"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,12 +143,13 @@ class Generator:
 
     @property
     def base_id(self) -> str:
-        """What identifies the base weights, for adapters trained on them: the folder's name and
-        a digest of its config and the sizes of its weight files."""
-        digest = hashlib.sha256((self.path / "config.json").read_bytes())
-        for weights in sorted(self.path.glob("*.safetensors")):
-            digest.update(f"{weights.name}:{weights.stat().st_size}".encode())
-        return f"{self.path.name}:{digest.hexdigest()[:16]}"
+        """What identifies the base model, for adapters trained on it: the folder's name (for the
+        bundled generator it holds the GGUF's digest) and a digest of the model's config, without
+        what does not shape the model (the transformers version, the number format)."""
+        config = json.loads((self.path / "config.json").read_text(encoding="utf-8"))
+        shaping = {k: v for k, v in config.items() if k not in _VOLATILE_CONFIG}
+        digest = hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:16]
+        return f"{self.path.name}:{digest}"
 
     def load_adapter(self, folder: Path, name: str) -> Adapter:
         """An adapter folder read, checked against this model and made ready to run: the layers it
