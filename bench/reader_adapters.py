@@ -16,6 +16,7 @@ from pathlib import Path
 
 from bench.common import SQUAD, header
 from reader.adapters import Adapter
+from retriever.precision import resolve_precision
 from service.adapters import BUNDLED_DEFAULT, bundled_adapters
 from service.evaluation import evaluate, load_squad, spread_sample, squad_retriever
 from service.loading import configure_threads, load_engine
@@ -50,7 +51,7 @@ def main() -> None:
     top_k = args.top_k or settings.ask_top_k
     print(
         f"{len(questions)} questions from {len(held_out)} held-out articles; retrieval {settings.retrieval.value}, "
-        f"top {top_k}; reader stuff; generator {settings.generator_precision.value} precision setting; "
+        f"top {top_k}; reader stuff; generator {resolve_precision(settings.generator_precision, 'cpu')}; "
         f"torch threads {settings.torch_threads}"
     )
     for name, adapter in adapters.items():

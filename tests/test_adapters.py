@@ -326,3 +326,15 @@ def test_qa_files_are_read_with_clear_errors(tmp_path: Path) -> None:
             list(read_qa(bad))
     with pytest.raises(InvalidInputError, match="title"):
         choose([QA("i", "q", "a", None)], "train", None)
+
+
+def test_server_defaults_apply_only_to_readers_that_can_use_them(client: TestClient) -> None:
+    engine = client.app.state.ragserve.services.engine  # type: ignore[attr-defined]
+    engine.extractive = True  # as RAGSERVE_EXTRACTIVE=true would
+    try:
+        assert ask(client)["evidence"] is not None  # stuff copies its answer
+        assert ask(client, reader="rag-token")["evidence"] is None  # rag-token cannot: the default skips it
+        explicit = client.post("/v1/ask", json={"question": "q", "reader": "rag-token", "extractive": True})
+        assert explicit.status_code == 422
+    finally:
+        engine.extractive = False
