@@ -58,7 +58,7 @@ bench-readers: $(STAMP)
 
 ## Reader adapters: LoRA, (IA)3 and prompt tuning trained on the same 2,400 questions of the training
 ## articles (~20 minutes each; kept in runs/adapters), then each against the base model and the bundled
-## adapter on the held-out articles, free and extractive, retrieved and gold passages (~25 minutes).
+## adapter on the held-out articles, free and extractive, retrieved and gold passages (~40 minutes).
 ADAPTER_RUNS := runs/adapters
 SQUAD_DEV := ../shared/data/squad-v1.1-dev.parquet
 bench-adapters: $(STAMP)
