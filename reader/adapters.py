@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import Tensor, nn
 from transformers import PreTrainedModel
@@ -329,8 +330,10 @@ def load_adapter(folder: Path, name: str, model: PreTrainedModel, base_id: str |
         config = json.loads(config_path.read_text(encoding="utf-8"))
         tensors = load_file(weights_path)  # safetensors: plain tensors, no code
         info = read_info(folder)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, SafetensorError) as exc:
         raise InvalidAdapterError(f"{folder}: unreadable adapter ({exc})") from exc
+    if not isinstance(config, dict):
+        raise InvalidAdapterError(f"{config_path}: expected a JSON object")
     kind = config.get("peft_type")
     if kind not in METHODS:
         raise InvalidAdapterError(f"{folder}: peft_type {kind!r} is not served; one of {', '.join(METHODS)}")
@@ -338,7 +341,10 @@ def load_adapter(folder: Path, name: str, model: PreTrainedModel, base_id: str |
     if base_id is not None and trained_on is not None and trained_on != base_id:
         raise InvalidAdapterError(f"adapter {name!r} was trained on generator {trained_on!r}, not {base_id!r}")
     method, parse = METHODS[kind]
-    parsed = parse(config, tensors, model)
+    try:
+        parsed = parse(config, tensors, model)
+    except (TypeError, ValueError) as exc:  # an option of the wrong type, e.g. "lora_alpha": "x"
+        raise InvalidAdapterError(f"{config_path}: bad adapter option ({exc})") from exc
     dtype = _embedding_weight(model).dtype
     modules = {k: w.to(dtype) for k, w in parsed.modules.items()}
     virtual = parsed.virtual_tokens.to(dtype) if parsed.virtual_tokens is not None else None

@@ -180,6 +180,16 @@ def test_bad_adapter_folders_are_refused_with_reasons(
     save_file(tensors, folder / "adapter_model.safetensors")
     with pytest.raises(InvalidAdapterError, match="trained on generator"):
         load_adapter(folder, "x", generator.model, base_id="another-model:0000")
+    (folder / "adapter_config.json").write_text(json.dumps({**config, "lora_alpha": "sixteen"}))
+    with pytest.raises(InvalidAdapterError, match="bad adapter option"):
+        load_adapter(folder, "x", generator.model)
+    (folder / "adapter_config.json").write_text("[]")
+    with pytest.raises(InvalidAdapterError, match="expected a JSON object"):
+        load_adapter(folder, "x", generator.model)
+    (folder / "adapter_config.json").write_text(json.dumps(config))
+    (folder / "adapter_model.safetensors").write_bytes(b"not safetensors at all")
+    with pytest.raises(InvalidAdapterError, match="unreadable adapter"):
+        load_adapter(folder, "x", generator.model)
 
 
 def test_the_manager_loads_replaces_and_unloads(generator: Generator, trained: dict[str, Path], tmp_path: Path) -> None:
