@@ -31,7 +31,7 @@ def main() -> None:
     ap.add_argument("--adapters", help="name=folder,... (default: the bundled adapter)")
     args = ap.parse_args()
     header("reader adapters on the held-out SQuAD articles")
-    settings = Settings(ask_batch_max=1, adapter="none")
+    settings = Settings(adapter="none")
     configure_threads(settings)
     data = load_squad(SQUAD)
     held_out = select_articles((q.article for q in data.questions), "heldout")

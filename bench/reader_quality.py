@@ -38,7 +38,7 @@ def main() -> None:
     ap.add_argument("--formats", default="fp32,bf16,int8", help="generator number formats for the second table")
     args = ap.parse_args()
     header("reader quality on the held-out SQuAD articles")
-    settings = Settings(ask_batch_max=1, adapter="none")  # the base model: adapters have bench.reader_adapters
+    settings = Settings(adapter="none")  # the base model: adapters have bench.reader_adapters
     configure_threads(settings)
     data = load_squad(SQUAD)
     held_out = select_articles((q.article for q in data.questions), "heldout")
