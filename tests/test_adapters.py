@@ -217,6 +217,7 @@ def test_the_manager_loads_replaces_and_unloads(generator: Generator, trained: d
 
 def test_auto_serves_the_bundled_adapter_when_it_fits(generator: Generator, tmp_path: Path) -> None:
     manager = AdapterManager(tmp_path, generator.load_adapter, default=AUTO)
+    assert manager.names() == sorted(bundled_adapters()) and not manager.skipped  # every shipped one fits
     if BUNDLED_DEFAULT in bundled_adapters():
         assert manager.default == BUNDLED_DEFAULT and BUNDLED_DEFAULT in manager.names()
     else:
@@ -348,3 +349,10 @@ def test_server_defaults_apply_only_to_readers_that_can_use_them(client: TestCli
         assert explicit.status_code == 422
     finally:
         engine.extractive = False
+
+
+@pytest.mark.parametrize("name", sorted(bundled_adapters()))
+def test_every_bundled_adapter_answers_from_the_passage(client: TestClient, name: str) -> None:
+    answer = ask(client, adapter=name)
+    assert answer["adapter"] == name
+    assert "Tomas Brell" in str(answer["answer"])
