@@ -58,14 +58,14 @@ bench-readers: $(STAMP)
 
 ## Reader adapters: LoRA, (IA)3 and prompt tuning trained on the same 2,400 questions of the training
 ## articles (~20 minutes each; kept in runs/adapters), then each against the base model and the bundled
-## adapter on the held-out articles, free and extractive, retrieved and gold passages (~40 minutes).
+## adapters on the held-out articles, free and extractive, retrieved and gold passages (~50 minutes).
 ADAPTER_RUNS := runs/adapters
 SQUAD_DEV := ../shared/data/squad-v1.1-dev.parquet
 bench-adapters: $(STAMP)
 	for m in lora ia3 prompt; do test -f $(ADAPTER_RUNS)/$$m/ragserve.json || $(BIN)/ragserve train reader \
 		--data $(SQUAD_DEV) --articles train --limit 2400 --method $$m --out $(ADAPTER_RUNS)/$$m || exit 1; done
 	$(BIN)/python -m bench.reader_adapters --limit 300 --adapters \
-		squad-lora=reader/data/adapters/squad-lora,lora=$(ADAPTER_RUNS)/lora,ia3=$(ADAPTER_RUNS)/ia3,prompt=$(ADAPTER_RUNS)/prompt
+		squad-lora=reader/data/adapters/squad-lora,squad-ia3=reader/data/adapters/squad-ia3,lora=$(ADAPTER_RUNS)/lora,ia3=$(ADAPTER_RUNS)/ia3,prompt=$(ADAPTER_RUNS)/prompt
 
 ## txtai and Haystack side by side, from their own environment (never a ragserve dependency).
 PEERS := .venv-peers

@@ -5,7 +5,7 @@ latency per question (retrieval included), every row over the same questions in 
     python -m bench.reader_adapters [--limit 300] [--adapters lora=DIR,ia3=DIR,prompt=DIR]
 
 Adapters: folders written by `ragserve train reader` (README, *Reader adapters*), trained on the
-24 training articles only; default: the bundled one. Questions: `--limit` spread evenly over the
+24 training articles only; default: the bundled ones. Questions: `--limit` spread evenly over the
 24 held-out articles. Retrieval: the default (hybrid), top `--top-k` (default: setting
 ask_top_k). Reader: `stuff`, one question at a time. The base model reads with its few-shot
 prompt, adapters with the prompt they were trained with.
@@ -17,7 +17,7 @@ from pathlib import Path
 from bench.common import SQUAD, header
 from reader.adapters import Adapter
 from retriever.precision import resolve_precision
-from service.adapters import BUNDLED_DEFAULT, bundled_adapters
+from service.adapters import bundled_adapters
 from service.evaluation import evaluate, load_squad, spread_sample, squad_retriever
 from service.loading import configure_threads, load_engine
 from service.settings import Settings
@@ -28,7 +28,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--limit", type=int, default=300)
     ap.add_argument("--top-k", type=int)
-    ap.add_argument("--adapters", help="name=folder,... (default: the bundled adapter)")
+    ap.add_argument("--adapters", help="name=folder,... (default: the bundled adapters)")
     args = ap.parse_args()
     header("reader adapters on the held-out SQuAD articles")
     settings = Settings(adapter="none")
@@ -43,7 +43,7 @@ def main() -> None:
     folders = (
         {name: Path(folder) for name, folder in (pair.split("=", 1) for pair in args.adapters.split(","))}
         if args.adapters
-        else {BUNDLED_DEFAULT: bundled_adapters()[BUNDLED_DEFAULT]}
+        else bundled_adapters()
     )
     adapters: dict[str, Adapter | None] = {"base": None}
     adapters.update({name: engine.adapters.read(name, folder) for name, folder in folders.items()})

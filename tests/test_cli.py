@@ -104,7 +104,7 @@ def test_serve_runs_a_real_server(tiny_index: Path, cache_home: Path, tmp_path: 
         "RAGSERVE_HOME": str(cache_home),
         "HF_HUB_OFFLINE": "1",
         "RAGSERVE_REGISTRY_DIR": str(tmp_path),
-        "RAGSERVE_ADAPTERS_DIR": str(tmp_path / "adapters"),  # only the bundled adapter: the default
+        "RAGSERVE_ADAPTERS_DIR": str(tmp_path / "adapters"),  # only the bundled adapters
         # The answer checked below is fp32's (README, Performance: Generator precision).
         "RAGSERVE_GENERATOR_PRECISION": "fp32",
     }
