@@ -15,9 +15,9 @@ import os
 
 from bench.common import SQUAD, header, percentile
 from bench.load import phase, server
-from retriever.precision import resolve_precision
-from service.evaluation import load_squad, spread_sample
-from service.loading import cached_index_path, ensure_index, make_encoder
+from ragserve.precision import resolve_precision
+from service.application.evaluation import load_squad, spread_sample
+from service.application.loading import cached_index_path, ensure_index, make_encoder
 from service.settings import Settings
 
 

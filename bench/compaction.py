@@ -19,8 +19,9 @@ from bench.common import SQUAD, header, percentile
 from bench.hotswap import Call, _client, start_server
 from bench.latency import free_port, post
 from indexer.build import build_artifact
-from retriever.encoder import Encoder
-from service.evaluation import load_squad
+from service.application.evaluation import load_squad
+from service.application.loading import build_config, make_encoder
+from service.settings import Settings
 
 BATCH = 64
 
@@ -46,10 +47,11 @@ def main() -> None:
     header("ingestion, then compaction under load, vs a full rebuild")
     paragraphs = load_squad(SQUAD).paragraphs
     base_docs, new_docs = paragraphs[: args.base], paragraphs[args.base : args.base + args.ingest]
-    encoder = Encoder()
+    settings = Settings()
+    encoder, config = make_encoder(settings), build_config(settings)
     with tempfile.TemporaryDirectory() as tmp:
         index = Path(tmp) / "base"
-        build_artifact(base_docs, index, encoder, progress=False)
+        build_artifact(base_docs, index, encoder, config, progress=False)
         port = free_port()
         server = start_server(index, Path(tmp) / "registry", port)
         url = f"http://127.0.0.1:{port}"
@@ -85,7 +87,7 @@ def main() -> None:
             server.wait(timeout=30)
 
         rebuild_started = time.perf_counter()
-        build_artifact(base_docs + new_docs, Path(tmp) / "rebuilt", encoder, progress=False)
+        build_artifact(base_docs + new_docs, Path(tmp) / "rebuilt", encoder, config, progress=False)
         rebuild_s = time.perf_counter() - rebuild_started
 
     assert refresh["state"] == "done", refresh

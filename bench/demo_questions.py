@@ -14,9 +14,9 @@ import time
 
 from bench.common import header
 from bench.latency import QUESTIONS
-from service.loading import load_services
+from service.application.loading import load_services
+from service.application.squad import f1_score
 from service.settings import Settings
-from service.squad import f1_score
 
 
 def main() -> None:

@@ -11,11 +11,12 @@ import time
 import torch
 
 from bench.common import SQUAD, header
+from ragserve.types import Passage, Precision
 from reader import builtin  # noqa: F401  (registers the readers)
-from reader.base import ReaderConfig, ReaderContext, create_reader
 from reader.generator import Generator
-from retriever.types import Passage
-from service.evaluation import load_squad
+from reader.registry import ReaderContext, create_reader
+from service.application.evaluation import load_squad
+from service.application.loading import reader_config
 from service.settings import Settings
 
 
@@ -27,8 +28,8 @@ def main() -> None:
     header("stuff vs fusion: latency against the number of passages")
     settings = Settings()
     torch.set_num_threads(settings.torch_threads)
-    generator = Generator(settings.generator_model, settings.cache_dir)
-    config = ReaderConfig(max_new_tokens=8, max_passage_tokens=200)
+    generator = Generator(settings.generator_model, settings.cache_dir, Precision.FP32)
+    config = reader_config(settings, max_new_tokens=8, max_passage_tokens=200)
     readers = {name: create_reader(name, ReaderContext(generator, config)) for name in ("stuff", "fusion")}
     paragraphs = load_squad(SQUAD).paragraphs
     question = "Which team won the game?"
@@ -46,7 +47,7 @@ def main() -> None:
                 reader.answer(question, passages)
                 times.append((time.perf_counter() - started) * 1000)
             ms[name] = statistics.median(times)
-        tokens = sum(min(200, len(generator.encode(p.text))) for p in passages)
+        tokens = sum(min(200, len(generator.text.encode(p.text))) for p in passages)
         print(f"| {k} | {tokens} | {ms['stuff']:.0f} | {ms['fusion']:.0f} | {ms['fusion'] / ms['stuff']:.2f} |")
 
 

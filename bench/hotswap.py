@@ -8,6 +8,7 @@ responses whose version was not serving at any moment of their request (a stale 
 """
 
 import argparse
+import functools
 import http.client
 import json
 import os
@@ -152,21 +153,27 @@ def start_server(index: Path, registry: Path, port: int) -> subprocess.Popen[byt
 def make_versions(registry_root: Path) -> tuple[Path, list[str]]:
     """Three small versions of the `default` index; returns the first one's path and all ids."""
     from indexer.build import build_artifact
-    from indexer.sources import Document
-    from retriever.encoder import Encoder
+    from ragserve.types import Document
     from retriever.registry import IndexRegistry
+    from service.application.loading import build_config, make_encoder
+    from service.settings import Settings
 
-    encoder = Encoder()
+    settings = Settings()
+    encoder, config = make_encoder(settings), build_config(settings)
     registry = IndexRegistry(registry_root, "default")
     base = [
         Document("bridge", "Harrow bridge", "The Harrow bridge was built in 1871 by Tomas Brell."),
         Document("festival", "Zorblat", "The Zorblat festival is held every spring in Quenmoor."),
         Document("cheese", "Velt cheese", "Velt cheese is ripened for nine months in limestone caves."),
     ]
+
+    def build_one(docs: list[Document], out: Path) -> None:
+        build_artifact(docs, out, encoder, config, progress=False)
+
     versions = []
     for n in range(3):
         docs = [*base, *(Document(f"extra-{n}-{i}", "", f"Extra note {i} of version {n}.") for i in range(n + 1))]
-        versions.append(registry.add(lambda out, docs=docs: build_artifact(docs, out, encoder, progress=False)))
+        versions.append(registry.add(functools.partial(build_one, docs)))
     return registry.path_of(versions[0]), versions
 
 

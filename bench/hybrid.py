@@ -19,13 +19,13 @@ from collections.abc import Sequence
 import numpy as np
 
 from bench.common import SQUAD, header
+from ragserve.types import RetrievalMode, SearchResult
 from retriever.hybrid import QueryTerms, lexical_features, union_rows
 from retriever.sparse import BM25Params, SparseIndex, indexed_text, top_rows
-from retriever.types import RetrievalMode, SearchResult
 from retriever.version import VersionRetriever
-from service.evaluation import Question, load_squad, ranked_docs, spread_sample
+from service.application.evaluation import Question, load_squad, ranked_docs, spread_sample
+from service.application.squad import select_articles
 from service.settings import Settings
-from service.squad import select_articles
 
 RECALL_AT = (1, 5, 20)
 DEPTH = 100  # chunks per list, so that 20 distinct paragraphs remain
@@ -158,7 +158,13 @@ def main() -> None:
     ap.add_argument("--fit", action="store_true", help="refit k1, b and the fusion weights on the train articles")
     args = ap.parse_args()
     header("retrieval on SQuAD-open dev by article split: dense, BM25, RRF baseline, hybrid")
-    from service.loading import cached_index_path, configure_threads, ensure_index, make_encoder, open_version
+    from service.application.loading import (
+        cached_index_path,
+        configure_threads,
+        ensure_index,
+        make_encoder,
+        open_version,
+    )
 
     settings = Settings()
     configure_threads(settings)

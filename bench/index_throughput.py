@@ -21,9 +21,11 @@ import torch
 from bench.common import header
 from indexer.build import BuildConfig, build_artifact
 from indexer.chunking import Chunk, chunk_document
+from ragserve.types import Precision
 from retriever.encoder import Encoder
-from retriever.types import Precision
-from service.evaluation import RECALL_AT, SquadData, load_squad
+from service.application.evaluation import RECALL_AT, SquadData, load_squad
+from service.application.loading import build_config
+from service.settings import Settings
 
 
 def recall(encoder: Encoder, chunks: list[Chunk], vectors: np.ndarray, squad: SquadData) -> list[float]:
@@ -56,9 +58,10 @@ def main() -> None:
     header("index build throughput")
 
     squad = load_squad(args.data)
-    fp32 = Encoder(precision=Precision.FP32)
-    bf16 = Encoder(precision=Precision.BF16)
-    config = BuildConfig()
+    settings = Settings()
+    fp32 = Encoder(settings.retriever_model, precision=Precision.FP32)
+    bf16 = Encoder(settings.retriever_model, precision=Precision.BF16)
+    config = build_config(settings)
     tokenized = fp32.tokenize([d.text for d in squad.paragraphs])
     pairs = zip(squad.paragraphs, tokenized, strict=True)
     chunks = [c for d, t in pairs for c in chunk_document(d, t, config.chunking)]

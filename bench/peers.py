@@ -29,14 +29,15 @@ from typing import Any
 import torch
 
 from bench.common import SQUAD, header, percentile
-from indexer.build import BuildConfig, build_artifact
+from indexer.build import build_artifact
 from indexer.chunking import chunk_document
-from indexer.sources import Document
+from ragserve.precision import resolve_precision
+from ragserve.types import Document, Precision, RetrievalMode
 from retriever.encoder import Encoder
-from retriever.precision import resolve_precision
-from retriever.types import Precision, RetrievalMode
 from retriever.version import VersionRetriever
-from service.evaluation import load_squad, spread_sample
+from service.application.evaluation import load_squad, spread_sample
+from service.application.loading import build_config, search_config
+from service.settings import Settings
 
 WORKER = Path(__file__).with_name("peer_worker.py")
 
@@ -45,9 +46,9 @@ def ragserve_run(texts: list[str], queries: list[str], encoder: Encoder, tmp: Pa
     docs = [Document(str(i), "", text) for i, text in enumerate(texts)]
     out_dir = tmp / f"ragserve-{encoder.precision}"
     started = time.perf_counter()
-    build_artifact(docs, out_dir, encoder, BuildConfig(), progress=False)
+    build_artifact(docs, out_dir, encoder, build_config(Settings()), progress=False)
     build = time.perf_counter() - started
-    retriever = VersionRetriever(out_dir, encoder)
+    retriever = VersionRetriever(out_dir, encoder, search_config(Settings()))
     out: dict[str, Any] = {"build_s": build}
     for mode in (RetrievalMode.DENSE, RetrievalMode.HYBRID):
         for query in queries[:5]:
@@ -70,13 +71,15 @@ def main() -> None:
     header("ragserve vs txtai vs Haystack: index build and query latency, same corpus and model")
     torch.set_num_threads(args.threads)
     data = load_squad(SQUAD)
-    encoders = [Encoder(precision=Precision.FP32)]
+    encoders = [Encoder("all-MiniLM-L6-v2", precision=Precision.FP32)]
     if resolve_precision(Precision.AUTO, "cpu") is Precision.BF16:  # the default where the CPU has AMX
-        encoders.append(Encoder(precision=Precision.BF16))
+        encoders.append(Encoder("all-MiniLM-L6-v2", precision=Precision.BF16))
     encoder = encoders[0]
     tokenized = encoder.tokenize([d.text for d in data.paragraphs])
     chunks = [
-        c for d, t in zip(data.paragraphs, tokenized, strict=True) for c in chunk_document(d, t, BuildConfig().chunking)
+        c
+        for d, t in zip(data.paragraphs, tokenized, strict=True)
+        for c in chunk_document(d, t, build_config(Settings()).chunking)
     ]
     texts = [c.text for c in chunks]
     gold = [c.doc_id for c in chunks]

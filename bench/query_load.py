@@ -11,7 +11,7 @@ The corpus: the 2,539 chunks of the SQuAD v1.1 dev index, repeated `--copies` ti
 101,560 chunks). Copy i > 0 of a chunk drops a seeded random 10% of its words (so BM25 postings
 grow with the corpus and differ between copies) and gets the original's vector plus Gaussian noise
 (sigma 0.02 per dimension, then L2-normalised; cosine to the original ~0.9), written through the
-indexer's `ArtifactWriter` — the same FAISS (HNSW32 above 50,000 chunks), BM25 and docstore a
+indexer's artifact writer (retriever/writer.py) — the same FAISS (HNSW32 above 50,000 chunks), BM25 and docstore a
 build would write, without embedding 100k texts (about 30 min on this CPU). The artifact is cached
 under <home>/bench/ and reused. Queries are SQuAD questions, top 5.
 """
@@ -26,13 +26,14 @@ import numpy as np
 
 from bench.common import SQUAD, header, percentile
 from bench.load import phase, server
-from indexer.artifact import DOCSTORE_FILE, INDEX_FILE, clean_stale_staging, staging_directory
-from indexer.build import ArtifactWriter, BuildConfig
-from indexer.docstore import Docstore, StoredChunk
+from indexer.build import artifact_writer
+from ragserve.atomic import clean_stale, staged_directory
 from retriever import faiss_index
+from retriever.artifact import DOCSTORE_FILE, INDEX_FILE
+from retriever.docstore import Docstore, StoredChunk
 from retriever.encoder import Encoder
-from service.evaluation import load_squad, spread_sample
-from service.loading import cached_index_path, ensure_index, make_encoder
+from service.application.evaluation import load_squad, spread_sample
+from service.application.loading import build_config, cached_index_path, ensure_index, make_encoder
 from service.settings import Settings
 
 DROP = 0.1
@@ -60,16 +61,16 @@ def scaled_index(settings: Settings, encoder: Encoder, copies: int) -> Path:
     index = faiss_index.read_cpu(base / INDEX_FILE)
     vectors = index.reconstruct_n(0, index.ntotal)  # (n, dim)
     rng, noise = random.Random(0), np.random.default_rng(0)
-    clean_stale_staging(out)
+    clean_stale(out)
     started = time.perf_counter()
-    with staging_directory(out) as staging:
-        writer = ArtifactWriter(staging, encoder, BuildConfig())
+    with staged_directory(out) as staging:
+        writer = artifact_writer(staging, encoder, build_config(settings))
         writer.add(chunks, vectors)
         for copy in range(1, copies):
             moved = vectors + noise.normal(0, SIGMA, vectors.shape).astype(np.float32)  # (n, dim)
             moved /= np.linalg.norm(moved, axis=1, keepdims=True)
             writer.add([perturbed(c, copy, rng) for c in chunks], moved)
-        writer.seal(out, {"documents": len(chunks) * copies}, started)
+        writer.seal({"documents": len(chunks) * copies}, started)
     print(f"built {out} ({len(chunks) * copies} chunks) in {time.perf_counter() - started:.0f} s")
     return out
 

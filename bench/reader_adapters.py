@@ -15,13 +15,13 @@ import argparse
 from pathlib import Path
 
 from bench.common import SQUAD, header
+from ragserve.precision import resolve_precision
 from reader.adapters import Adapter
-from retriever.precision import resolve_precision
-from service.adapters import bundled_adapters
-from service.evaluation import evaluate, load_squad, spread_sample, squad_retriever
-from service.loading import configure_threads, load_engine
+from service.application.adapters import bundled_adapters
+from service.application.evaluation import evaluate, load_squad, spread_sample, squad_retriever
+from service.application.loading import configure_threads, load_engine
+from service.application.squad import select_articles
 from service.settings import Settings
-from service.squad import select_articles
 
 
 def main() -> None:
@@ -39,14 +39,13 @@ def main() -> None:
     retriever = squad_retriever(settings, SQUAD, progress=True, data=data)
     engine = load_engine(settings, retriever)
     assert engine.adapters is not None
-    stuff = engine.reader("stuff")
     folders = (
         {name: Path(folder) for name, folder in (pair.split("=", 1) for pair in args.adapters.split(","))}
         if args.adapters
         else bundled_adapters()
     )
-    adapters: dict[str, Adapter | None] = {"base": None}
-    adapters.update({name: engine.adapters.read(name, folder) for name, folder in folders.items()})
+    names = {"base": "none", **{name: engine.adapters.attach(name, folder) for name, folder in folders.items()}}
+    adapters: dict[str, Adapter | None] = {label: engine.adapters.resolve(name) for label, name in names.items()}
     gold = {p.id: p for p in data.paragraphs}
     top_k = args.top_k or settings.ask_top_k
     print(
@@ -63,10 +62,11 @@ def main() -> None:
             )
     print("\n| passages | adapter | answers | exact match | F1 | p50 ms |\n|---|---|---|---:|---:|---:|")
     for from_gold in (False, True):
-        for name, adapter in adapters.items():
+        for name in names:
             for extractive in (False, True):
+                passages = gold if from_gold else None
                 report = evaluate(
-                    retriever, [stuff], questions, top_k, False, extractive, gold if from_gold else None, adapter
+                    retriever, engine, ["stuff"], questions, top_k, False, extractive, passages, names[name]
                 )
                 print(
                     f"| {'gold' if from_gold else 'retrieved'} | {name} | {'extractive' if extractive else 'free'} "

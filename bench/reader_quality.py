@@ -15,12 +15,19 @@ import argparse
 import torch
 
 from bench.common import SQUAD, header
+from ragserve.precision import resolve_precision
 from reader.generator import Generator
-from retriever.precision import resolve_precision
-from service.evaluation import evaluate, load_squad, spread_sample
-from service.loading import cached_index_path, configure_threads, ensure_index, load_engine, make_encoder, open_version
+from service.application.evaluation import evaluate, load_squad, spread_sample
+from service.application.loading import (
+    cached_index_path,
+    configure_threads,
+    ensure_index,
+    load_engine,
+    make_encoder,
+    open_version,
+)
+from service.application.squad import select_articles
 from service.settings import Settings
-from service.squad import select_articles
 
 
 def generator_in(settings: Settings, number_format: str) -> Generator:
@@ -55,8 +62,10 @@ def main() -> None:
     )
 
     def row(generator: Generator, extractive: bool, from_gold: bool) -> dict[str, float]:
-        stuff = load_engine(settings, retriever, generator).reader("stuff")
-        report = evaluate(retriever, [stuff], questions, top_k, False, extractive, gold if from_gold else None)
+        engine = load_engine(settings, retriever, generator)
+        report = evaluate(
+            retriever, engine, ["stuff"], questions, top_k, False, extractive, gold if from_gold else None
+        )
         return {k: report[k] for k in ("exact_match", "f1", "p50_latency_ms")}
 
     default_format = str(resolve_precision(settings.generator_precision, "cpu"))

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import SQUAD, header
-from service.evaluation import run_squad_eval
+from service.application.evaluation import run_squad_eval
 from service.settings import Settings
 
 READERS = "stuff,rag-token,rag-sequence,fusion,retro"

@@ -23,6 +23,7 @@ import argparse
 import json
 import math
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -30,25 +31,25 @@ import torch.nn.functional as F
 from safetensors import safe_open
 
 from bench.common import header
+from ragserve.types import Passage, Precision, RetrievalMode
 from reader.generator import Generator
 from reader.prompt import flatten
 from reader.retro import default_weights_path, load_retrofit
 from reader.retro_model import Retrofit
 from reader.retro_train import Batch, TrainSequence, held_out, make_batch, nll, retrieve_neighbours, sequences
 from retriever.encoder import Encoder
-from retriever.types import Passage
-from retriever.version import VersionRetriever
-from service.loading import make_encoder, open_registry
+from service.application.loading import make_encoder, open_registry, open_version
 from service.settings import Settings
 
 
 def build_squad(settings: Settings, data: Path, encoder: Encoder) -> None:
     from indexer.build import build_artifact
-    from service.evaluation import load_squad
+    from service.application.evaluation import load_squad
+    from service.application.loading import build_config
 
     registry = open_registry(settings)
     paragraphs = load_squad(data).paragraphs
-    version = registry.add(lambda out: build_artifact(paragraphs, out, encoder, progress=False))
+    version = registry.add(lambda out: build_artifact(paragraphs, out, encoder, build_config(settings), progress=False))
     registry.set_serving(version)
     print(f"index {settings.index_name!r}: version {version} from {len(paragraphs)} paragraphs, now serving")
 
@@ -61,7 +62,7 @@ def base_nll(model: torch.nn.Module, ids: list[int], start: int) -> float:
 
 
 def prompt_prefix(generator: Generator, passages: list[Passage], tokens: int) -> list[int]:
-    parts = [generator.encode(flatten(p.text))[:tokens] + generator.encode("\n\n") for p in passages]
+    parts = [generator.text.encode(flatten(p.text))[:tokens] + generator.text.encode("\n\n") for p in passages]
     return [t for part in parts for t in part]
 
 
@@ -85,8 +86,8 @@ def main() -> None:
     registry = open_registry(settings)
     version = registry.serving()
     assert version is not None, f"index {args.index!r} has no serving version"
-    retriever = VersionRetriever(registry.path_of(version), encoder)
-    generator = Generator(settings.generator_model, settings.cache_dir)
+    retriever = open_version(settings, registry.path_of(version), encoder)
+    generator = Generator(settings.generator_model, settings.cache_dir, Precision.FP32)
     weights = args.weights or settings.retro_weights or default_weights_path(settings.cache_dir, generator.name)
     retrofit = load_retrofit(weights, generator.model)
     with safe_open(str(weights), framework="pt") as fh:
@@ -95,14 +96,19 @@ def main() -> None:
     m = cfg.chunk
 
     seqs: list[TrainSequence] = []
-    for s in sequences(retriever.path, generator, args.seq_tokens, lambda d: held_out(d, args.holdout)):
+    corpus = ((c.doc_id, c.text) for batch in retriever.docstore.scan() for c in batch)
+    for s in sequences(corpus, generator, args.seq_tokens, lambda d: held_out(d, args.holdout)):
         if all(s.doc_id != t.doc_id for t in seqs):  # one sequence per document
             seqs.append(s)
     seqs = seqs[: args.docs]
     assert len(seqs) >= 2, "too few held-out sequences"
-    neighbours = retrieve_neighbours(retriever, generator, seqs, cfg)
+
+    def dense(queries: Sequence[str], top_k: int) -> list[list[Passage]]:
+        return [r.passages for r in retriever.search_batch(queries, top_k, RetrievalMode.DENSE)]
+
+    neighbours = retrieve_neighbours(dense, generator, seqs, cfg)
     shuffled = neighbours[1:] + neighbours[:1]  # another held-out document's neighbours
-    nbytes = sum(len(generator.decode(s.ids[m:]).encode("utf-8")) for s in seqs)
+    nbytes = sum(len(generator.text.decode(s.ids[m:]).encode("utf-8")) for s in seqs)
 
     totals = dict.fromkeys(
         [

@@ -15,7 +15,7 @@ import torch
 
 from bench.common import header
 from bench.latency import QUESTIONS
-from service.loading import load_services
+from service.application.loading import load_services
 from service.settings import Settings
 
 BUSY_LOOP = "import time\nend = time.time() + 600\nwhile time.time() < end: pass"

@@ -9,9 +9,8 @@ and its embedding equals that of the text.
 from dataclasses import dataclass
 from typing import Any
 
-from indexer.sources import Document
-from retriever.errors import InvalidInputError
-from retriever.types import TokenizedText
+from ragserve.errors import InvalidInputError
+from ragserve.types import Document, TokenizedText
 
 CHUNKER_VERSION = 2  # bump when the cutting rules change: artifacts record it, caches key on it
 SENTENCE_END = ".?!\n"
@@ -20,8 +19,19 @@ MIN_FILL = 0.6  # a sentence cut may shorten a window to 60% of its size, no mor
 
 @dataclass(frozen=True, slots=True)
 class ChunkingConfig:
-    chunk_tokens: int = 200
-    overlap_tokens: int = 40
+    """Window and overlap in retriever tokens (settings `chunk_tokens`, `overlap_tokens`)."""
+
+    chunk_tokens: int
+    overlap_tokens: int
+
+    @classmethod
+    def of(cls, manifest_chunking: dict[str, int]) -> "ChunkingConfig":
+        """The chunking an artifact's manifest records (so its delta and compactions cut alike)."""
+        return cls(manifest_chunking["chunk_tokens"], manifest_chunking["overlap_tokens"])
+
+    def manifest(self) -> dict[str, int]:
+        """What an artifact's manifest records of this chunking."""
+        return {"chunk_tokens": self.chunk_tokens, "overlap_tokens": self.overlap_tokens, "version": CHUNKER_VERSION}
 
     def validate(self, model_max_tokens: int) -> None:
         if not 1 <= self.chunk_tokens <= model_max_tokens:

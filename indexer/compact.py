@@ -11,44 +11,24 @@ only changes after it.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import faiss
 import numpy as np
 
-from indexer.artifact import (
-    DOCSTORE_FILE,
-    INDEX_FILE,
-    Manifest,
-    clean_stale_staging,
-    staging_directory,
-    verify_artifact,
-)
-from indexer.build import ArtifactWriter, BuildConfig
-from indexer.chunking import Chunk, ChunkingConfig
-from indexer.docstore import Docstore, StoredChunk
+from indexer.build import BuildConfig, artifact_writer
+from indexer.chunking import ChunkingConfig
+from ragserve.atomic import clean_stale, staged_directory
+from ragserve.errors import ModelMismatchError
 from retriever import faiss_index
-from retriever.errors import ModelMismatchError
+from retriever.artifact import DOCSTORE_FILE, INDEX_FILE, Manifest, verify_artifact
+from retriever.delta import DeltaContents
+from retriever.docstore import Docstore, StoredChunk
 
 if TYPE_CHECKING:
     from retriever.encoder import Encoder
-
-
-@dataclass(frozen=True, slots=True)
-class DeltaContents:
-    """A consistent snapshot of a delta index."""
-
-    chunks: list[Chunk]
-    vectors: np.ndarray  # (len(chunks), dim)
-    hidden: frozenset[str]  # document ids whose base chunks are replaced or deleted
-    documents: int  # documents the delta holds (some may have no chunks)
-    seq: int  # the document change counter the snapshot includes
-
-    @property
-    def empty(self) -> bool:
-        return not self.hidden
 
 
 def compact_artifact(base: Path, delta: DeltaContents, out: Path, encoder: Encoder, config: BuildConfig) -> Manifest:
@@ -61,14 +41,13 @@ def compact_artifact(base: Path, delta: DeltaContents, out: Path, encoder: Encod
     # Carried vectors keep the base's number format, delta vectors have the encoder's.
     same = manifest.embedding_precision == encoder.precision or not delta.chunks
     precision = manifest.embedding_precision if same else "mixed"
-    chunking = ChunkingConfig(manifest.chunking["chunk_tokens"], manifest.chunking["overlap_tokens"])
-    config = replace(config, chunking=chunking)
+    config = replace(config, chunking=ChunkingConfig.of(manifest.chunking))
     index = faiss_index.read_cpu(base / INDEX_FILE)
     docstore = Docstore(base / DOCSTORE_FILE)
     counts = {"documents": 0, "carried_chunks": 0, "dropped_chunks": 0, "delta_chunks": len(delta.chunks)}
-    clean_stale_staging(out)
-    with staging_directory(out) as staging:
-        writer = ArtifactWriter(staging, encoder, config)
+    clean_stale(out)
+    with staged_directory(out) as staging:
+        writer = artifact_writer(staging, encoder, config)
         last_doc: str | None = None
         for rows in docstore.scan():
             vectors = _base_vectors(index, rows, encoder)
@@ -83,7 +62,8 @@ def compact_artifact(base: Path, delta: DeltaContents, out: Path, encoder: Encod
         if delta.chunks:
             writer.add(delta.chunks, delta.vectors)
         counts["documents"] += len({c.doc_id for c in delta.chunks})
-        return writer.seal(out, counts, started, documents_seq=delta.seq, embedding_precision=precision)
+        sealed = writer.seal(counts, started, documents_seq=delta.seq, embedding_precision=precision)
+    return sealed
 
 
 def _base_vectors(index: faiss.Index, rows: list[StoredChunk], encoder: Encoder) -> np.ndarray:

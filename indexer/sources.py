@@ -5,22 +5,14 @@ Every reader streams: a corpus is never held in memory whole.
 
 import json
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from retriever.errors import InvalidInputError
+from ragserve.errors import InvalidInputError
+from ragserve.types import Document
 
 TEXT_SUFFIXES = {".txt", ".md", ".markdown"}
 SUFFIXES = TEXT_SUFFIXES | {".jsonl", ".parquet"}
-
-
-@dataclass(frozen=True, slots=True)
-class Document:
-    id: str
-    title: str
-    text: str
-    metadata: dict[str, Any] = field(default_factory=dict)
 
 
 T = TypeVar("T")

@@ -22,11 +22,9 @@ import hashlib
 import json
 import logging
 import math
-import os
 import random
 import shutil
 import time
-import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -38,13 +36,14 @@ from peft.utils import set_peft_model_state_dict
 from safetensors.torch import load_file
 from tqdm import tqdm
 
+from ragserve.atomic import clean_stale, staged_directory
+from ragserve.errors import InvalidInputError
+from ragserve.types import Passage, Precision
 from reader.adapters import ADAPTER_WEIGHTS, RAGSERVE_INFO
 from reader.generator import Generator
 from reader.prompt import ADAPTER_PREFIX, flatten, qa_suffix
 from reader.retro_train import held_out
-from reader.stuffing import truncate
-from retriever.errors import InvalidInputError
-from retriever.types import Passage, Precision
+from reader.train_config import METHOD_LR, AdapterTrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -53,54 +52,7 @@ TRAINER_STATE = "trainer.json"
 OPTIMIZER_STATE = "optimizer.pt"
 
 
-@dataclass(frozen=True, slots=True)
-class TrainConfig:
-    method: str = "lora"
-    epochs: float = 1.0
-    batch: int = 4
-    lr: float | None = None  # None: the method's default (METHODS)
-    rank: int = 8  # LoRA
-    alpha: int = 16  # LoRA
-    virtual_tokens: int = 20  # prompt tuning
-    holdout: float = 0.05  # fraction of examples (by id) only scored, never trained on
-    eval_every: int = 100  # steps between held-out losses
-    checkpoint_every: int = 50  # steps between checkpoints
-    max_passage_tokens: int = 384
-    warmup: int = 30
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        limits = {
-            "method": self.method in METHODS,
-            "epochs": 0 < self.epochs <= 100,
-            "batch": 1 <= self.batch <= 256,
-            "lr": self.lr is None or 0 < self.lr <= 1,
-            "rank": 1 <= self.rank <= 512,
-            "alpha": 0 < self.alpha <= 4096,
-            "virtual_tokens": 1 <= self.virtual_tokens <= 512,
-            "holdout": 0 <= self.holdout < 1,
-            "eval_every": self.eval_every >= 1,
-            "checkpoint_every": self.checkpoint_every >= 1,
-            "max_passage_tokens": 16 <= self.max_passage_tokens <= 4096,
-        }
-        bad = [name for name, ok in limits.items() if not ok]
-        if bad:
-            raise InvalidInputError(
-                "invalid training setting: "
-                + ", ".join(f"{name}={getattr(self, name)!r}" for name in bad)
-                + f" (method one of {', '.join(METHODS)}; 0 < epochs <= 100, batch 1..256, 0 < lr <= 1, "
-                "rank 1..512, virtual_tokens 1..512, 0 <= holdout < 1)"
-            )
-
-    @property
-    def learning_rate(self) -> float:
-        return self.lr if self.lr is not None else METHODS[self.method].lr
-
-
-@dataclass(frozen=True, slots=True)
-class Method:
-    peft_config: Callable[[TrainConfig], PeftConfig]
-    lr: float  # default peak learning rate (AdamW)
+TrainConfig = AdapterTrainConfig
 
 
 def _lora(c: TrainConfig) -> PeftConfig:
@@ -118,12 +70,10 @@ def _prompt(c: TrainConfig) -> PeftConfig:
     return PromptTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=c.virtual_tokens)
 
 
-# Method names are the ones adapters are served under (reader/adapters.py METHODS).
-METHODS: dict[str, Method] = {
-    "lora": Method(_lora, 3e-4),
-    "ia3": Method(_ia3, 3e-3),  # T-Few trains (IA)³ at 3e-3
-    "prompt": Method(_prompt, 3e-2),
-}
+# Method names are the ones adapters are served under (reader/adapters.py METHODS); their default
+# learning rates are reader/train_config.py's METHOD_LR.
+METHODS: dict[str, Callable[[TrainConfig], PeftConfig]] = {"lora": _lora, "ia3": _ia3, "prompt": _prompt}
+assert METHODS.keys() == METHOD_LR.keys()
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,9 +92,9 @@ class Encoded:
 
 def encode(generator: Generator, prefix: Sequence[int], example: Example, max_passage_tokens: int) -> Encoded:
     """Prompt as the readers build it for this adapter, then the answer and its line break."""
-    passages = [truncate(generator, p, max_passage_tokens) for p in example.passages]
-    prompt = [*prefix, *generator.encode(qa_suffix(example.question, passages))]
-    answer = generator.encode(" " + flatten(example.answer) + "\n")
+    passages = [generator.text.truncate(p, max_passage_tokens) for p in example.passages]
+    prompt = [*prefix, *generator.text.encode(qa_suffix(example.question, passages))]
+    answer = generator.text.encode(" " + flatten(example.answer) + "\n")
     return Encoded(prompt + answer, len(prompt))
 
 
@@ -217,34 +167,17 @@ def fingerprint(generator: Generator, examples: Sequence[Example], config: Train
     return digest.hexdigest()[:16]
 
 
-def _write_atomically(target: Path, fill: Callable[[Path], None]) -> None:
-    """Fill a staging folder, then swap it in for `target` (a crash leaves the old one or the new)."""
-    staging = target.parent / f".staging-{target.name}-{uuid.uuid4().hex[:8]}"
-    staging.mkdir(parents=True)
-    try:
-        fill(staging)
-        old = target.parent / f".old-{target.name}-{uuid.uuid4().hex[:8]}"
-        if target.exists():
-            os.rename(target, old)
-        os.rename(staging, target)
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-
-
 def _save_adapter(model: PeftModel, folder: Path) -> None:
     model.save_pretrained(str(folder))  # adapter_config.json + adapter_model.safetensors
     (folder / "README.md").unlink(missing_ok=True)  # peft's model card template says nothing true here
 
 
 def _save_checkpoint(out: Path, model: PeftModel, optimizer: torch.optim.Optimizer, progress: Progress) -> None:
-    def fill(folder: Path) -> None:
+    clean_stale(out / CHECKPOINT)
+    with staged_directory(out / CHECKPOINT, replace=True) as folder:  # a crash keeps the last whole one
         _save_adapter(model, folder)
         torch.save(optimizer.state_dict(), folder / OPTIMIZER_STATE)  # tensors only; read back weights_only
         (folder / TRAINER_STATE).write_text(json.dumps(asdict(progress)), encoding="utf-8")
-
-    _write_atomically(out / CHECKPOINT, fill)
 
 
 def _resume(out: Path, model: PeftModel, optimizer: torch.optim.Optimizer, progress: Progress) -> Progress:
@@ -280,18 +213,18 @@ def train(
     a checkpoint (and returns None) unless training ends first; running it again resumes."""
     if (out / RAGSERVE_INFO).is_file():
         raise InvalidInputError(f"{out} already holds a trained adapter; choose another --out or delete it")
-    if not generator.is_causal:
+    if not generator.lm.adapts:
         raise InvalidInputError("adapters are trained for causal generators")
     held = [ex for ex in examples if held_out(ex.id, config.holdout)]
     used = [ex for ex in examples if not held_out(ex.id, config.holdout)]
     if not used:
         raise InvalidInputError("no training examples left after the held-out split")
     torch.manual_seed(config.seed)
-    prefix = generator.encode(ADAPTER_PREFIX)
+    prefix = generator.text.encode(ADAPTER_PREFIX)
     train_rows = [encode(generator, prefix, ex, config.max_passage_tokens) for ex in used]
     held_rows = [encode(generator, prefix, ex, config.max_passage_tokens) for ex in held]
 
-    model = get_peft_model(generator.model, METHODS[config.method].peft_config(config))
+    model = get_peft_model(generator.model, METHODS[config.method](config))
     trainable = [p for p in model.parameters() if p.requires_grad]
     for p in trainable:  # the adapter learns in fp32 whatever the base model's format
         p.data = p.data.float()

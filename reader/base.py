@@ -1,8 +1,5 @@
-"""The reader boundary: an abstract `Reader`, its result type, and the registry of readers by name.
-
-Readers register themselves with `@register("name")`; the service builds them from the registry
-and never switches on a model or reader name.
-"""
+"""The reader boundary: an abstract `Reader`, its configuration and its result types (no torch
+in here). Readers are built by name from reader/registry.py."""
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
@@ -10,38 +7,31 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
-from retriever.errors import ReaderUnavailableError, UnknownReaderError
-from retriever.types import Passage
+from ragserve.errors import ReaderUnavailableError
+from ragserve.types import Passage
 
 if TYPE_CHECKING:
     from reader.adapters import Adapter
-    from reader.generator import Generator
 
 
 @dataclass(frozen=True, slots=True)
 class ReaderConfig:
-    max_new_tokens: int = 32
-    max_passage_tokens: int = 384  # each passage is cut to this many generator tokens
-    temperature: float = 1.0  # τ of the passage prior p(z|x) = softmax(score / τ) (RAG readers)
-    num_beams: int = 1  # beam search over the marginal (rag-token); 1 = greedy
-    fid_model: str | None = None  # local encoder-decoder (T5) folder for `fid`
-    retro_weights: Path | None = None  # trained retrofit layers for `retro` (safetensors)
-    cache_dir: Path = Path("~/.cache/ragserve")
-    batch_max: int = 1  # concurrent requests decoded together (`stuff`); 1 = one at a time
-    batch_wait_ms: float = 0.0  # how long a batch waits for more requests once it has one
+    """What every reader is configured with (from the settings: service/application/loading.py
+    `reader_config`, the one place their defaults live)."""
+
+    max_new_tokens: int
+    max_passage_tokens: int  # each passage is cut to this many generator tokens
+    temperature: float  # τ of the passage prior p(z|x) = softmax(score / τ) (RAG readers)
+    num_beams: int  # beam search over the marginal (rag-token); 1 = greedy
+    fid_model: str | None  # local encoder-decoder (T5) folder for `fid`
+    retro_weights: Path | None  # trained retrofit layers for `retro` (safetensors)
+    cache_dir: Path
+    batch_max: int  # concurrent requests decoded together (`stuff`); 1 = one at a time
+    batch_wait_ms: float  # how long a batch waits for more requests once it has one
 
 
 # Retrieval for readers that retrieve again while they generate (RETRO): queries -> top-k passages each.
 SearchFn = Callable[[Sequence[str], int], list[list[Passage]]]
-
-
-@dataclass(frozen=True, slots=True)
-class ReaderContext:
-    """What a reader factory gets."""
-
-    generator: "Generator"
-    config: ReaderConfig
-    search: SearchFn | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,30 +81,3 @@ class Reader(ABC):
     def answer_extractive(self, question: str, passages: Sequence[Passage], adapter: "Adapter | None" = None) -> Answer:
         """An answer copied from the passages (a span of one of them), with its `evidence`."""
         raise cannot_copy(self.name)
-
-
-ReaderFactory = Callable[[ReaderContext], Reader]
-_REGISTRY: dict[str, ReaderFactory] = {}
-
-
-def register(name: str) -> Callable[[ReaderFactory], ReaderFactory]:
-    def add(factory: ReaderFactory) -> ReaderFactory:
-        assert name not in _REGISTRY, f"reader {name!r} registered twice"
-        _REGISTRY[name] = factory
-        return factory
-
-    return add
-
-
-def reader_names() -> list[str]:
-    return sorted(_REGISTRY)
-
-
-def create_reader(name: str, context: ReaderContext) -> Reader:
-    """Build a registered reader; raises ReaderUnavailableError when this configuration cannot
-    run it (e.g. `fid` without an encoder-decoder model)."""
-    try:
-        factory = _REGISTRY[name]
-    except KeyError:
-        raise UnknownReaderError(f"unknown reader {name!r}; available: {', '.join(reader_names())}") from None
-    return factory(context)

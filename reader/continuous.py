@@ -2,10 +2,12 @@
 
 One worker thread owns a running batch of a causal LM. Between two decoding steps it takes the
 requests that have queued up (up to `max_batch` rows in all), runs their prompts in one prefill
-and merges them into the batch (`CausalLM.merge`); a row leaves as soon as its answer ends
-(`CausalLM.select`), so a short answer never waits for a long one and a new request never waits
+and merges them into the batch (`LM.merge`); a row leaves as soon as its answer ends
+(`LM.select`), so a short answer never waits for a long one and a new request never waits
 for a whole batch to finish. Rows may run different adapters and prompt prefixes: arrivals are
-prefilled in groups of one adapter and prefix, then merged. On a 2-core CPU a decoding step of 8
+prefilled in groups of one adapter and prefix, then merged. Token choice and the stop rule are
+those of reader/decoding.py's loop (`constrained_argmax`, `TextCodec.ends_answer`); the loop
+itself is this worker's, since rows join and leave between its steps. On a 2-core CPU a decoding step of 8
 rows costs about what one row's does (the weights are read once per step), which is where the
 throughput comes from.
 
@@ -24,9 +26,10 @@ from dataclasses import dataclass, field
 import torch
 
 from reader.adapters import Adapter
+from reader.decoding import without_end
 from reader.extractive import SpanConstraint, constrained_argmax
 from reader.generator import Generator
-from reader.lm import Batch, CausalLM
+from reader.lm import LM, Batch
 
 
 @dataclass
@@ -47,10 +50,10 @@ class _Request:
 
 class ContinuousDecoder:
     def __init__(self, generator: Generator, max_batch: int, max_wait_ms: float = 0.0) -> None:
-        assert isinstance(generator.lm, CausalLM), "continuous batching needs a causal LM"
+        assert generator.lm.merges, "continuous batching needs a backend that merges batches"
         assert max_batch >= 1 and max_wait_ms >= 0
         self.generator = generator
-        self.lm: CausalLM = generator.lm
+        self.lm: LM = generator.lm
         self.max_batch = max_batch
         self.max_wait = max_wait_ms / 1000
         self._queue: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
@@ -74,8 +77,7 @@ class ContinuousDecoder:
         request.done.wait()
         if request.error is not None:
             raise request.error
-        tokens = request.tokens
-        return tokens[:-1] if tokens and self.generator.ends_answer(tokens[-1]) else tokens
+        return without_end(request.tokens, self.generator.text.ends_answer)
 
     def close(self) -> None:
         self._queue.put(None)
@@ -109,7 +111,7 @@ class ContinuousDecoder:
             request.tokens.append(token)
             if request.constraint is not None:
                 request.constraint.advance(token)
-            if self.generator.ends_answer(token) or len(request.tokens) >= request.max_new_tokens:
+            if self.generator.text.ends_answer(token) or len(request.tokens) >= request.max_new_tokens:
                 request.finish()
             else:
                 keep.append(row)

@@ -21,9 +21,9 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
+from ragserve.compute import on_compute_thread
+from ragserve.errors import ReaderUnavailableError
 from reader.base import Evidence
-from retriever.compute import on_compute_thread
-from retriever.errors import ReaderUnavailableError
 
 
 @dataclass(frozen=True, slots=True)

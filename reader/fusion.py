@@ -14,13 +14,13 @@ from collections.abc import Sequence
 
 import torch
 
+from ragserve.errors import ReaderUnavailableError
+from ragserve.types import Passage
 from reader.adapters import Adapter
-from reader.base import Answer, Reader, ReaderContext, register
-from reader.lm import CausalLM
+from reader.base import Answer, Reader
+from reader.decoding import greedy
 from reader.prompt import PREFIX, flatten
-from reader.stuffing import truncate
-from retriever.errors import ReaderUnavailableError
-from retriever.types import Passage
+from reader.registry import ReaderContext, register
 
 
 def passage_segment(text: str) -> str:
@@ -36,28 +36,26 @@ class FusionReader(Reader):
     name = "fusion"
 
     def __init__(self, context: ReaderContext) -> None:
-        if not isinstance(context.generator.lm, CausalLM):
+        if not context.generator.lm.fuses_caches:
             raise ReaderUnavailableError("fusion needs a decoder-only generator; use `fid` for encoder-decoder models")
-        self.lm: CausalLM = context.generator.lm
+        self.lm = context.generator.lm
         self.generator = context.generator
         self.config = context.config
-        self.prefix = self.generator.encode(PREFIX)
+        self.prefix = self.generator.text.encode(PREFIX)
 
     def answer(self, question: str, passages: Sequence[Passage], adapter: Adapter | None = None) -> Answer:
         assert adapter is None, "this reader does not adapt"
         used = list(passages)
-        segments = [
-            self.generator.encode(passage_segment(truncate(self.generator, p, self.config.max_passage_tokens).text))
-            for p in used
-        ]
-        asked = torch.tensor([self.generator.encode(question_segment(question))])  # (1, Q)
+        text = self.generator.text
+        segments = [text.encode(passage_segment(text.truncate(p, self.config.max_passage_tokens).text)) for p in used]
+        asked = torch.tensor([text.encode(question_segment(question))])  # (1, Q)
         started = time.perf_counter()
         with self.generator.lock, torch.inference_mode():
             fused = self.lm.fuse(self.lm.start(self.prefix, segments), len(self.prefix))
             fused, _ = self.lm.extend(fused, asked)
-            (tokens,) = self.generator.greedy_rows(fused, self.config.max_new_tokens)
+            (tokens,) = greedy(self.lm, fused, self.config.max_new_tokens, text.ends_answer)
         return Answer(
-            text=self.generator.answer_text(tokens),
+            text=text.answer_text(tokens),
             passages=used,
             timings_ms={"generate": (time.perf_counter() - started) * 1000},
         )

@@ -13,13 +13,21 @@ A causal batch may run an adapter (reader/adapters.py), one per row: each row ke
 started with through every step, select and merge. A prompt-tuning adapter's learned embeddings
 come before the prefix and are cached with it; the prefix cache is kept per adapter.
 
-The model work of every method runs on the process's compute thread (retriever/compute.py).
+What a backend can do beyond that is a capability readers ask for instead of checking its type:
+`merges` (rows of two batches become one: continuous batching), `fuses_caches` (separately
+encoded passages laid side by side in one causal row: the `fusion` reader), `fuses_encodings`
+(encoder states of several inputs end to end: Fusion-in-Decoder) and `adapts` (adapters per row).
+
+The model work of every method runs on the process's compute thread (ragserve/compute.py), and
+every forward pass goes through `_forward`, the one place a wrapper (RETRO's retrofit) hooks in.
+Token choice and stopping are reader/decoding.py's.
 """
 
 from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -28,10 +36,10 @@ from transformers import PreTrainedModel
 from transformers.cache_utils import Cache, DynamicCache, EncoderDecoderCache
 from transformers.modeling_outputs import BaseModelOutput
 
+from ragserve.compute import on_compute_thread
 from reader import adapters as adapting
 from reader.adapters import Adapter
 from reader.kv_cache import GrowingLayer, growing_cache, of_layers
-from retriever.compute import on_compute_thread
 
 PREFIX_CACHE_SIZE = 8
 
@@ -60,6 +68,11 @@ class LM(ABC):
 
     model: PreTrainedModel
     pad_id: int
+    merges: ClassVar[bool] = False
+    fuses_caches: ClassVar[bool] = False
+    fuses_encodings: ClassVar[bool] = False
+    adapts: ClassVar[bool] = False
+    decoder_start: int | None = None  # encoder-decoder models: the decoder's first token
 
     @abstractmethod
     def start(self, prefix: Sequence[int], suffixes: Sequence[Sequence[int]], adapter: Adapter | None = None) -> Batch:
@@ -73,6 +86,27 @@ class LM(ABC):
     @abstractmethod
     def select(self, batch: Batch, rows: Tensor) -> Batch:
         """Rows `rows` (R,) of the batch, in that order, repeats allowed."""
+
+    def merge(self, a: Batch, b: Batch) -> Batch:
+        """The rows of `a` then those of `b` as one batch (`merges`)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot merge batches")
+
+    def fuse(self, batch: Batch, prefix_len: int) -> Batch:
+        """One row holding every row's cache after the prefix side by side (`fuses_caches`)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot fuse caches")
+
+    def start_fused(self, inputs: Sequence[Sequence[Sequence[int]]]) -> Batch:
+        """One row per group of inputs, each input encoded on its own and the encodings of a
+        group laid end to end (`fuses_encodings`)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot fuse encodings")
+
+    def start_encoded(self, encoded: Tensor, mask: Tensor) -> Batch:
+        """Rows over given encoder states (`fuses_encodings`)."""
+        raise NotImplementedError(f"{type(self).__name__} has no encoder")
+
+    def _forward(self, **inputs: Any) -> Any:
+        """The model's forward pass; every method calls the model through here."""
+        return self.model(**inputs)
 
     def step(self, batch: Batch, tokens: Tensor) -> Batch:
         """Append one token (B,) to every row."""
@@ -104,6 +138,10 @@ def kv_of(cache: Cache) -> list[tuple[Tensor, Tensor]]:
 
 
 class CausalLM(LM):
+    merges = True
+    fuses_caches = True
+    adapts = True
+
     def __init__(self, model: PreTrainedModel, pad_id: int) -> None:
         self.model = model
         self.pad_id = pad_id
@@ -120,7 +158,7 @@ class CausalLM(LM):
                 embeds = self.model.get_input_embeddings()(ids)  # (1, P, D)
                 inputs = {"inputs_embeds": torch.cat([adapter.virtual_tokens[None].to(embeds.dtype), embeds], dim=1)}
             with adapting.rows([adapter]):
-                out = self.model(**inputs, use_cache=True, logits_to_keep=1)
+                out = self._forward(**inputs, use_cache=True, logits_to_keep=1)
             self._prefixes[key] = kv_of(out.cache)
             if len(self._prefixes) > PREFIX_CACHE_SIZE:
                 self._prefixes.popitem(last=False)
@@ -149,7 +187,7 @@ class CausalLM(LM):
         cache = growing_cache(kv)  # the prefix's KV copied once into room that the suffix and answer fill
         adapters = (adapter,) * rows if adapter is not None else ()
         with adapting.rows(adapters):
-            out = self.model(
+            out = self._forward(
                 input_ids=tokens,
                 attention_mask=mask,
                 position_ids=positions,
@@ -167,7 +205,7 @@ class CausalLM(LM):
         mask = torch.cat([batch.mask, torch.ones((rows, n), dtype=torch.long)], dim=1)  # (B, S+n)
         positions = batch.positions[:, None] + torch.arange(n)[None, :]  # (B, n)
         with adapting.rows(batch.adapters):
-            out = self.model(
+            out = self._forward(
                 input_ids=tokens,
                 attention_mask=mask,
                 position_ids=positions,
@@ -227,6 +265,8 @@ class CausalLM(LM):
 
 
 class Seq2SeqLM(LM):
+    fuses_encodings = True
+
     def __init__(self, model: PreTrainedModel, pad_id: int) -> None:
         assert model.config.is_encoder_decoder, "Seq2SeqLM needs an encoder-decoder model"
         self.model = model
@@ -244,7 +284,32 @@ class Seq2SeqLM(LM):
         for row, ids in enumerate(inputs):
             tokens[row, : len(ids)] = torch.tensor(ids)
             mask[row, : len(ids)] = 1
+        return self.start_encoded(*self._encode(tokens, mask))
+
+    @on_compute_thread
+    def start_fused(self, inputs: Sequence[Sequence[Sequence[int]]]) -> Batch:
+        """Fusion-in-Decoder: every input of every group encoded in one padded batch, then the
+        encodings of a group laid end to end, (N, K·T, D) with K the largest group."""
+        assert inputs and all(inputs), "every row needs at least one input"
+        flat = [list(ids) for group in inputs for ids in group]
+        width = max(len(ids) for ids in flat)
+        tokens = torch.full((len(flat), width), self.pad_id, dtype=torch.long)  # (Σk, T)
+        mask = torch.zeros((len(flat), width), dtype=torch.long)  # (Σk, T)
+        for row, ids in enumerate(flat):  # right-padded, as the encoder expects
+            tokens[row, : len(ids)] = torch.tensor(ids)
+            mask[row, : len(ids)] = 1
+        encoded, _ = self._encode(tokens, mask)  # (Σk, T, D)
+        return self.start_encoded(*fuse_encodings(encoded, mask, [len(group) for group in inputs]))
+
+    def _encode(self, tokens: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
         encoded = self.model.get_encoder()(input_ids=tokens, attention_mask=mask).last_hidden_state  # (B, T, D)
+        return encoded, mask
+
+    @on_compute_thread
+    def start_encoded(self, encoded: Tensor, mask: Tensor) -> Batch:
+        """Rows over given encoder states (B, S, D) and mask (B, S), after the decoder's start token."""
+        rows = encoded.shape[0]
+        assert mask.shape == encoded.shape[:2], "one mask entry per encoder state"
         empty = Batch(
             torch.empty(rows, 0),
             EncoderDecoderCache(DynamicCache(), DynamicCache()),
@@ -252,12 +317,14 @@ class Seq2SeqLM(LM):
             torch.zeros(rows, dtype=torch.long),
             encoded,
         )
-        return self.extend(empty, torch.full((rows, 1), self.decoder_start, dtype=torch.long))[0]
+        start = self.decoder_start
+        assert start is not None
+        return self.extend(empty, torch.full((rows, 1), start, dtype=torch.long))[0]
 
     @on_compute_thread
     def extend(self, batch: Batch, tokens: Tensor) -> tuple[Batch, Tensor]:
         assert batch.encoded is not None
-        out = self.model(
+        out = self._forward(
             encoder_outputs=BaseModelOutput(last_hidden_state=batch.encoded),
             attention_mask=batch.mask,
             decoder_input_ids=tokens,
@@ -281,6 +348,22 @@ class Seq2SeqLM(LM):
             batch.positions[rows],
             batch.encoded[rows],
         )
+
+
+def fuse_encodings(encoded: Tensor, mask: Tensor, counts: Sequence[int]) -> tuple[Tensor, Tensor]:
+    """Per group, the encoder states of its inputs end to end: (Σk, T, D) -> (N, K·T, D) with
+    K = max k, and the mask (Σk, T) -> (N, K·T). Groups with fewer inputs get masked zeros."""
+    rows, width, dim = encoded.shape  # (Σk, T, D)
+    assert mask.shape == (rows, width) and sum(counts) == rows and min(counts) > 0, "one row per input"
+    most = max(counts)
+    fused = encoded.new_zeros((len(counts), most * width, dim))  # (N, K·T, D)
+    fused_mask = mask.new_zeros((len(counts), most * width))  # (N, K·T)
+    per_group = zip(torch.split(encoded, list(counts)), torch.split(mask, list(counts)), strict=True)
+    for i, (states, part) in enumerate(per_group):  # (k, T, D), (k, T)
+        k = states.shape[0]
+        fused[i, : k * width] = states.reshape(k * width, dim)  # (k, T, D) -> (k·T, D)
+        fused_mask[i, : k * width] = part.reshape(k * width)  # (k, T) -> (k·T,)
+    return fused, fused_mask
 
 
 def lm_for(model: PreTrainedModel, pad_id: int) -> LM:

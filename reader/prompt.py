@@ -12,7 +12,7 @@ import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from retriever.types import Passage
+from ragserve.types import Passage
 
 if TYPE_CHECKING:
     from reader.adapters import Adapter

@@ -12,12 +12,13 @@ from collections.abc import Sequence
 
 import torch
 
+from ragserve.types import Passage
 from reader.adapters import Adapter
-from reader.base import Answer, Reader, ReaderContext, register
+from reader.base import Answer, Reader
+from reader.decoding import greedy
 from reader.marginal import marginal_sequence, passage_prior, posterior
 from reader.prompt import prefix_for, qa_suffix
-from reader.stuffing import truncate
-from retriever.types import Passage
+from reader.registry import ReaderContext, register
 
 
 @register("rag-sequence")
@@ -32,19 +33,16 @@ class RagSequenceReader(Reader):
     def answer(self, question: str, passages: Sequence[Passage], adapter: Adapter | None = None) -> Answer:
         used = list(passages)
         k = len(used)
+        text = self.generator.text
         log_prior = passage_prior([p.score for p in used], self.config.temperature)  # (k,)
-        suffixes = [
-            self.generator.encode(qa_suffix(question, [truncate(self.generator, p, self.config.max_passage_tokens)]))
-            for p in used
-        ]
+        suffixes = [text.encode(qa_suffix(question, [text.truncate(p, self.config.max_passage_tokens)])) for p in used]
         started = time.perf_counter()
         lm = self.generator.lm
         with self.generator.lock, torch.inference_mode():
-            batch = lm.start(self.generator.prefix_ids(prefix_for(adapter)), suffixes, adapter)
+            batch = lm.start(text.prefix_ids(prefix_for(adapter)), suffixes, adapter)
             kept = lm.select(batch, torch.arange(k))  # a copy: decoding below grows `batch`'s cache
-            candidates = list(
-                dict.fromkeys(tuple(c) for c in self.generator.greedy_rows(batch, self.config.max_new_tokens) if c)
-            )
+            decoded = greedy(lm, batch, self.config.max_new_tokens, text.ends_answer)
+            candidates = list(dict.fromkeys(tuple(c) for c in decoded if c))
             rows = torch.tensor([z for _ in candidates for z in range(k)])
             loglik = lm.continuation_logprob(lm.select(kept, rows), [c for c in candidates for _ in range(k)])
         loglik = loglik.view(len(candidates), k)  # (C, k): log p(y_c | x, z)
@@ -53,7 +51,7 @@ class RagSequenceReader(Reader):
         weights = posterior(log_prior, loglik[best])
         order = sorted(range(k), key=lambda z: -float(weights[z]))
         return Answer(
-            text=self.generator.answer_text(candidates[best]),
+            text=text.answer_text(candidates[best]),
             passages=[used[z] for z in order],
             timings_ms={"generate": (time.perf_counter() - started) * 1000},
             probability=float(scores[best].exp()),

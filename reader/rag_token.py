@@ -15,12 +15,13 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ragserve.compute import on_compute_thread
+from ragserve.types import Passage
 from reader.adapters import Adapter
-from reader.base import Answer, Reader, ReaderContext, register
+from reader.base import Answer, Reader
 from reader.marginal import marginal_next_token, passage_prior, posterior
 from reader.prompt import prefix_for, qa_suffix
-from reader.stuffing import truncate
-from retriever.types import Passage
+from reader.registry import ReaderContext, register
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +29,16 @@ class Hypothesis:
     tokens: list[int]
     score: float  # log p(tokens | x) under the marginal
     per_passage: Tensor  # (k,) log p(tokens | x, z) of each passage
+
+
+@on_compute_thread  # a logsumexp and a top-k over (beams·k, V): OpenMP work, so on the model's thread
+def best_next(log_prior: Tensor, per_row: Tensor, scores: Tensor, width: int) -> tuple[Tensor, Tensor]:
+    """Beam totals log p(tokens + t | x) for every beam and next token t under the marginal, and
+    the best `width` of them: per_row (B, k, V) log-probs, scores (B,) -> (values, flat indices)."""
+    marginal = marginal_next_token(log_prior, per_row)  # (B, V)
+    totals = scores[:, None] + marginal  # (B, V)
+    values, flat = totals.view(-1).topk(min(width, totals.numel()))
+    return values, flat
 
 
 @register("rag-token")
@@ -41,18 +52,16 @@ class RagTokenReader(Reader):
 
     def answer(self, question: str, passages: Sequence[Passage], adapter: Adapter | None = None) -> Answer:
         used = list(passages)
+        text = self.generator.text
         log_prior = passage_prior([p.score for p in used], self.config.temperature)  # (k,)
-        suffixes = [
-            self.generator.encode(qa_suffix(question, [truncate(self.generator, p, self.config.max_passage_tokens)]))
-            for p in used
-        ]
+        suffixes = [text.encode(qa_suffix(question, [text.truncate(p, self.config.max_passage_tokens)])) for p in used]
         started = time.perf_counter()
         with self.generator.lock, torch.inference_mode():
             best = self.beam_search(log_prior, suffixes, adapter)
         weights = posterior(log_prior, best.per_passage)
         order = sorted(range(len(used)), key=lambda z: -float(weights[z]))
         return Answer(
-            text=self.generator.answer_text(best.tokens),
+            text=text.answer_text(best.tokens),
             passages=[used[z] for z in order],
             timings_ms={"generate": (time.perf_counter() - started) * 1000},
             probability=float(torch.exp(torch.tensor(best.score))),
@@ -61,22 +70,21 @@ class RagTokenReader(Reader):
 
     def beam_search(self, log_prior: Tensor, suffixes: list[list[int]], adapter: Adapter | None = None) -> Hypothesis:
         """Beam search over the marginal; rows of the batch are beam-major: row = beam·k + z."""
-        lm, k, width = self.generator.lm, len(suffixes), self.config.num_beams
-        batch = lm.start(self.generator.prefix_ids(prefix_for(adapter)), suffixes, adapter)
+        lm, text, k, width = self.generator.lm, self.generator.text, len(suffixes), self.config.num_beams
+        batch = lm.start(text.prefix_ids(prefix_for(adapter)), suffixes, adapter)
         beams = [Hypothesis([], 0.0, torch.zeros(k))]
         finished: list[Hypothesis] = []
         for step in range(self.config.max_new_tokens):
             per_row = batch.logprobs.view(len(beams), k, -1)  # (B, k, V)
-            marginal = marginal_next_token(log_prior, per_row)  # (B, V)
-            totals = torch.tensor([b.score for b in beams])[:, None] + marginal  # (B, V)
-            vocab = totals.shape[1]
+            vocab = per_row.shape[2]
+            scores = torch.tensor([b.score for b in beams])  # (B,)
             survivors: list[tuple[int, Hypothesis]] = []
-            for value, flat in zip(*totals.view(-1).topk(min(2 * width, totals.numel())), strict=True):
+            for value, flat in zip(*best_next(log_prior, per_row, scores, 2 * width), strict=True):
                 parent, token = divmod(int(flat), vocab)
                 hyp = Hypothesis(
                     [*beams[parent].tokens, token], float(value), beams[parent].per_passage + per_row[parent, :, token]
                 )
-                if self.generator.ends_answer(token):
+                if text.ends_answer(token):
                     finished.append(hyp)
                 elif len(survivors) < width:
                     survivors.append((parent, hyp))

@@ -17,7 +17,6 @@ import logging
 import re
 import time
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -26,13 +25,17 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from transformers import PreTrainedModel
 
+from ragserve.atomic import write_file
+from ragserve.errors import ReaderUnavailableError
+from ragserve.types import Passage
 from reader.adapters import Adapter
-from reader.base import Answer, Reader, ReaderContext, SearchFn, register
+from reader.base import Answer, Reader, SearchFn
+from reader.decoding import greedy
 from reader.generator import Generator
+from reader.lm import CausalLM
 from reader.prompt import flatten, qa_prompt
+from reader.registry import ReaderContext, register
 from reader.retro_model import RetroConfig, Retrofit, RetroState
-from retriever.errors import ReaderUnavailableError
-from retriever.types import Passage
 
 log = logging.getLogger(__name__)
 
@@ -44,12 +47,9 @@ def default_weights_path(cache_dir: Path, generator_name: str) -> Path:
 
 def save_retrofit(retrofit: Retrofit, path: Path, extra: dict[str, str] | None = None) -> None:
     """The new layers only (safetensors, config in the metadata); written atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {name: t.detach().contiguous() for name, t in retrofit.state_dict().items()}
     metadata = {"config": retrofit.config.to_json(), "hidden_size": str(retrofit.base.config.hidden_size)}
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(tensors, str(tmp), metadata={**metadata, **(extra or {})})
-    tmp.replace(path)
+    write_file(path, lambda tmp: save_file(tensors, str(tmp), metadata={**metadata, **(extra or {})}))
 
 
 def load_retrofit(path: Path, model: PreTrainedModel) -> Retrofit:
@@ -64,7 +64,12 @@ def load_retrofit(path: Path, model: PreTrainedModel) -> Retrofit:
         )
     retrofit = Retrofit(model, RetroConfig.from_json(metadata["config"]))
     retrofit.load_state_dict(load_file(str(path)))
-    retrofit.to(model.dtype)  # the base model's number format (bf16 where the generator runs in it)
+    return for_inference(retrofit)
+
+
+def for_inference(retrofit: Retrofit) -> Retrofit:
+    """In the base model's number format (bf16 where the generator runs in it) and inference mode."""
+    retrofit.to(retrofit.base.dtype)
     retrofit.train(False)
     return retrofit
 
@@ -79,10 +84,23 @@ def neighbour_tensors(
     mask = torch.zeros(len(per_chunk), k, r, dtype=torch.bool)  # (L, k, r)
     for u, passages in enumerate(per_chunk):
         for j, passage in enumerate(list(passages)[:k]):
-            tokens = generator.encode(flatten(passage.text))[:r]
+            tokens = generator.text.encode(flatten(passage.text))[:r]
             ids[u, j, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
             mask[u, j, : len(tokens)] = True
     return ids, mask
+
+
+class RetroLM(CausalLM):
+    """The decoding backend with the retrofit attached: every forward pass of the base model runs
+    through `Retrofit.forward`, with the neighbours and positions of `state` (one answer's)."""
+
+    def __init__(self, generator: Generator, retrofit: Retrofit, state: RetroState) -> None:
+        super().__init__(generator.model, generator.lm.pad_id)
+        self.retrofit = retrofit
+        self.state = state
+
+    def _forward(self, **inputs: Any) -> Any:
+        return self.retrofit(inputs.pop("input_ids"), self.state, **inputs)
 
 
 class RetroReader(Reader):
@@ -94,12 +112,6 @@ class RetroReader(Reader):
         self.search: SearchFn | None = context.search
         self.retrofit = retrofit
 
-    def _truncate(self, passage: Passage) -> Passage:
-        ids = self.generator.encode(passage.text)
-        if len(ids) <= self.config.max_passage_tokens:
-            return passage
-        return replace(passage, text=self.generator.decode(ids[: self.config.max_passage_tokens]))
-
     def _add(self, state: RetroState, passages: Sequence[Passage]) -> None:
         ids, mask = neighbour_tensors(self.generator, [passages], self.retrofit.config)  # (1, k, r)
         state.add_chunk(ids, mask)
@@ -107,42 +119,39 @@ class RetroReader(Reader):
     def answer(self, question: str, passages: Sequence[Passage], adapter: Adapter | None = None) -> Answer:
         assert adapter is None, "this reader does not adapt"
         used = list(passages)
-        prompt = self.generator.encode(qa_prompt(question, [self._truncate(p) for p in used]))
+        text = self.generator.text
+        prompt = text.encode(qa_prompt(question, [text.truncate(p, self.config.max_passage_tokens) for p in used]))
         started = time.perf_counter()
         with self.generator.lock, torch.inference_mode():
             tokens, retrieve_ms = self._generate(prompt, used)
         elapsed = (time.perf_counter() - started) * 1000
-        text = self.generator.decode(tokens).split("\n")[0].strip()
-        return Answer(text=text, passages=used, timings_ms={"generate": elapsed - retrieve_ms, "retrieve": retrieve_ms})
+        timings = {"generate": elapsed - retrieve_ms, "retrieve": retrieve_ms}
+        return Answer(text=text.answer_text(tokens), passages=used, timings_ms=timings)
 
     def _generate(self, prompt: list[int], passages: list[Passage]) -> tuple[list[int], float]:
+        """Greedy decoding through the shared loop; whenever a chunk of m tokens completes, its text
+        retrieves the neighbours the following tokens attend to."""
         m, k = self.retrofit.config.chunk, self.retrofit.config.neighbours
         state = RetroState.empty(1, self.retrofit.config)
         for _ in range(len(prompt) // m):  # complete chunks of the prompt: the engine's passages
             self._add(state, passages)
         seq = list(prompt)
-        out: list[int] = []
-        cache: Any = None
         retrieve_ms = 0.0
-        feed = torch.tensor([prompt], dtype=torch.long)  # (1, T)
-        for _ in range(self.config.max_new_tokens):
-            result = self.retrofit(feed, state, cache=cache, use_cache=True, logits_to_keep=1)
-            cache = result.cache
-            next_id = int(result.logits[0, -1].argmax())  # logits: (1, 1, V)
-            if next_id in self.generator.stop_ids:
-                break
-            out.append(next_id)
-            seq.append(next_id)
-            if "\n" in self.generator.decode(out[-1:]):
-                break
-            if len(seq) % m == 0:  # a chunk just completed: retrieve its neighbours before feeding its last token
+
+        def on_token(_: int, token: int) -> None:
+            nonlocal retrieve_ms
+            seq.append(token)
+            if len(seq) % m == 0:  # a chunk just completed: its neighbours, before its last token is fed
                 started = time.perf_counter()
-                query = self.generator.decode(seq[-m:])
+                query = self.generator.text.decode(seq[-m:])
                 found = self.search([query], k)[0] if self.search is not None else passages
                 retrieve_ms += (time.perf_counter() - started) * 1000
                 self._add(state, found)
-            feed = torch.tensor([[next_id]], dtype=torch.long)  # (1, 1)
-        return out, retrieve_ms
+
+        lm = RetroLM(self.generator, self.retrofit, state)
+        batch = lm.start((), [prompt])
+        (tokens,) = greedy(lm, batch, self.config.max_new_tokens, self.generator.text.ends_answer, on_token=on_token)
+        return tokens, retrieve_ms
 
 
 @register("retro")
@@ -155,7 +164,6 @@ def make_retro_reader(context: ReaderContext) -> Reader:
     elif context.config.retro_weights is not None:
         raise ReaderUnavailableError(f"retro weights {path} do not exist (train them with `ragserve train retro`)")
     else:
-        retrofit = Retrofit(model, RetroConfig())
-        retrofit.train(False)
+        retrofit = for_inference(Retrofit(model, RetroConfig()))
         log.info("retro: no trained retrofit at %s; gates are 0, so answers equal the base model's", path)
     return RetroReader(context, retrofit)

@@ -10,6 +10,9 @@ of an index artifact.
   chunk gets none (no position inside the sequence attends to it). Retrieval runs once, before
   training, for the sequences the run will see.
 - AdamW on the new parameters, linear warm-up then cosine decay, gradient clipping at 1.
+
+The corpus and the neighbour search are handed in (service/application/training.py wires them to
+an index version), so this module knows no index format.
 """
 
 import hashlib
@@ -17,49 +20,24 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from indexer.docstore import Docstore
+from ragserve.errors import InvalidInputError
+from ragserve.types import Passage
+from reader.base import SearchFn
 from reader.generator import Generator
 from reader.retro import neighbour_tensors, save_retrofit
 from reader.retro_model import RetroConfig, Retrofit, RetroState
-from retriever.errors import InvalidInputError
-from retriever.types import Passage, RetrievalMode
-from retriever.version import VersionRetriever
+from reader.train_config import RetroTrainConfig
+
+TrainConfig = RetroTrainConfig
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class TrainConfig:
-    steps: int = 200
-    batch: int = 2
-    seq_tokens: int = 128  # T: a multiple of the chunk size
-    lr: float = 1e-3
-    warmup: int = 20
-    holdout: float = 0.1  # fraction of documents never trained on (evaluation)
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        limits = {
-            "steps": 1 <= self.steps <= 1_000_000,
-            "batch": 1 <= self.batch <= 256,
-            "seq_tokens": 1 <= self.seq_tokens <= 8_192,
-            "lr": 0 < self.lr <= 1,
-            "holdout": 0 <= self.holdout < 1,
-        }
-        bad = [name for name, ok in limits.items() if not ok]
-        if bad:
-            raise InvalidInputError(
-                "out of range: "
-                + ", ".join(f"{name}={getattr(self, name)}" for name in bad)
-                + " (steps 1..1e6, batch 1..256, seq_tokens 1..8192, 0 < lr <= 1, 0 <= holdout < 1)"
-            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,34 +59,35 @@ def held_out(doc_id: str, fraction: float) -> bool:
     return int.from_bytes(digest[:8], "big") / 2**64 < fraction
 
 
-def sequences(artifact: Path, generator: Generator, tokens: int, keep: Callable[[str], bool]) -> list[TrainSequence]:
-    """The first `tokens` generator tokens of every chunk of the artifact whose doc_id `keep`s."""
+def sequences(
+    corpus: Iterable[tuple[str, str]], generator: Generator, tokens: int, keep: Callable[[str], bool]
+) -> list[TrainSequence]:
+    """The first `tokens` generator tokens of every (doc_id, text) chunk whose doc_id `keep`s."""
     found: list[TrainSequence] = []
-    for batch in Docstore(artifact / "docstore.sqlite").scan():
-        for chunk in batch:
-            if not keep(chunk.doc_id):
-                continue
-            ids = generator.encode(chunk.text)
-            if len(ids) >= tokens:
-                found.append(TrainSequence(chunk.doc_id, ids[:tokens]))
+    for doc_id, text in corpus:
+        if not keep(doc_id):
+            continue
+        ids = generator.text.encode(text)
+        if len(ids) >= tokens:
+            found.append(TrainSequence(doc_id, ids[:tokens]))
     return found
 
 
 def retrieve_neighbours(
-    retriever: VersionRetriever, generator: Generator, seqs: list[TrainSequence], config: RetroConfig, depth: int = 10
+    search: SearchFn, generator: Generator, seqs: list[TrainSequence], config: RetroConfig, depth: int = 10
 ) -> list[list[list[Passage]]]:
-    """Per sequence, per chunk: the top k passages for the chunk's text, not from the sequence's
-    own document; the last chunk gets none."""
+    """Per sequence, per chunk: the top k passages `search` finds for the chunk's text, not from
+    the sequence's own document; the last chunk gets none. RETRO finds neighbours by embedding
+    kNN (frozen BERT embeddings there): the caller's `search` is dense."""
     m, k = config.chunk, config.neighbours
-    queries = [generator.decode(s.ids[u * m : (u + 1) * m]) for s in seqs for u in range(len(s.ids) // m - 1)]
-    # Neighbours by embedding kNN, as in RETRO (frozen BERT embeddings there).
-    results = retriever.search_batch(queries, k + depth, RetrievalMode.DENSE) if queries else []
+    queries = [generator.text.decode(s.ids[u * m : (u + 1) * m]) for s in seqs for u in range(len(s.ids) // m - 1)]
+    results = search(queries, k + depth) if queries else []
     out: list[list[list[Passage]]] = []
     at = 0
     for s in seqs:
         per_chunk: list[list[Passage]] = []
         for _ in range(len(s.ids) // m - 1):
-            per_chunk.append([p for p in results[at].passages if p.doc_id != s.doc_id][:k])
+            per_chunk.append([p for p in results[at] if p.doc_id != s.doc_id][:k])
             at += 1
         per_chunk.append([])
         out.append(per_chunk)
@@ -143,14 +122,16 @@ def learning_rate(step: int, config: TrainConfig) -> float:
 
 
 def train(
-    retriever: VersionRetriever,
+    corpus: Iterable[tuple[str, str]],
+    search: SearchFn,
     generator: Generator,
     out: Path,
     config: TrainConfig,
     retro: RetroConfig | None = None,
     progress: Callable[[str], None] = print,
 ) -> dict[str, float | int | str]:
-    """Train a retrofit on the retriever's corpus and save it to `out`; returns a summary."""
+    """Train a retrofit on a corpus of (doc_id, text) chunks, with neighbours from `search` (dense),
+    and save it to `out`; returns a summary."""
     started = time.perf_counter()
     retro = retro or RetroConfig()
     assert config.seq_tokens % retro.chunk == 0, "seq_tokens must be a multiple of the chunk size"
@@ -159,13 +140,13 @@ def train(
     for p in model.parameters():
         p.requires_grad_(False)
     retrofit = Retrofit(model, retro)
-    seqs = sequences(retriever.path, generator, config.seq_tokens, lambda d: not held_out(d, config.holdout))
+    seqs = sequences(corpus, generator, config.seq_tokens, lambda d: not held_out(d, config.holdout))
     if not seqs:
-        raise InvalidInputError(f"no chunk of {retriever.path} has {config.seq_tokens} tokens outside the held-out set")
+        raise InvalidInputError(f"no chunk of the corpus has {config.seq_tokens} tokens outside the held-out set")
     random.Random(config.seed).shuffle(seqs)
     seqs = seqs[: config.steps * config.batch]  # the sequences this run will see (cycled if fewer)
     progress(f"retrieving neighbours for {len(seqs)} sequences ...")
-    neighbours = retrieve_neighbours(retriever, generator, seqs, retro)
+    neighbours = retrieve_neighbours(search, generator, seqs, retro)
     prepared = time.perf_counter()
     optimizer = torch.optim.AdamW([p for p in retrofit.parameters()], lr=config.lr, weight_decay=0.0)
     losses: list[float] = []

@@ -1,27 +1,18 @@
 """The baseline reader: the top passages go into the prompt, the LM answers greedily.
 
-Concurrent requests are decoded together (`ReaderConfig.batch_max` > 1, causal generators): see
-reader/continuous.py. An encoder-decoder generator answers one request at a time.
+Concurrent requests are decoded together (`ReaderConfig.batch_max` > 1, backends that merge
+batches): see reader/continuous.py. Otherwise a request decodes alone.
 """
 
 import time
 from collections.abc import Sequence
-from dataclasses import replace
 
+from ragserve.types import Passage
 from reader.adapters import Adapter
-from reader.base import Answer, Reader, ReaderContext, register
+from reader.base import Answer, Reader
 from reader.continuous import ContinuousDecoder
-from reader.generator import Generator
 from reader.prompt import prefix_for, qa_suffix
-from retriever.types import Passage
-
-
-def truncate(generator: Generator, passage: Passage, max_tokens: int) -> Passage:
-    """The passage cut to `max_tokens` generator tokens."""
-    ids = generator.encode(passage.text)
-    if len(ids) <= max_tokens:
-        return passage
-    return replace(passage, text=generator.decode(ids[:max_tokens]))
+from reader.registry import ReaderContext, register
 
 
 @register("stuff")
@@ -34,7 +25,7 @@ class StuffingReader(Reader):
         self.generator = context.generator
         self.config = context.config
         self._decoder: ContinuousDecoder | None = None
-        if self.config.batch_max > 1 and self.generator.is_causal:
+        if self.config.batch_max > 1 and self.generator.lm.merges:
             self._decoder = ContinuousDecoder(self.generator, self.config.batch_max, self.config.batch_wait_ms)
 
     def answer(self, question: str, passages: Sequence[Passage], adapter: Adapter | None = None) -> Answer:
@@ -45,11 +36,12 @@ class StuffingReader(Reader):
 
     def _answer(self, question: str, passages: Sequence[Passage], extractive: bool, adapter: Adapter | None) -> Answer:
         used = list(passages)
-        prefix = self.generator.prefix_ids(prefix_for(adapter))
-        cut = [truncate(self.generator, p, self.config.max_passage_tokens) for p in used]
-        suffix = self.generator.encode(qa_suffix(question, cut))
+        text = self.generator.text
+        prefix = text.prefix_ids(prefix_for(adapter))
+        cut = [text.truncate(p, self.config.max_passage_tokens) for p in used]
+        suffix = text.encode(qa_suffix(question, cut))
         # The cut texts are prefixes of the passages' texts, so offsets into them hold for the passages.
-        constraint = self.generator.span_constraint([p.text for p in cut]) if extractive else None
+        constraint = text.span_constraint([p.text for p in cut]) if extractive else None
         started = time.perf_counter()
         if constraint is not None and not constraint.allowed():  # passages without a single token
             tokens: list[int] = []
@@ -60,6 +52,6 @@ class StuffingReader(Reader):
         elapsed = (time.perf_counter() - started) * 1000
         timings = {"generate": elapsed}
         if constraint is None:
-            return Answer(self.generator.answer_text(tokens), used, timings)
+            return Answer(text.answer_text(tokens), used, timings)
         evidence = constraint.evidence()
         return Answer(evidence.text if evidence else "", used, timings, evidence=evidence)

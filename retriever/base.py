@@ -4,7 +4,7 @@ import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
-from retriever.types import RetrievalMode, SearchResult
+from ragserve.types import RetrievalMode, SearchResult
 
 
 class Retriever(ABC):

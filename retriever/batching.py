@@ -15,7 +15,7 @@ Callers either block (`submit`, from a request thread) or await (`submit_async`,
 loop: no thread is held while the batch runs, and no thread hop is paid to get there).
 
 Batches run on the batcher's own worker thread, or on a thread that is shared with other work
-(`on`: the process's compute thread, retriever/compute.py): then each batch is one task there,
+(`on`: the process's compute thread, ragserve/compute.py): then each batch is one task there,
 queued behind what is already waiting (e.g. an answer's decoding step), so the models never run on
 two threads at once.
 
@@ -35,11 +35,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Generic, TypeVar
 
+from ragserve.types import RetrievalMode, SearchResult
 from retriever.base import Retriever
-from retriever.types import RetrievalMode, SearchResult
 
 if TYPE_CHECKING:
-    from retriever.compute import ComputeThread
+    from ragserve.compute import ComputeThread
 
 In = TypeVar("In")
 Out = TypeVar("Out")

@@ -16,15 +16,13 @@ import torch
 from sentence_transformers import SentenceTransformer
 from tokenizers import Tokenizer
 
+from ragserve.compute import on_compute_thread
+from ragserve.errors import ModelNotFoundError
+from ragserve.precision import resolve_precision
+from ragserve.types import Precision, TokenizedText
 from retriever.bert import LeanBert
-from retriever.compute import on_compute_thread
-from retriever.errors import ModelNotFoundError
-from retriever.precision import resolve_precision
-from retriever.types import Precision, TokenizedText
 
 log = logging.getLogger(__name__)
-
-DEFAULT_RETRIEVER = "all-MiniLM-L6-v2"
 
 
 def _packaged_minilm() -> Path:
@@ -78,12 +76,7 @@ def weights_sha256(model_dir: Path) -> str:
 class Encoder:
     """Wraps a SentenceTransformer for inference only; outputs are L2-normalised float32."""
 
-    def __init__(
-        self,
-        name_or_path: str = DEFAULT_RETRIEVER,
-        device: str | None = None,
-        precision: Precision | str = Precision.FP32,
-    ) -> None:
+    def __init__(self, name_or_path: str, precision: Precision | str, device: str | None = None) -> None:
         self.name = name_or_path
         self.path = resolve_retriever(name_or_path)
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -138,7 +131,7 @@ class Encoder:
         tokens = [t.ids[: self.max_tokens] for t in self.tokenize(queries)]
         return self.encode_ids(tokens)
 
-    @on_compute_thread  # see retriever/compute.py
+    @on_compute_thread  # see ragserve/compute.py
     @torch.inference_mode()
     def _forward(self, batch: list[Sequence[int]]) -> np.ndarray:
         assert all(len(ids) <= self.max_tokens for ids in batch), "input longer than the model's window"

@@ -11,8 +11,8 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
+from ragserve.types import RetrievalMode, SearchResult
 from retriever.base import Retriever
-from retriever.types import RetrievalMode, SearchResult
 
 
 class HotSwapRetriever(Retriever):

@@ -20,8 +20,9 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from indexer.artifact import STAGING_PREFIX, fsync_dir, read_manifest, verify_artifact
-from retriever.errors import ArtifactError, InvalidInputError, UnknownVersionError
+from ragserve.atomic import STAGING_PREFIX, fsync_dir, publish, write_file
+from ragserve.errors import ArtifactError, InvalidInputError, UnknownVersionError
+from retriever.artifact import read_manifest, verify_artifact
 
 VERSION_ID = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{8}$")
 INDEX_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
@@ -76,7 +77,7 @@ class IndexRegistry:
             with _try_lock(path / LOCK) as free:
                 if free:
                     shutil.rmtree(path, ignore_errors=True)
-        for tmp in self.home.glob(f".{POINTER}.*"):
+        for tmp in self.home.glob(f"{STAGING_PREFIX}{POINTER}-*"):
             if time.time() - tmp.stat().st_mtime > STALE_POINTER_SECONDS:  # not a switch in flight
                 tmp.unlink(missing_ok=True)
 
@@ -101,14 +102,8 @@ class IndexRegistry:
 
     def set_serving(self, version: str) -> None:
         self.path_of(version)
-        tmp = self.home / f".{POINTER}.{uuid.uuid4().hex[:8]}"
         payload = {"version": version, "updated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        with tmp.open("w", encoding="utf-8") as fh:
-            json.dump(payload, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.home / POINTER)
-        fsync_dir(self.home)
+        write_file(self.home / POINTER, json.dumps(payload).encode())
 
     def add(self, build: Callable[[Path], object]) -> str:
         """Run `build(out)` to create an artifact in a locked work directory, then file it under
@@ -123,8 +118,7 @@ class IndexRegistry:
                 version = read_manifest(incoming).version
                 target = self.versions_dir / version
                 if not target.exists():  # else the very same content is already a version
-                    os.rename(incoming, target)
-                    fsync_dir(self.versions_dir)
+                    publish(incoming, target)
         finally:
             shutil.rmtree(work, ignore_errors=True)
         return version

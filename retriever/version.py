@@ -1,36 +1,46 @@
 """Search over one verified index version: dense (FAISS), sparse (BM25) or hybrid (both, fused)."""
 
+from __future__ import annotations
+
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+import scipy.sparse as sp
 
-from indexer.artifact import DOCSTORE_FILE, INDEX_FILE, Manifest, verify_artifact
-from indexer.docstore import Docstore, StoredChunk
+from ragserve.errors import ArtifactError, ModelMismatchError
+from ragserve.types import ChunkRecord, RetrievalMode, SearchResult
 from retriever import faiss_index
+from retriever.artifact import DOCSTORE_FILE, INDEX_FILE, Manifest, verify_artifact
 from retriever.base import Retriever
-from retriever.encoder import Encoder
-from retriever.errors import ArtifactError, ModelMismatchError
-from retriever.hybrid import FusionWeights, QueryTerms, rank, union_rows
-from retriever.sparse import ANALYZER_VERSION, BM25Params, SparseIndex, indexed_text, top_rows
-from retriever.types import Passage, RetrievalMode, SearchResult
+from retriever.docstore import Docstore
+from retriever.hybrid import FusionWeights
+from retriever.search import search
+from retriever.sparse import ANALYZER_VERSION, BM25Params, SparseIndex, indexed_text
+
+if TYPE_CHECKING:
+    from retriever.encoder import Encoder
 
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True, slots=True)
+class SearchConfig:
+    """How a version is searched (from the settings: service/application/loading.py `search_config`)."""
+
+    mode: RetrievalMode  # used when a search names none
+    ef_search: int  # HNSW
+    nprobe: int  # IVF
+    bm25: BM25Params
+    fusion: FusionWeights
+
+
 class VersionRetriever(Retriever):
-    def __init__(
-        self,
-        path: Path,
-        encoder: Encoder,
-        ef_search: int = 128,
-        nprobe: int = 16,
-        mode: RetrievalMode = RetrievalMode.HYBRID,
-        bm25: BM25Params | None = None,
-        fusion: FusionWeights | None = None,
-    ) -> None:
+    def __init__(self, path: Path, encoder: Encoder, config: SearchConfig) -> None:
         self.path = path
         self.manifest: Manifest = verify_artifact(path)
         if self.manifest.retriever_weights_sha256 != encoder.weights_sha256:
@@ -41,11 +51,11 @@ class VersionRetriever(Retriever):
                 "configure the matching model"
             )
         self.encoder = encoder
-        self.mode = mode
-        self.fusion = fusion or FusionWeights()
-        self.index = faiss_index.load(path / INDEX_FILE, ef_search=ef_search, nprobe=nprobe)
+        self.mode = config.mode
+        self.fusion = config.fusion
+        self.index = faiss_index.load(path / INDEX_FILE, ef_search=config.ef_search, nprobe=config.nprobe)
         self.docstore = Docstore(path / DOCSTORE_FILE)
-        self.sparse = self._open_sparse(bm25 or BM25Params())
+        self.sparse = self._open_sparse(config.bm25)
 
     def _open_sparse(self, params: BM25Params) -> SparseIndex:
         if self.manifest.sparse_analyzer == ANALYZER_VERSION:
@@ -73,63 +83,31 @@ class VersionRetriever(Retriever):
         self, queries: Sequence[str], vectors: np.ndarray | None, top_k: int, mode: RetrievalMode, embed_ms: float
     ) -> list[SearchResult]:
         """Search with query vectors already computed (by `embed`); `embed_ms` is what that took."""
-        t1 = time.perf_counter()
-        if mode is RetrievalMode.SPARSE:
-            scores, rows = self.sparse.search(queries, top_k)  # (Q, k) each; row -1 = no hit
-        else:
-            assert vectors is not None
-            scores, rows = self.index.search(vectors, top_k if mode is RetrievalMode.DENSE else self._depth(top_k))
-        records = self.docstore.get(sorted({int(r) for r in rows.ravel() if r >= 0}))
-        if mode is RetrievalMode.HYBRID:
-            assert vectors is not None
-            scores, rows, records = self._hybrid(queries, vectors, rows, records, top_k)
-        t2 = time.perf_counter()
+        started = time.perf_counter()
+        found = search(self, self.sparse, queries, vectors, top_k, mode, self.fusion)
         per_query = len(queries)
-        timings = {"embed": embed_ms / per_query, "search": (t2 - t1) * 1000 / per_query}
-        return [self._result(s, r, records, timings) for s, r in zip(scores, rows, strict=True)]
+        timings = {"embed": embed_ms / per_query, "search": (time.perf_counter() - started) * 1000 / per_query}
+        return [SearchResult(passages, self.index_version, dict(timings)) for passages in found]
 
-    def _depth(self, top_k: int) -> int:
-        return max(top_k, self.fusion.candidates)
+    # --- the version as a search space (retriever/search.py) ---------------------------------------
 
-    def _hybrid(
-        self,
-        queries: Sequence[str],
-        vectors: np.ndarray,
-        dense_rows: np.ndarray,
-        records: dict[int, StoredChunk],
-        top_k: int,
-    ) -> tuple[np.ndarray, np.ndarray, dict[int, StoredChunk]]:
-        """Fuse the dense candidates (already found) with the BM25 ones -> (Q, k) scores and rows."""
-        matrix, ceiling = self.sparse.query_matrix(queries)
-        sparse_all = self.sparse.score(self.sparse.postings, matrix, ceiling)  # (Q, N)
-        _, sparse_rows = top_rows(sparse_all, self._depth(top_k))  # (Q, depth)
-        missing = {int(r) for r in sparse_rows.ravel() if r >= 0} - records.keys()
-        records = {**records, **self.docstore.get(sorted(missing))}
-        fused = np.full((len(queries), top_k), -np.inf, np.float32)
-        out_rows = np.full((len(queries), top_k), -1, np.int64)
-        for q, query in enumerate(queries):
-            rows = union_rows(dense_rows[q], sparse_rows[q])  # (n,)
-            if rows.size == 0:
-                continue
-            dense = self._dense_scores(vectors[q], rows)  # (n,)
-            chunks = [(records[int(r)].title, records[int(r)].text) for r in rows]
-            scores, best = rank(QueryTerms.of(query), rows, dense, sparse_all[q, rows], chunks, self.fusion, top_k)
-            fused[q, : best.size], out_rows[q, : best.size] = scores, best
-        return fused, out_rows, records
+    @property
+    def size(self) -> int:
+        return int(self.index.ntotal)
 
-    def _dense_scores(self, vector: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    def dense_top(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        scores, rows = self.index.search(vectors, k)  # (Q, k) each; row -1 where the index has fewer
+        return scores, rows
+
+    def dense_scores(self, vector: np.ndarray, rows: np.ndarray) -> np.ndarray:
         stored = faiss_index.reconstruct(self.index, rows)  # (n, dim) or None
         if stored is None:
             raise ArtifactError(f"{self.path}: index type {self.manifest.index_factory} cannot give back vectors")
         scores: np.ndarray = (stored @ vector).astype(np.float32)  # (n,)
         return scores
 
-    def _result(
-        self, scores: np.ndarray, rows: np.ndarray, records: dict[int, StoredChunk], timings: dict[str, float]
-    ) -> SearchResult:
-        passages = [
-            Passage.of(records[row], score)
-            for score, row in zip(scores.tolist(), rows.tolist(), strict=True)
-            if row >= 0
-        ]
-        return SearchResult(passages=passages, index_version=self.index_version, timings_ms=dict(timings))
+    def sparse_scores(self, queries: sp.csr_matrix, ceiling: np.ndarray) -> np.ndarray:
+        return self.sparse.score(self.sparse.postings, queries, ceiling)
+
+    def records(self, rows: Sequence[int]) -> Mapping[int, ChunkRecord]:
+        return self.docstore.get(rows)

@@ -12,7 +12,7 @@ from typing import Annotated
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from retriever.types import Precision, RetrievalMode
+from ragserve.types import Precision, RetrievalMode
 
 
 def _is_loopback(host: str) -> bool:

@@ -14,13 +14,14 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from indexer.build import BuildConfig, build_artifact
-from indexer.sources import Document
+from indexer.build import build_artifact
+from ragserve.types import Document, Precision
 from reader.generator import Generator
 from retriever.encoder import Encoder
-from service.app import create_app
-from service.loading import load_services
+from service.application.loading import load_services
+from service.http.app import create_app
 from service.settings import Settings
+from tests.defaults import BUILD, SETTINGS
 
 # Facts that exist nowhere but here, so a right answer proves the answer came from retrieval.
 TINY_CORPUS = [
@@ -63,18 +64,18 @@ def cache_home() -> Path:
 
 @pytest.fixture(scope="session")
 def encoder() -> Encoder:
-    return Encoder()
+    return Encoder(SETTINGS.retriever_model, precision=Precision.FP32)
 
 
 @pytest.fixture(scope="session")
 def generator(cache_home: Path) -> Generator:
-    return Generator(cache_dir=cache_home)
+    return Generator(SETTINGS.generator_model, cache_home, Precision.FP32)
 
 
 @pytest.fixture(scope="session")
 def tiny_index(tmp_path_factory: pytest.TempPathFactory, encoder: Encoder) -> Path:
     out = tmp_path_factory.mktemp("indexes") / "tiny"
-    build_artifact(TINY_CORPUS, out, encoder, BuildConfig(), progress=False)
+    build_artifact(TINY_CORPUS, out, encoder, BUILD, progress=False)
     return out
 
 

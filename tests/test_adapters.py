@@ -14,14 +14,15 @@ from peft import PeftModel
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
 
+from ragserve.errors import InvalidAdapterError, InvalidInputError, UnknownAdapterError
+from ragserve.types import Passage
 from reader.adapter_train import CHECKPOINT, Example, TrainConfig, batches, train
 from reader.adapters import Adapter, load_adapter
 from reader.generator import Generator
 from reader.prompt import ADAPTER_PREFIX, PREFIX, qa_suffix
-from retriever.errors import InvalidAdapterError, InvalidInputError, UnknownAdapterError
-from retriever.types import Passage
-from service.adapters import AUTO, BUNDLED_DEFAULT, AdapterManager, bundled_adapters
+from service.application.adapters import AUTO, BUNDLED_DEFAULT, AdapterManager, bundled_adapters
 from tests.conftest import TINY_CORPUS
+from tests.defaults import SETTINGS
 
 PASSAGES = {d.id: Passage(f"{d.id}#0", d.id, d.title, d.text, 1.0, 0, len(d.text)) for d in TINY_CORPUS}
 EXAMPLES = [
@@ -40,7 +41,7 @@ CONFIGS = {
 
 def fresh_generator(cache_home: Path) -> Generator:
     """Training changes the model it is given: each run gets a generator of its own."""
-    return Generator(cache_dir=cache_home, precision="fp32")
+    return Generator(SETTINGS.generator_model, cache_home, "fp32")
 
 
 @pytest.fixture(scope="session")
@@ -63,7 +64,7 @@ def peft_reference(generator: Generator, folder: Path, ids: list[int]) -> torch.
 
 def served(generator: Generator, adapter: Adapter | None, suffix: list[int], answer: list[int]) -> torch.Tensor:
     """(1 + A, V) log-probabilities after the prompt and after each answer token, through reader/lm.py."""
-    prefix = generator.encode(ADAPTER_PREFIX if adapter is not None else PREFIX)
+    prefix = generator.text.encode(ADAPTER_PREFIX if adapter is not None else PREFIX)
     with torch.inference_mode():
         batch = generator.lm.start(prefix, [suffix], adapter)
         _, after = generator.lm.extend(batch, torch.tensor([answer]))
@@ -76,27 +77,29 @@ def test_a_saved_adapter_serves_exactly_what_peft_computes(
 ) -> None:
     adapter = generator.load_adapter(trained[method], f"t-{method}")
     assert adapter.method == method and adapter.prefix == ADAPTER_PREFIX
-    suffix = generator.encode(qa_suffix("Who is the mayor of Quenmoor?", [PASSAGES["quenmoor"]]))
-    answer = generator.encode(" Ilse Varga\n")
+    suffix = generator.text.encode(qa_suffix("Who is the mayor of Quenmoor?", [PASSAGES["quenmoor"]]))
+    answer = generator.text.encode(" Ilse Varga\n")
     ours = served(generator, adapter, suffix, answer)  # (1 + A, V)
-    prompt = [*generator.encode(ADAPTER_PREFIX), *suffix, *answer]
+    prompt = [*generator.text.encode(ADAPTER_PREFIX), *suffix, *answer]
     reference = peft_reference(generator, trained[method], prompt)[-len(answer) - 1 :]  # (1 + A, V)
     torch.testing.assert_close(ours, reference, atol=2e-4, rtol=0)
     # and the adapter does change the model: the base model with the same prompt differs
     with torch.inference_mode():
-        plain = generator.lm.start(generator.encode(ADAPTER_PREFIX), [suffix]).logprobs[0]
+        plain = generator.lm.start(generator.text.encode(ADAPTER_PREFIX), [suffix]).logprobs[0]
     assert (plain - ours[0]).abs().max() > 1e-3
 
 
 def test_rows_of_one_batch_each_run_their_own_adapter(generator: Generator, trained: dict[str, Path]) -> None:
     adapters: list[Adapter | None] = [generator.load_adapter(trained[m], f"m-{m}") for m in CONFIGS] + [None]
     suffixes = [
-        generator.encode(qa_suffix(q, [PASSAGES[d]]))
+        generator.text.encode(qa_suffix(q, [PASSAGES[d]]))
         for q, d in [("Who built the bridge?", "bridge"), ("Who is mayor?", "quenmoor"), ("Cheese?", "ferment")]
-    ] + [generator.encode(qa_suffix("When is the festival?", [PASSAGES["festival"]]))]
+    ] + [generator.text.encode(qa_suffix("When is the festival?", [PASSAGES["festival"]]))]
     lm = generator.lm
     with torch.inference_mode():
-        lone = [lm.start(generator.encode(ADAPTER_PREFIX), [s], a) for s, a in zip(suffixes, adapters, strict=True)]
+        lone = [
+            lm.start(generator.text.encode(ADAPTER_PREFIX), [s], a) for s, a in zip(suffixes, adapters, strict=True)
+        ]
         merged = lone[0]
         for part in lone[1:]:
             merged = lm.merge(merged, part)  # type: ignore[attr-defined]
@@ -316,7 +319,7 @@ def test_train_reader_command_retrieves_passages_and_writes_an_adapter(
 
 
 def test_qa_files_are_read_with_clear_errors(tmp_path: Path) -> None:
-    from service.training import QA, choose, read_qa
+    from service.application.training import QA, choose, read_qa
 
     good = tmp_path / "good.jsonl"
     good.write_text(

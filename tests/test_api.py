@@ -3,7 +3,7 @@
 import pytest
 from fastapi.testclient import TestClient
 
-from service.app import create_app
+from service.http.app import create_app
 from service.settings import Settings
 from tests.conftest import TINY_CORPUS, wait_ready
 
@@ -180,7 +180,7 @@ def test_not_ready_answers_503_with_a_reason(settings: Settings) -> None:
 
 
 def test_limits_follow_the_settings(settings: Settings, encoder, generator) -> None:
-    from service.loading import load_services
+    from service.application.loading import load_services
 
     strict = settings.model_copy(update={"max_question_chars": 10, "max_retrieve_top_k": 2, "retrieve_top_k": 1})
     app = create_app(strict, loader=lambda s: load_services(s, encoder=encoder, generator=generator))

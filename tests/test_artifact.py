@@ -4,13 +4,14 @@ from pathlib import Path
 
 import pytest
 
-from indexer.artifact import DOCSTORE_FILE, INDEX_FILE, MANIFEST, verify_artifact
 from indexer.build import build_artifact
-from indexer.sources import Document
+from ragserve.errors import ArtifactError, IntegrityError, InvalidInputError, ModelMismatchError
+from ragserve.types import Document
+from retriever.artifact import DOCSTORE_FILE, INDEX_FILE, MANIFEST, verify_artifact
 from retriever.encoder import Encoder
-from retriever.errors import ArtifactError, IntegrityError, InvalidInputError, ModelMismatchError
 from retriever.sparse import SPARSE_FILE, VOCAB_FILE
 from retriever.version import VersionRetriever
+from tests.defaults import BUILD, SEARCH, build
 
 
 def test_manifest_describes_the_build(tiny_index: Path, encoder: Encoder) -> None:
@@ -29,7 +30,7 @@ def test_manifest_describes_the_build(tiny_index: Path, encoder: Encoder) -> Non
 
 
 def test_round_trip_search_finds_each_document(tiny_index: Path, encoder: Encoder) -> None:
-    retriever = VersionRetriever(tiny_index, encoder)
+    retriever = VersionRetriever(tiny_index, encoder, SEARCH)
     result = retriever.search("Who built the Harrow bridge?", top_k=3)
     assert result.passages[0].doc_id == "bridge"
     assert result.passages[0].chunk_id == "bridge#0"
@@ -40,7 +41,7 @@ def test_round_trip_search_finds_each_document(tiny_index: Path, encoder: Encode
 
 
 def test_top_k_larger_than_the_index_returns_what_there_is(tiny_index: Path, encoder: Encoder) -> None:
-    assert len(VersionRetriever(tiny_index, encoder).search("cheese", top_k=50).passages) == 4
+    assert len(VersionRetriever(tiny_index, encoder, SEARCH).search("cheese", top_k=50).passages) == 4
 
 
 @pytest.mark.parametrize("victim", [INDEX_FILE, DOCSTORE_FILE])
@@ -53,7 +54,7 @@ def test_a_tampered_file_is_refused(tmp_path: Path, tiny_index: Path, encoder: E
         fh.seek(100)
         fh.write(bytes([byte[0] ^ 0xFF]))
     with pytest.raises(IntegrityError, match=victim):
-        VersionRetriever(copy, encoder)
+        VersionRetriever(copy, encoder, SEARCH)
 
 
 def test_missing_file_and_missing_manifest_are_refused(tmp_path: Path, tiny_index: Path, encoder: Encoder) -> None:
@@ -61,10 +62,10 @@ def test_missing_file_and_missing_manifest_are_refused(tmp_path: Path, tiny_inde
     shutil.copytree(tiny_index, copy)
     (copy / INDEX_FILE).unlink()
     with pytest.raises(IntegrityError, match="missing"):
-        VersionRetriever(copy, encoder)
+        VersionRetriever(copy, encoder, SEARCH)
     (copy / MANIFEST).unlink()
     with pytest.raises(ArtifactError, match="not an index artifact"):
-        VersionRetriever(copy, encoder)
+        VersionRetriever(copy, encoder, SEARCH)
 
 
 def test_an_index_of_another_retriever_model_is_refused(tmp_path: Path, tiny_index: Path, encoder: Encoder) -> None:
@@ -75,27 +76,26 @@ def test_an_index_of_another_retriever_model_is_refused(tmp_path: Path, tiny_ind
     manifest["retriever_weights_sha256"] = "0" * 64
     (copy / MANIFEST).write_text(json.dumps(manifest))
     with pytest.raises(ModelMismatchError, match="some-other-model"):
-        VersionRetriever(copy, encoder)
+        VersionRetriever(copy, encoder, SEARCH)
 
 
 def test_artifacts_are_immutable_and_failed_builds_leave_nothing(
     tmp_path: Path, tiny_index: Path, encoder: Encoder
 ) -> None:
     with pytest.raises(ArtifactError, match="already exists"):
-        build_artifact([Document("a", "", "text")], tiny_index, encoder, progress=False)
+        build_artifact([Document("a", "", "text")], tiny_index, encoder, BUILD, progress=False)
     out = tmp_path / "empty"
     with pytest.raises(InvalidInputError, match="no text"):
-        build_artifact([Document("a", "", "  ")], out, encoder, progress=False)
+        build_artifact([Document("a", "", "  ")], out, encoder, BUILD, progress=False)
     assert list(tmp_path.iterdir()) == []  # no half-written artifact, no staging directory
 
 
 def test_large_corpora_get_an_approximate_index(tmp_path: Path, encoder: Encoder) -> None:
-    from indexer.build import BuildConfig
 
     docs = [Document(str(i), "", f"note number {i} about topic {i % 7}") for i in range(40)]
-    manifest = build_artifact(docs, tmp_path / "hnsw", encoder, BuildConfig(exact_below=10), progress=False)
+    manifest = build_artifact(docs, tmp_path / "hnsw", encoder, build(exact_below=10), progress=False)
     assert manifest.index_factory == "HNSW32"
-    hit = VersionRetriever(tmp_path / "hnsw", encoder).search("note number 17 about topic 3", 1).passages[0]
+    hit = VersionRetriever(tmp_path / "hnsw", encoder, SEARCH).search("note number 17 about topic 3", 1).passages[0]
     assert hit.doc_id == "17"
 
 
@@ -108,11 +108,11 @@ def test_a_crashed_build_leaves_only_a_staging_dir_that_the_next_build_removes(
 
     out = tmp_path / "idx"
     with pytest.raises(KeyboardInterrupt):
-        build_artifact(crashing_corpus(), out, encoder, progress=False)
+        build_artifact(crashing_corpus(), out, encoder, BUILD, progress=False)
     assert list(tmp_path.iterdir()) == []
     leftover = tmp_path / ".staging-idx-deadbeef"  # what a SIGKILL would leave
     leftover.mkdir()
     other = tmp_path / ".staging-other-deadbeef"  # another artifact's build in progress
     other.mkdir()
-    build_artifact([Document("a", "", "some text")], out, encoder, progress=False)
+    build_artifact([Document("a", "", "some text")], out, encoder, BUILD, progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == [".staging-other-deadbeef", "idx"]

@@ -6,10 +6,10 @@ from pydantic import ValidationError
 
 from reader.generator import Generator
 from retriever.encoder import Encoder
-from service.app import create_app
-from service.auth import Scope, new_token, scope_of, token_digest
+from service.application.loading import load_services
 from service.cli import main
-from service.loading import load_services
+from service.http.app import create_app
+from service.http.auth import Scope, new_token, scope_of, token_digest
 from service.settings import Settings
 from tests.conftest import wait_ready
 

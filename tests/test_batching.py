@@ -9,13 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ragserve.compute import use_compute_thread
+from ragserve.errors import InvalidInputError
+from ragserve.types import RetrievalMode, SearchResult
 from retriever.base import Retriever
 from retriever.batching import BatchedRetriever, MicroBatcher
-from retriever.compute import use_compute_thread
 from retriever.encoder import Encoder
-from retriever.errors import InvalidInputError
-from retriever.types import RetrievalMode, SearchResult
 from retriever.version import VersionRetriever
+from tests.defaults import SEARCH
 
 QUERIES = [f"question number {i} about the Harrow bridge and Quenmoor" * (1 + i % 3) for i in range(24)]
 
@@ -109,7 +110,7 @@ class CountingRetriever(Retriever):
 
 @pytest.fixture(scope="module")
 def version(tiny_index: Path, encoder: Encoder) -> VersionRetriever:
-    return VersionRetriever(tiny_index, encoder)
+    return VersionRetriever(tiny_index, encoder, SEARCH)
 
 
 def chunk_ids(result: SearchResult) -> list[str]:

@@ -3,9 +3,9 @@ import itertools
 import pytest
 
 from indexer.chunking import ChunkingConfig, chunk_document
-from indexer.sources import Document
+from ragserve.errors import InvalidInputError
+from ragserve.types import Document
 from retriever.encoder import Encoder
-from retriever.errors import InvalidInputError
 
 
 def chunks_of(encoder: Encoder, text: str, size: int, overlap: int) -> list:

@@ -13,9 +13,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from indexer.artifact import read_manifest
+from ragserve.precision import resolve_precision
 from reader.generator import Generator
-from retriever.precision import resolve_precision
+from retriever.artifact import read_manifest
 from service.cli import main
 
 

@@ -14,19 +14,21 @@ import pytest
 import scipy.sparse as sp
 from fastapi.testclient import TestClient
 
-from indexer.artifact import DOCSTORE_FILE, INDEX_FILE, read_manifest
-from indexer.build import BuildConfig, build_artifact
+from indexer.build import build_artifact
 from indexer.compact import compact_artifact
-from indexer.docstore import Docstore
-from indexer.sources import Document
+from indexer.delta import DeltaFeed
+from ragserve.types import Document
 from reader.generator import Generator
+from retriever.artifact import DOCSTORE_FILE, INDEX_FILE, read_manifest
 from retriever.delta import DeltaIndex
+from retriever.docstore import Docstore
 from retriever.encoder import Encoder
-from retriever.sparse import SPARSE_FILE, VOCAB_FILE, BM25Params, SparseIndex
-from service.app import create_app
-from service.loading import load_services
+from retriever.sparse import SPARSE_FILE, VOCAB_FILE, SparseIndex
+from service.application.loading import load_services
+from service.http.app import create_app
 from service.settings import Settings
 from tests.conftest import TINY_CORPUS, wait_job, wait_ready
+from tests.defaults import BUILD, SEARCH, build
 
 LIGHTHOUSE = Document("lighthouse", "Marrow Point", "The Marrow Point lighthouse was automated in 1994.")
 NEW_FESTIVAL = Document("festival", "Zorblat festival", "The Zorblat festival moved to the autumn in 2024.")
@@ -45,17 +47,17 @@ def test_a_compacted_version_equals_a_fresh_build_of_the_same_documents(
     tmp_path: Path, encoder: Encoder, base_factory: str
 ) -> None:
     base = tmp_path / "base"
-    build_artifact(TINY_CORPUS, base, encoder, BuildConfig(index_factory=base_factory), progress=False)
-    delta = DeltaIndex(encoder, BuildConfig().chunking, SparseIndex.load(base, BM25Params()))
-    delta.apply([LIGHTHOUSE, NEW_FESTIVAL], ["bridge"], seq=7)
+    build_artifact(TINY_CORPUS, base, encoder, build(index_factory=base_factory), progress=False)
+    delta = DeltaIndex(encoder.dimension, SparseIndex.load(base, SEARCH.bm25))
+    DeltaFeed(delta, encoder, BUILD.chunking).apply([LIGHTHOUSE, NEW_FESTIVAL], ["bridge"], seq=7)
     out = tmp_path / "compacted"
-    manifest = compact_artifact(base, delta.contents(), out, encoder, BuildConfig(index_factory="Flat"))
+    manifest = compact_artifact(base, delta.contents(), out, encoder, build(index_factory="Flat"))
     assert manifest.documents_seq == 7
     assert manifest.counts["documents"] == 4 and manifest.counts["dropped_chunks"] == 2  # bridge, old festival
 
     current = [d for d in TINY_CORPUS if d.id not in ("bridge", "festival")] + [LIGHTHOUSE, NEW_FESTIVAL]
     fresh = tmp_path / "fresh"
-    build_artifact(current, fresh, encoder, BuildConfig(index_factory="Flat"), progress=False)
+    build_artifact(current, fresh, encoder, build(index_factory="Flat"), progress=False)
     got, want = contents(out), contents(fresh)
     assert got.keys() == want.keys()
     for chunk_id, (text, vector) in want.items():

@@ -5,7 +5,7 @@ import threading
 import pytest
 import torch
 
-from retriever.compute import on_compute_thread, use_compute_thread
+from ragserve.compute import on_compute_thread, use_compute_thread
 from retriever.encoder import Encoder
 
 
@@ -25,7 +25,7 @@ def fails() -> None:
 
 
 def test_calls_run_on_the_compute_thread_in_the_callers_modes() -> None:
-    use_compute_thread()  # a server's start-up does this (service/loading.py)
+    use_compute_thread()  # a server's start-up does this (service/application/loading.py)
     assert where_and_modes() == ("torch-compute", True, False)
     with torch.no_grad():
         assert where_and_modes() == ("torch-compute", False, False)

@@ -10,13 +10,14 @@ import sys
 import time
 from pathlib import Path
 
-from indexer.artifact import verify_artifact
 from indexer.build import build_artifact
 from indexer.sources import read_corpus
+from retriever.artifact import verify_artifact
 from retriever.encoder import Encoder
 from retriever.registry import VERSION_ID, IndexRegistry
-from service.loading import DEMO_CORPUS, load_indexes
+from service.application.loading import DEMO_CORPUS, load_indexes
 from service.settings import Settings
+from tests.defaults import BUILD
 
 POINTER_LOOP = """
 import sys
@@ -89,14 +90,14 @@ def test_sigkill_during_builds_and_switches_leaves_a_consistent_registry(tmp_pat
 JOBS_LOOP = """
 import json, sys, time
 from pathlib import Path
-from indexer.sources import Document
+from ragserve.types import Document
 from retriever.encoder import Encoder
-from service.loading import load_indexes
+from service.application.loading import load_indexes
 from service.settings import Settings
 from tests.test_crash import record_text
 
 root, first = Path(sys.argv[1]), int(sys.argv[2])
-indexes, jobs = load_indexes(Settings(registry_dir=root, compact_after_chunks=0), Encoder())
+indexes, jobs = load_indexes(Settings(registry_dir=root, compact_after_chunks=0), Encoder("all-MiniLM-L6-v2", "fp32"))
 print("ready", flush=True)
 
 def wait(job_id):
@@ -156,7 +157,7 @@ def test_sigkill_during_ingestion_and_refresh_loses_no_acknowledged_document(tmp
     root = tmp_path / "registry"
     registry = IndexRegistry(root, "default")
     base = list(read_corpus([DEMO_CORPUS]))[:80]
-    registry.set_serving(registry.add(lambda out: build_artifact(base, out, encoder, progress=False)))
+    registry.set_serving(registry.add(lambda out: build_artifact(base, out, encoder, BUILD, progress=False)))
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     rng = random.Random(11)
     acks = Acknowledged()
@@ -181,7 +182,7 @@ def test_sigkill_during_ingestion_and_refresh_loses_no_acknowledged_document(tmp
 
     indexes, jobs = load_indexes(Settings(registry_dir=root, compact_after_chunks=0), encoder)
     try:
-        while jobs.store.pending("documents") or jobs.store.pending("refresh"):  # interrupted jobs resume
+        while jobs.queue.pending("documents") or jobs.queue.pending("refresh"):  # interrupted jobs resume
             time.sleep(0.05)
         assert len(acks.live) > 10 and acks.deleted
         for doc_id in sorted(acks.live):

@@ -7,8 +7,8 @@ import pytest
 
 from reader.generator import Generator
 from retriever.encoder import Encoder
+from service.application.loading import DEMO_CORPUS, cached_index_path, load_services
 from service.cli import main
-from service.loading import DEMO_CORPUS, cached_index_path, load_services
 from service.settings import Settings
 
 

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
+from ragserve.precision import native_bf16, resolve_precision
+from ragserve.types import Precision
 from retriever.encoder import Encoder
-from retriever.precision import native_bf16, resolve_precision
-from retriever.types import Precision
 
 TEXTS = [
     "Short.",
@@ -18,7 +18,7 @@ TEXTS = [
 
 @pytest.fixture(scope="module")
 def bf16_encoder() -> Encoder:
-    return Encoder(precision=Precision.BF16)
+    return Encoder("all-MiniLM-L6-v2", precision=Precision.BF16)
 
 
 def test_fp32_token_id_batches_equal_sentence_transformers(encoder: Encoder) -> None:

@@ -8,11 +8,12 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from reader.base import ReaderConfig, ReaderContext, create_reader
+from ragserve.types import Passage
 from reader.extractive import Source, SpanConstraint, constrained_argmax, flatten_with_map, source_of
 from reader.generator import Generator
 from reader.prompt import flatten
-from retriever.types import Passage
+from reader.registry import ReaderContext, create_reader
+from tests.defaults import readers
 
 END = 999
 
@@ -72,8 +73,8 @@ def test_constrained_argmax_takes_the_best_allowed_token_and_leaves_free_rows_al
 
 def test_token_spans_map_to_the_original_text(generator: Generator) -> None:
     text = "The Harrow  bridge\nwas built in 1871."
-    src = source_of(generator.tokenizer, text)
-    assert generator.decode(src.ids) == " " + flatten(text)
+    src = source_of(generator.text.tokenizer, text)
+    assert generator.text.decode(src.ids) == " " + flatten(text)
     assert "".join(text[a:b] for a, b in src.spans).split() == text.split()
 
 
@@ -86,7 +87,7 @@ QUESTIONS = ["How many people live in Quenmoor?", "Who built the Harrow bridge?"
 
 @pytest.mark.parametrize("batch_max", [1, 4])
 def test_the_stuff_reader_copies_its_answer_and_cites_the_span(generator: Generator, batch_max: int) -> None:
-    reader = create_reader("stuff", ReaderContext(generator, ReaderConfig(batch_max=batch_max)))
+    reader = create_reader("stuff", ReaderContext(generator, readers(batch_max=batch_max)))
     for question in QUESTIONS:
         answer = reader.answer_extractive(question, PASSAGES)
         assert answer.evidence is not None and answer.text
@@ -95,13 +96,13 @@ def test_the_stuff_reader_copies_its_answer_and_cites_the_span(generator: Genera
 
 
 def test_extractive_and_free_answers_decoded_together_equal_lone_ones(generator: Generator) -> None:
-    lone_reader = create_reader("stuff", ReaderContext(generator, ReaderConfig(batch_max=1)))
+    lone_reader = create_reader("stuff", ReaderContext(generator, readers(batch_max=1)))
     lone = {
         (q, e): (lone_reader.answer_extractive if e else lone_reader.answer)(q, PASSAGES).text
         for q in QUESTIONS
         for e in (False, True)
     }
-    batched = create_reader("stuff", ReaderContext(generator, ReaderConfig(batch_max=8)))
+    batched = create_reader("stuff", ReaderContext(generator, readers(batch_max=8)))
     got: dict[tuple[str, bool], str] = {}
 
     def ask(question: str, extractive: bool) -> None:

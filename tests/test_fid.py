@@ -6,11 +6,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from reader.base import ReaderConfig, ReaderContext, create_reader
-from reader.fid import FidReader, fid_input, greedy
+from ragserve.errors import ModelNotFoundError, ReaderUnavailableError
+from ragserve.types import Passage, Precision
+from reader.fid import FidReader, fid_input
 from reader.generator import Generator
-from retriever.errors import ModelNotFoundError, ReaderUnavailableError
-from retriever.types import Passage
+from reader.registry import ReaderContext, create_reader
+from tests.defaults import SETTINGS, readers
 from tests.tiny_t5 import tiny_t5  # noqa: F401  (the session fixture)
 
 PASSAGES = [
@@ -23,7 +24,7 @@ MAX_NEW = 8
 
 
 def fid_reader(generator: Generator, folder: Path, **config: object) -> FidReader:
-    context = ReaderContext(generator, ReaderConfig(max_new_tokens=MAX_NEW, fid_model=str(folder), **config))  # type: ignore[arg-type]
+    context = ReaderContext(generator, readers(max_new_tokens=MAX_NEW, fid_model=str(folder), **config))  # type: ignore[arg-type]
     reader = create_reader("fid", context)
     assert isinstance(reader, FidReader)
     return reader
@@ -36,7 +37,7 @@ def fid(generator: Generator, tiny_t5: Path) -> FidReader:  # noqa: F811
 
 def first_logits(reader: FidReader, passages: list[Passage], question: str = QUESTION) -> torch.Tensor:
     encoded, mask = reader.encode([question], [passages])
-    _, logits = greedy(reader.model, encoded, mask, 1, reader.start, reader.stops)
+    _, logits = reader.greedy(encoded, mask, 1)
     return logits  # (1, V)
 
 
@@ -73,9 +74,9 @@ def test_with_one_passage_fid_equals_the_plain_model(fid: FidReader) -> None:
     assert plain[0] == fid.start
     expected = [t for t in plain[1:] if t not in fid.stops]
     encoded, mask = fid.encode([QUESTION], [PASSAGES[:1]])
-    tokens, logits = greedy(fid.model, encoded, mask, MAX_NEW, fid.start, fid.stops)
+    tokens, logprobs = fid.greedy(encoded, mask, MAX_NEW)
     assert tokens == [expected] and len(expected) == MAX_NEW  # random weights: no early </s> here
-    torch.testing.assert_close(logits, step, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(logprobs, step.log_softmax(dim=-1), atol=1e-5, rtol=1e-5)
     answer = fid.answer(QUESTION, PASSAGES[:1])
     assert answer.text == fid.answer_text(expected) and answer.text
     assert answer.passages == PASSAGES[:1] and answer.timings_ms["generate"] > 0
@@ -121,11 +122,11 @@ def test_a_batch_of_questions_answers_like_one_question_at_a_time(fid: FidReader
 
 def test_decoding_stops_at_a_stop_token_and_at_the_limit(fid: FidReader) -> None:
     encoded, mask = fid.encode([QUESTION], [PASSAGES])
-    (full,), _ = greedy(fid.model, encoded, mask, MAX_NEW, fid.start, fid.stops)
+    (full,), _ = fid.greedy(encoded, mask, MAX_NEW)
     assert len(full) == MAX_NEW
-    (cut,), _ = greedy(fid.model, encoded, mask, MAX_NEW, fid.start, {full[2]})
+    (cut,), _ = fid.greedy(encoded, mask, MAX_NEW, {full[2]})
     assert cut == full[: full.index(full[2])]  # the stop token itself is not kept
-    (short,), _ = greedy(fid.model, encoded, mask, 3, fid.start, fid.stops)
+    (short,), _ = fid.greedy(encoded, mask, 3)
     assert short == full[:3]
 
 
@@ -142,19 +143,19 @@ def test_long_passages_are_cut_and_no_passage_is_fine(generator: Generator, tiny
 
 
 def test_fid_is_unavailable_without_an_encoder_decoder_model(generator: Generator) -> None:
-    assert generator.is_causal
+    assert not generator.lm.fuses_encodings
     with pytest.raises(ReaderUnavailableError, match="RAGSERVE_FID_MODEL"):
-        create_reader("fid", ReaderContext(generator, ReaderConfig()))
+        create_reader("fid", ReaderContext(generator, readers()))
 
 
 def test_a_missing_fid_model_folder_is_an_error(generator: Generator, tmp_path: Path) -> None:
     with pytest.raises(ModelNotFoundError):
-        create_reader("fid", ReaderContext(generator, ReaderConfig(fid_model=str(tmp_path / "nowhere"))))
+        create_reader("fid", ReaderContext(generator, readers(fid_model=str(tmp_path / "nowhere"))))
 
 
 def test_an_encoder_decoder_generator_is_used_directly(tiny_t5: Path, fid: FidReader) -> None:  # noqa: F811
-    t5_generator = Generator(str(tiny_t5))
-    reader = create_reader("fid", ReaderContext(t5_generator, ReaderConfig(max_new_tokens=MAX_NEW)))
+    t5_generator = Generator(str(tiny_t5), SETTINGS.cache_dir, Precision.FP32)
+    reader = create_reader("fid", ReaderContext(t5_generator, readers(max_new_tokens=MAX_NEW)))
     assert isinstance(reader, FidReader)
     assert reader.model is t5_generator.model and reader.lock is t5_generator.lock
     assert reader.answer(QUESTION, PASSAGES).text == fid.answer(QUESTION, PASSAGES).text

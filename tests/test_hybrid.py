@@ -5,6 +5,7 @@ import json
 import math
 import shutil
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -12,17 +13,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from indexer.artifact import MANIFEST, read_manifest
-from indexer.build import BuildConfig
-from indexer.docstore import Docstore
-from indexer.sources import Document
+from indexer.delta import DeltaFeed
+from ragserve.types import Document, RetrievalMode
+from retriever.artifact import MANIFEST, read_manifest
 from retriever.delta import DeltaIndex, FreshRetriever
+from retriever.docstore import Docstore
 from retriever.encoder import Encoder
 from retriever.hybrid import FusionWeights, QueryTerms, fuse, lexical_features, rank
 from retriever.sparse import SPARSE_FILE, VOCAB_FILE, BM25Params, SparseIndex, terms, top_rows
-from retriever.types import RetrievalMode
 from retriever.version import VersionRetriever
-from service.squad import select_articles
+from service.application.squad import select_articles
+from tests.defaults import BUILD, SEARCH
 
 TEXTS = [
     "The lantern parade of Quenmoor is held in spring.",
@@ -145,7 +146,7 @@ def test_rank_equals_a_full_ranking_by_fuse(
 
 
 def test_each_mode_finds_the_obvious_chunk(tiny_index: Path, encoder: Encoder) -> None:
-    retriever = VersionRetriever(tiny_index, encoder)
+    retriever = VersionRetriever(tiny_index, encoder, SEARCH)
     for mode in RetrievalMode:
         top = retriever.search("Who built the Harrow bridge?", 2, mode).passages
         assert top[0].doc_id == "bridge", mode
@@ -153,7 +154,7 @@ def test_each_mode_finds_the_obvious_chunk(tiny_index: Path, encoder: Encoder) -
 
 def test_hybrid_scores_equal_the_fusion_formula(tiny_index: Path, encoder: Encoder) -> None:
     weights = FusionWeights(sparse=0.7, phrase=0.3, title=-0.1)
-    retriever = VersionRetriever(tiny_index, encoder, fusion=weights)
+    retriever = VersionRetriever(tiny_index, encoder, replace(SEARCH, fusion=weights))
     query = "In which town is the Zorblat festival held?"
     passages = retriever.search(query, 3, RetrievalMode.HYBRID).passages
     dense = {p.chunk_id: p.score for p in retriever.search(query, 10, RetrievalMode.DENSE).passages}
@@ -180,18 +181,18 @@ def test_an_artifact_without_a_bm25_index_gets_one_built_on_open(
     (old / MANIFEST).write_text(json.dumps(manifest))
     assert read_manifest(old).sparse_analyzer == 0
     query = "limestone caves cheese"
-    got = VersionRetriever(old, encoder).search(query, 3, RetrievalMode.SPARSE).passages
-    want = VersionRetriever(tiny_index, encoder).search(query, 3, RetrievalMode.SPARSE).passages
+    got = VersionRetriever(old, encoder, SEARCH).search(query, 3, RetrievalMode.SPARSE).passages
+    want = VersionRetriever(tiny_index, encoder, SEARCH).search(query, 3, RetrievalMode.SPARSE).passages
     assert got == want and got
 
 
 @pytest.mark.parametrize("mode", list(RetrievalMode))
 def test_delta_chunks_compete_with_the_version_on_one_scale(tiny_index: Path, encoder: Encoder, mode: str) -> None:
-    base = VersionRetriever(tiny_index, encoder)
-    delta = DeltaIndex(encoder, BuildConfig().chunking, base.sparse)
+    base = VersionRetriever(tiny_index, encoder, SEARCH)
+    delta = DeltaIndex(encoder.dimension, base.sparse)
     fresh = FreshRetriever(base, delta)
     text = "The Harrow bridge was rebuilt in 1990 from red brick by the engineer Ada Brell."
-    delta.apply([Document("bridge", "Harrow bridge", text)], ["ferment"], seq=1)
+    DeltaFeed(delta, encoder, BUILD.chunking).apply([Document("bridge", "Harrow bridge", text)], ["ferment"], seq=1)
     query = "Who rebuilt the Harrow bridge in red brick?"
     got = fresh.search(query, 10, RetrievalMode(mode)).passages
     assert got[0].text == text  # the replacement, not the version's old bridge chunk

@@ -7,14 +7,14 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from indexer.documents import DocumentStore
-from indexer.sources import Document
+from ragserve.types import Document
 from reader.generator import Generator
 from retriever.encoder import Encoder
 from retriever.registry import IndexRegistry
-from service.app import create_app
-from service.auth import new_token
-from service.loading import load_services
+from service.application.jobqueue import DOCUMENTS_JOB, SqliteJobQueue, documents_payload
+from service.application.loading import load_services
+from service.http.app import create_app
+from service.http.auth import new_token
 from service.settings import Settings
 from tests.conftest import wait_job, wait_ready
 
@@ -95,8 +95,9 @@ def test_documents_jobs_and_deletes_survive_a_restart(
         ingest(c, {"upsert": [LIGHTHOUSE], "delete": ["bridge"]})
     # a job acknowledged (queued) while the service is down is processed after the restart
     registry_home = IndexRegistry(ingest_settings.registry_root, "default").home
-    pending = DocumentStore(registry_home / "documents.sqlite").enqueue_documents(
-        [Document("harbour", "Ost Lenning", "The harbour of Ost Lenning freezes every January.")], []
+    harbour = Document("harbour", "Ost Lenning", "The harbour of Ost Lenning freezes every January.")
+    pending = SqliteJobQueue(registry_home / "documents.sqlite").enqueue(
+        DOCUMENTS_JOB, documents_payload([harbour], [])
     )
     with make_app(ingest_settings, encoder, generator) as c:
         wait_ready(c)

@@ -5,13 +5,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from reader.generator import Generator, resolve_generator
+from ragserve.errors import ModelNotFoundError
+from ragserve.types import Precision
+from reader.generator import Generator
+from reader.models import resolve_generator
 from retriever.encoder import Encoder, resolve_retriever
-from retriever.errors import ModelNotFoundError
 
 
 def test_a_local_sentence_transformers_folder_works_like_the_alias(encoder: Encoder) -> None:
-    local = Encoder(str(resolve_retriever("all-MiniLM-L6-v2")))
+    local = Encoder(str(resolve_retriever("all-MiniLM-L6-v2")), precision=Precision.FP32)
     assert local.weights_sha256 == encoder.weights_sha256
     texts = ["a local folder", "works too"]
     assert np.allclose(local.encode_queries(texts), encoder.encode_queries(texts), atol=1e-6)
@@ -19,8 +21,8 @@ def test_a_local_sentence_transformers_folder_works_like_the_alias(encoder: Enco
 
 def test_a_local_causal_lm_folder_works_like_the_alias(generator: Generator, cache_home: Path) -> None:
     assert resolve_generator(str(generator.path), cache_home) == generator.path
-    local = Generator(str(generator.path), cache_home)
-    prompt = local.encode("The capital of France is")
+    local = Generator(str(generator.path), cache_home, Precision.FP32)
+    prompt = local.text.encode("The capital of France is")
     assert local.greedy(prompt, 5) == generator.greedy(prompt, 5)
 
 

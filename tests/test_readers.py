@@ -10,14 +10,16 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from reader.base import Reader, ReaderConfig, ReaderContext, create_reader
+from ragserve.errors import ReaderUnavailableError
+from ragserve.types import Passage, Precision
+from reader.base import Reader
 from reader.fusion import passage_segment, question_segment
 from reader.generator import Generator
 from reader.lm import Batch, CausalLM
 from reader.marginal import marginal_next_token, passage_prior, posterior
 from reader.prompt import PREFIX, qa_suffix
-from retriever.errors import ReaderUnavailableError
-from retriever.types import Passage
+from reader.registry import ReaderContext, create_reader
+from tests.defaults import SETTINGS, readers
 from tests.tiny_t5 import tiny_t5  # noqa: F401  (fixture)
 
 PASSAGES = [
@@ -29,18 +31,18 @@ QUESTION = "When was the Marrow Point lighthouse automated?"
 
 
 def reader(generator: Generator, name: str, **config: object) -> Reader:
-    return create_reader(name, ReaderContext(generator, ReaderConfig(max_new_tokens=12, **config)))  # type: ignore[arg-type]
+    return create_reader(name, ReaderContext(generator, readers(max_new_tokens=12, **config)))  # type: ignore[arg-type]
 
 
 def plain(generator: Generator, passages: Sequence[Passage], question: str = QUESTION) -> list[int]:
     """Greedy answer tokens of the plain model on prefix + the stuffed prompt."""
-    suffix = generator.encode(qa_suffix(question, passages))
-    return generator.greedy(suffix, 12, prefix=generator.encode(PREFIX))
+    suffix = generator.text.encode(qa_suffix(question, passages))
+    return generator.greedy(suffix, 12, prefix=generator.text.encode(PREFIX))
 
 
 def test_padded_rows_equal_single_rows(generator: Generator) -> None:
-    prefix = generator.encode(PREFIX)
-    suffixes = [generator.encode(qa_suffix(QUESTION, [p])) for p in PASSAGES]
+    prefix = generator.text.encode(PREFIX)
+    suffixes = [generator.text.encode(qa_suffix(QUESTION, [p])) for p in PASSAGES]
     batch = generator.lm.start(prefix, suffixes)  # left-padded to the longest
     for row, suffix in enumerate(suffixes):
         alone = generator.lm.start(prefix, [suffix])
@@ -49,8 +51,8 @@ def test_padded_rows_equal_single_rows(generator: Generator) -> None:
 
 def test_continuation_logprob_is_the_sum_of_step_logprobs(generator: Generator) -> None:
     lm = generator.lm
-    prefix, suffix = generator.encode(PREFIX), generator.encode(qa_suffix(QUESTION, PASSAGES[:1]))
-    continuation = generator.encode(" 1994\n")
+    prefix, suffix = generator.text.encode(PREFIX), generator.text.encode(qa_suffix(QUESTION, PASSAGES[:1]))
+    continuation = generator.text.encode(" 1994\n")
     teacher_forced = lm.continuation_logprob(lm.start(prefix, [suffix]), [continuation])
     batch, total = lm.start(prefix, [suffix]), 0.0
     for token in continuation:
@@ -63,10 +65,10 @@ def test_continuation_logprob_is_the_sum_of_step_logprobs(generator: Generator) 
 def test_with_one_passage_every_reader_equals_plain_generation(generator: Generator, name: str) -> None:
     one = PASSAGES[1:2]
     question = "Who built the Harrow bridge?"
-    expected = generator.answer_text(plain(generator, one, question))
+    expected = generator.text.answer_text(plain(generator, one, question))
     if name == "fusion":  # its prompt puts the question in a segment of its own
-        tokens = generator.encode(passage_segment(one[0].text)) + generator.encode(question_segment(question))
-        expected = generator.answer_text(generator.greedy(tokens, 12, prefix=generator.encode(PREFIX)))
+        tokens = generator.text.encode(passage_segment(one[0].text)) + generator.text.encode(question_segment(question))
+        expected = generator.text.answer_text(generator.greedy(tokens, 12, prefix=generator.text.encode(PREFIX)))
     answer = reader(generator, name).answer(question, one)
     assert answer.text == expected and expected
     if name.startswith("rag"):
@@ -76,8 +78,8 @@ def test_with_one_passage_every_reader_equals_plain_generation(generator: Genera
 def test_marginals_and_posteriors_are_distributions(generator: Generator) -> None:
     log_prior = passage_prior([p.score for p in PASSAGES], temperature=0.1)
     assert float(log_prior.exp().sum()) == pytest.approx(1.0, abs=1e-6)
-    suffixes = [generator.encode(qa_suffix(QUESTION, [p])) for p in PASSAGES]
-    batch = generator.lm.start(generator.encode(PREFIX), suffixes)
+    suffixes = [generator.text.encode(qa_suffix(QUESTION, [p])) for p in PASSAGES]
+    batch = generator.lm.start(generator.text.encode(PREFIX), suffixes)
     marginal = marginal_next_token(log_prior, batch.logprobs)  # (V,)
     assert float(marginal.exp().sum()) == pytest.approx(1.0, abs=1e-4)
     assert float(posterior(log_prior, torch.tensor([-1.0, -3.0, -9.0])).sum()) == pytest.approx(1.0, abs=1e-6)
@@ -99,11 +101,11 @@ def test_fusion_is_invariant_to_passage_order(generator: Generator) -> None:
     forward = fusion.answer(QUESTION, PASSAGES)
     backward = fusion.answer(QUESTION, PASSAGES[::-1])
     assert forward.text == backward.text and "1994" in forward.text
-    lm, prefix = generator.lm, generator.encode(PREFIX)
-    asked = torch.tensor([generator.encode(question_segment(QUESTION))])
+    lm, prefix = generator.lm, generator.text.encode(PREFIX)
+    asked = torch.tensor([generator.text.encode(question_segment(QUESTION))])
 
     def next_token(passages: Sequence[Passage]) -> torch.Tensor:
-        segments = [generator.encode(passage_segment(p.text)) for p in passages]
+        segments = [generator.text.encode(passage_segment(p.text)) for p in passages]
         fused = lm.fuse(lm.start(prefix, segments), len(prefix))  # type: ignore[attr-defined]
         return lm.extend(fused, asked)[0].logprobs[0]
 
@@ -112,21 +114,21 @@ def test_fusion_is_invariant_to_passage_order(generator: Generator) -> None:
 
 @pytest.fixture(scope="module")
 def t5_generator(tiny_t5: Path) -> Generator:  # noqa: F811  (the fixture imported above)
-    return Generator(str(tiny_t5))
+    return Generator(str(tiny_t5), SETTINGS.cache_dir, Precision.FP32)
 
 
 @pytest.mark.parametrize("name", ["rag-token", "rag-sequence", "stuff"])
 def test_rag_readers_run_on_an_encoder_decoder_generator(t5_generator: Generator, name: str) -> None:
     one = PASSAGES[:1]
-    suffix, prefix = t5_generator.encode(qa_suffix(QUESTION, one)), t5_generator.encode(PREFIX)
-    expected = t5_generator.answer_text(t5_generator.greedy(suffix, 12, prefix=prefix))
+    suffix, prefix = t5_generator.text.encode(qa_suffix(QUESTION, one)), t5_generator.text.encode(PREFIX)
+    expected = t5_generator.text.answer_text(t5_generator.greedy(suffix, 12, prefix=prefix))
     assert reader(t5_generator, name).answer(QUESTION, one).text == expected
     answer = reader(t5_generator, name, num_beams=2).answer(QUESTION, PASSAGES)
     assert len(answer.passages) == 3
     if name != "stuff":
         assert sum(answer.weights or []) == pytest.approx(1.0, abs=1e-5) and 0 < (answer.probability or 0) <= 1
     batch = t5_generator.lm.start(
-        t5_generator.encode(PREFIX), [t5_generator.encode(qa_suffix(QUESTION, [p])) for p in PASSAGES]
+        t5_generator.text.encode(PREFIX), [t5_generator.text.encode(qa_suffix(QUESTION, [p])) for p in PASSAGES]
     )
     marginal = marginal_next_token(passage_prior([p.score for p in PASSAGES], 0.1), batch.logprobs)
     assert float(marginal.exp().sum()) == pytest.approx(1.0, abs=1e-4)
@@ -141,7 +143,9 @@ def test_concurrent_stuff_answers_share_steps_and_equal_lone_answers(
     generator: Generator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     questions = [QUESTION, "Who built the Harrow bridge?", "How long is Velt cheese ripened?", "Where is Velt made?"]
-    lone = [generator.answer_text(plain(generator, PASSAGES[i % 3 : i % 3 + 1], q)) for i, q in enumerate(questions)]
+    lone = [
+        generator.text.answer_text(plain(generator, PASSAGES[i % 3 : i % 3 + 1], q)) for i, q in enumerate(questions)
+    ]
     rows: list[int] = []
     step = generator.lm.step
 
@@ -173,10 +177,10 @@ def test_merged_and_trimmed_batches_decode_like_lone_rows(
     """Rows that join a running batch or outlive others get the log-probs they would get alone."""
     lm = generator.lm
     assert isinstance(lm, CausalLM)
-    prefix = generator.encode(PREFIX)
-    base = generator.encode(qa_suffix(QUESTION, PASSAGES))
+    prefix = generator.text.encode(PREFIX)
+    base = generator.text.encode(qa_suffix(QUESTION, PASSAGES))
     prompts = [base[:n] for n in lengths]
-    token = torch.tensor(generator.encode(" 1994")[:1])
+    token = torch.tensor(generator.text.encode(" 1994")[:1])
     batch = lm.start(prefix, prompts[:1])
     for _ in range(join_after):  # the first row runs alone for a while
         batch = lm.step(batch, token.expand(batch.rows))
@@ -195,7 +199,9 @@ def bf16(generator: Generator, cache_home: Path) -> Generator:
 
 def test_bf16_generator_gives_the_answer_fp32_gives(generator: Generator, bf16: Generator) -> None:
     assert bf16.model.dtype == torch.bfloat16
-    assert bf16.answer_text(plain(bf16, PASSAGES[:1])) == generator.answer_text(plain(generator, PASSAGES[:1]))
+    assert bf16.text.answer_text(plain(bf16, PASSAGES[:1])) == generator.text.answer_text(
+        plain(generator, PASSAGES[:1])
+    )
 
 
 @pytest.mark.parametrize("name", ["rag-token", "rag-sequence", "fusion", "stuff"])

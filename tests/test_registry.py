@@ -9,24 +9,25 @@ import pytest
 from fastapi.testclient import TestClient
 
 from indexer.build import build_artifact
-from indexer.sources import Document
+from ragserve.errors import InvalidInputError, UnknownVersionError
+from ragserve.types import Document
 from reader.generator import Generator
 from retriever.encoder import Encoder
-from retriever.errors import InvalidInputError, UnknownVersionError
 from retriever.hotswap import HotSwapRetriever
 from retriever.registry import IndexRegistry
 from retriever.version import VersionRetriever
-from service.app import create_app
-from service.auth import new_token
-from service.loading import load_services
+from service.application.loading import load_services
+from service.http.app import create_app
+from service.http.auth import new_token
 from service.settings import Settings
 from tests.conftest import TINY_CORPUS, wait_job, wait_ready
+from tests.defaults import BUILD, SEARCH
 
 EXTRA = Document("lighthouse", "Marrow Point", "The Marrow Point lighthouse has been automated since 1994.")
 
 
 def add_version(registry: IndexRegistry, encoder: Encoder, docs: list[Document]) -> str:
-    return registry.add(lambda out: build_artifact(docs, out, encoder, progress=False))
+    return registry.add(lambda out: build_artifact(docs, out, encoder, BUILD, progress=False))
 
 
 @pytest.fixture(scope="module")
@@ -90,9 +91,9 @@ def test_prune_keeps_the_newest_and_never_the_serving_or_leased(tmp_path: Path, 
 def test_a_lease_finishes_on_the_version_it_started_with(three_versions, encoder: Encoder) -> None:  # type: ignore[no-untyped-def]
     root, (v1, v2, _) = three_versions
     registry = IndexRegistry(root, "default")
-    swap = HotSwapRetriever(VersionRetriever(registry.path_of(v1), encoder))
+    swap = HotSwapRetriever(VersionRetriever(registry.path_of(v1), encoder, SEARCH))
     with swap.lease() as held:
-        swap.swap(VersionRetriever(registry.path_of(v2), encoder))
+        swap.swap(VersionRetriever(registry.path_of(v2), encoder, SEARCH))
         assert held.search("Quenmoor", 1).index_version == v1  # the old version still answers
         assert swap.in_use() == {v1, v2}
         assert swap.search("Quenmoor", 1).index_version == v2  # new requests see the new one

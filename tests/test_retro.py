@@ -7,14 +7,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from reader.base import ReaderConfig, ReaderContext, create_reader
+from ragserve.types import Passage, RetrievalMode
 from reader.generator import Generator
+from reader.registry import ReaderContext, create_reader
 from reader.retro import RetroReader, load_retrofit, save_retrofit
 from reader.retro_model import RetroConfig, Retrofit, RetroState
 from reader.retro_train import TrainConfig, train
 from retriever.encoder import Encoder
-from retriever.types import Passage
 from retriever.version import VersionRetriever
+from tests.defaults import SEARCH, readers
 
 CFG = RetroConfig(chunk=8, neighbours=2, neighbour_tokens=12, layers=(3, 10, 29), encoder_dim=64, encoder_heads=2)
 T = 40  # 5 chunks of 8
@@ -120,14 +121,14 @@ def test_weights_round_trip(frozen: Generator, tmp_path: Path) -> None:
 
 
 def test_reader_retrieves_at_chunk_boundaries(frozen: Generator, tiny_index: Path, encoder: Encoder) -> None:
-    retriever = VersionRetriever(tiny_index, encoder)
+    retriever = VersionRetriever(tiny_index, encoder, SEARCH)
     queries: list[str] = []
 
     def search(qs: Sequence[str], top_k: int) -> list[list[Passage]]:
         queries.extend(qs)
         return [r.passages for r in retriever.search_batch(qs, top_k)]
 
-    config = ReaderConfig(max_new_tokens=20)
+    config = readers(max_new_tokens=20)
     context = ReaderContext(frozen, config, search)
     reader = create_reader("retro", context)
     assert isinstance(reader, RetroReader)
@@ -149,34 +150,39 @@ def test_a_retrofit_trained_in_fp32_runs_on_a_bf16_generator(
     save_retrofit(opened(frozen, seed=3), path)
     bf16 = Generator(str(frozen.path), cache_home, precision="bf16")
     assert all(p.dtype == torch.bfloat16 for p in load_retrofit(path, bf16.model).parameters())
-    retriever = VersionRetriever(tiny_index, encoder)
+    retriever = VersionRetriever(tiny_index, encoder, SEARCH)
 
     def search(qs: Sequence[str], top_k: int) -> list[list[Passage]]:
         return [r.passages for r in retriever.search_batch(qs, top_k)]
 
-    reader = create_reader("retro", ReaderContext(bf16, ReaderConfig(max_new_tokens=12, retro_weights=path), search))
+    reader = create_reader("retro", ReaderContext(bf16, readers(max_new_tokens=12, retro_weights=path), search))
     question = "Who is the mayor of Quenmoor?"
     answer = reader.answer(question, retriever.search(question, 2).passages)
     assert answer.text and "retrieve" in answer.timings_ms
 
 
 def test_reader_without_weights_file_is_unavailable_only_when_configured(frozen: Generator, tmp_path: Path) -> None:
-    from retriever.errors import ReaderUnavailableError
+    from ragserve.errors import ReaderUnavailableError
 
-    missing = ReaderConfig(retro_weights=tmp_path / "nope.safetensors")
+    missing = readers(retro_weights=tmp_path / "nope.safetensors")
     with pytest.raises(ReaderUnavailableError):
         create_reader("retro", ReaderContext(frozen, missing))
-    default = ReaderConfig(cache_dir=tmp_path)  # default path absent: untrained retrofit, still runs
+    default = readers(cache_dir=tmp_path)  # default path absent: untrained retrofit, still runs
     assert isinstance(create_reader("retro", ReaderContext(frozen, default)), RetroReader)
 
 
 def test_short_training_run_saves_loadable_weights(frozen: Generator, tiny_index: Path, encoder: Encoder) -> None:
-    retriever = VersionRetriever(tiny_index, encoder)
+    retriever = VersionRetriever(tiny_index, encoder, SEARCH)
     out = tiny_index.parent / "retro-test.safetensors"
     retro = RetroConfig(chunk=4, layers=(28, 29), encoder_dim=64, encoder_heads=2)
     config = TrainConfig(steps=3, batch=2, seq_tokens=16, holdout=0.0, warmup=1)
     before = {name: p.clone() for name, p in frozen.model.named_parameters()}
-    summary = train(retriever, frozen, out, config, retro, progress=lambda _: None)
+    corpus = ((c.doc_id, c.text) for rows in retriever.docstore.scan() for c in rows)
+
+    def dense(queries: Sequence[str], top_k: int) -> list[list[Passage]]:
+        return [r.passages for r in retriever.search_batch(queries, top_k, RetrievalMode.DENSE)]
+
+    summary = train(corpus, dense, frozen, out, config, retro, progress=lambda _: None)
     assert summary["steps"] == 3 and out.is_file()
     loaded = load_retrofit(out, frozen.model)
     assert loaded.gates.abs().max() > 0  # the gates moved

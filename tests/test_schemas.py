@@ -3,7 +3,7 @@
 import pytest
 from pydantic import ValidationError
 
-from service.schemas import request_models
+from service.http.schemas import request_models
 from service.settings import Settings
 
 

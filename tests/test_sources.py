@@ -6,7 +6,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from indexer.sources import read_corpus
-from retriever.errors import InvalidInputError
+from ragserve.errors import InvalidInputError
 
 
 def test_reads_jsonl_text_markdown_and_parquet(tmp_path: Path) -> None:

@@ -1,7 +1,7 @@
 import pytest
 
-from service.evaluation import Question, spread_sample
-from service.squad import exact_match, f1_score, normalize_answer
+from service.application.evaluation import Question, spread_sample
+from service.application.squad import exact_match, f1_score, normalize_answer
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from service.evaluation import load_squad, run_squad_eval
+from service.application.evaluation import load_squad, run_squad_eval
 from service.settings import Settings
 
 SQUAD = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "squad-v1.1-dev.parquet"

@@ -1,0 +1,69 @@
+"""Domain exceptions shared by every package.
+
+The HTTP layer maps each class to a status code in exactly one place (service/http/errors.py);
+library code raises these and never thinks about HTTP.
+"""
+
+
+class RagserveError(Exception):
+    """Base class of every error ragserve raises on purpose."""
+
+
+class InvalidInputError(RagserveError):
+    """The caller sent something unusable (bad corpus line, unknown option, ...)."""
+
+
+class UnknownReaderError(InvalidInputError):
+    """A reader name that is not registered."""
+
+
+class ReaderUnavailableError(InvalidInputError):
+    """A registered reader that this configuration cannot run (the message says what it needs)."""
+
+
+class UnknownAdapterError(InvalidInputError):
+    """An adapter name that this server has not loaded."""
+
+
+class InvalidAdapterError(InvalidInputError):
+    """An adapter folder that is malformed, or does not fit the generator."""
+
+
+class ArtifactError(RagserveError):
+    """An index artifact is missing, incomplete or malformed."""
+
+
+class IntegrityError(ArtifactError):
+    """A file of an artifact does not match the checksum in its manifest."""
+
+
+class ModelMismatchError(ArtifactError):
+    """The artifact was built with another retriever model than the one loaded."""
+
+
+class ModelNotFoundError(RagserveError):
+    """A configured model is neither a known bundled alias nor a local folder."""
+
+
+class NotReadyError(RagserveError):
+    """Models or the index are still loading."""
+
+
+class UnauthorizedError(RagserveError):
+    """No bearer token, or one that matches no configured digest."""
+
+
+class ForbiddenError(RagserveError):
+    """A valid token without the scope the endpoint needs."""
+
+
+class UnknownVersionError(RagserveError):
+    """A well-formed version id that the index does not have."""
+
+
+class UnknownIndexError(RagserveError):
+    """An index name that this server does not serve."""
+
+
+class UnknownJobError(RagserveError):
+    """A job id that does not exist."""

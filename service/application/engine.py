@@ -1,0 +1,140 @@
+"""Question answering = retrieve, then read. Knows only the abstract boundaries (no torch)."""
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from ragserve.errors import InvalidInputError, ReaderUnavailableError, UnknownReaderError
+from ragserve.types import Passage, RetrievalMode, SearchResult
+from reader.base import Evidence, Reader, cannot_adapt, cannot_copy
+from retriever.base import Retriever
+from service.application.adapters import NO_ADAPTER, AdapterManager
+
+if TYPE_CHECKING:
+    from reader.adapters import Adapter
+
+
+@dataclass(frozen=True, slots=True)
+class AskResult:
+    answer: str
+    passages: list[Passage]
+    reader: str
+    index_version: str
+    timings_ms: dict[str, float]
+    probability: float | None = None
+    weights: list[float | None] = field(default_factory=list)  # per passage, aligned
+    evidence: Evidence | None = None  # extractive answers: the passage span it was copied from
+    adapter: str | None = None  # the adapter the answer ran with
+
+
+@dataclass(frozen=True, slots=True)
+class ReadPlan:
+    """How one request is read: the reader, whether the answer is copied, the adapter (None: base)."""
+
+    reader: Reader
+    extractive: bool
+    adapter: "Adapter | None"
+
+
+class QAEngine:
+    def __init__(
+        self,
+        retriever: Retriever,
+        readers: Mapping[str, Reader],
+        default_reader: str,
+        unavailable: Mapping[str, str] | None = None,
+        extractive: bool = False,
+        adapters: AdapterManager | None = None,
+    ) -> None:
+        self.extractive = extractive  # the default when a request does not say
+        self.adapters = adapters
+        self.unavailable = dict(unavailable or {})  # reader name -> why this configuration cannot run it
+        if default_reader not in readers:
+            raise self._missing(default_reader, readers)
+        self.retriever = retriever
+        self.readers = dict(readers)
+        self.default_reader = default_reader
+
+    def _missing(self, name: str, readers: Mapping[str, Reader]) -> InvalidInputError:
+        if name in self.unavailable:
+            return ReaderUnavailableError(f"reader {name!r} is unavailable: {self.unavailable[name]}")
+        return UnknownReaderError(f"unknown reader {name!r}; available: {', '.join(sorted(readers))}")
+
+    @property
+    def index_version(self) -> str:
+        return self.retriever.index_version
+
+    def retrieve(self, query: str, top_k: int, mode: RetrievalMode | None = None) -> SearchResult:
+        started = time.perf_counter()
+        result = self.retriever.search(query, top_k, mode)
+        result.timings_ms["total"] = (time.perf_counter() - started) * 1000
+        return result
+
+    async def retrieve_async(self, query: str, top_k: int, mode: RetrievalMode | None = None) -> SearchResult:
+        """`retrieve` for the event loop: awaits a batched search rather than holding a thread."""
+        started = time.perf_counter()
+        result = await self.retriever.search_async(query, top_k, mode)
+        result.timings_ms["total"] = (time.perf_counter() - started) * 1000
+        return result
+
+    def reader(self, name: str | None) -> Reader:
+        name = name or self.default_reader
+        if name not in self.readers:
+            raise self._missing(name, self.readers)
+        return self.readers[name]
+
+    def ask(
+        self,
+        question: str,
+        top_k: int,
+        reader_name: str | None = None,
+        mode: RetrievalMode | None = None,
+        extractive: bool | None = None,
+        adapter_name: str | None = None,
+    ) -> AskResult:
+        """An answer from the top_k passages. `extractive` and `adapter_name` None mean the server's
+        defaults, which readers that cannot copy answers or run adapters answer without; asking
+        such a reader for either explicitly is an error."""
+        started = time.perf_counter()
+        plan = self.plan(reader_name, extractive, adapter_name)  # fail fast, before any work
+        found = self.retriever.search(question, top_k, mode)
+        return self.read(question, found.passages, plan, found, started)
+
+    def plan(self, reader_name: str | None, extractive: bool | None, adapter_name: str | None) -> ReadPlan:
+        """The reader, answer mode and adapter a request gets (see `ask`), checked."""
+        reader = self.reader(reader_name)
+        if extractive and not reader.extractive:
+            raise cannot_copy(reader.name)
+        copy = (self.extractive and reader.extractive) if extractive is None else extractive
+        named = adapter_name not in (None, NO_ADAPTER)
+        if named and not reader.adapts:
+            raise cannot_adapt(reader.name)
+        if named and self.adapters is None:
+            raise InvalidInputError("this server runs no adapters")
+        adapter = self.adapters.resolve(adapter_name) if self.adapters is not None and reader.adapts else None
+        return ReadPlan(reader, copy, adapter)
+
+    def read(
+        self, question: str, passages: list[Passage], plan: ReadPlan, found: SearchResult, started: float
+    ) -> AskResult:
+        """The answer `plan` gives from `passages` (those `found`, or others: evaluation's gold
+        ones); timings are counted from `started` (a perf_counter reading)."""
+        reader, adapter = plan.reader, plan.adapter
+        if plan.extractive:
+            answer = reader.answer_extractive(question, passages, adapter)
+        else:
+            answer = reader.answer(question, passages, adapter)
+        timings = {**found.timings_ms, **answer.timings_ms, "total": (time.perf_counter() - started) * 1000}
+        weights: list[float | None] = list(answer.weights) if answer.weights else [None] * len(answer.passages)
+        return AskResult(
+            answer.text,
+            answer.passages,
+            reader.name,
+            found.index_version,
+            timings,
+            answer.probability,
+            weights,
+            answer.evidence,
+            adapter.name if adapter is not None else None,
+        )

@@ -1,0 +1,238 @@
+"""The composition root: settings turned into components (encoder, generator, index versions,
+readers, adapters, jobs) for the server, the CLI and the benchmarks. This is where torch gets
+imported, and the only place component configurations are built from the settings, so every
+default lives in service/settings.py alone."""
+
+import functools
+import hashlib
+import json
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from indexer.build import BuildConfig, build_artifact
+from indexer.chunking import CHUNKER_VERSION, ChunkingConfig
+from indexer.documents import SqliteDocumentStore
+from indexer.sources import read_corpus
+from ragserve.compute import on_compute, use_compute_thread
+from ragserve.errors import ReaderUnavailableError
+from ragserve.types import Document, Passage
+from reader import builtin  # noqa: F401  (registers the built-in readers)
+from reader.base import Reader, ReaderConfig
+from reader.generator import Generator
+from reader.models import resolve_generator
+from reader.registry import ReaderContext, create_reader, reader_names
+from retriever.artifact import read_manifest, sha256_file
+from retriever.base import Retriever
+from retriever.batching import BatchedRetriever
+from retriever.encoder import Encoder, resolve_retriever, weights_sha256
+from retriever.hybrid import FusionWeights
+from retriever.registry import IndexRegistry
+from retriever.sparse import BM25Params
+from retriever.version import SearchConfig, VersionRetriever
+from service.application.adapters import AdapterManager
+from service.application.engine import QAEngine
+from service.application.indexes import IndexManager
+from service.application.jobqueue import SqliteJobQueue
+from service.application.jobs import Jobs
+from service.application.services import Services
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+DOCUMENTS_FILE = "documents.sqlite"
+DEMO_CORPUS = Path(str(files("indexer").joinpath("data", "demo_corpus.jsonl")))
+
+
+def configure_threads(settings: Settings) -> None:
+    torch.set_num_threads(settings.torch_threads)
+
+
+def make_encoder(settings: Settings) -> Encoder:
+    return Encoder(settings.retriever_model, precision=settings.encoder_precision)
+
+
+def make_generator(settings: Settings) -> Generator:
+    return Generator(settings.generator_model, settings.cache_dir, settings.generator_precision)
+
+
+def search_config(settings: Settings) -> SearchConfig:
+    fusion = FusionWeights(
+        sparse=settings.hybrid_sparse_weight,
+        phrase=settings.hybrid_phrase_weight,
+        title=settings.hybrid_title_weight,
+        candidates=settings.hybrid_candidates,
+    )
+    return SearchConfig(
+        mode=settings.retrieval,
+        ef_search=settings.hnsw_ef_search,
+        nprobe=settings.ivf_nprobe,
+        bm25=BM25Params(settings.bm25_k1, settings.bm25_b),
+        fusion=fusion,
+    )
+
+
+def open_version(settings: Settings, path: Path, encoder: Encoder) -> VersionRetriever:
+    """One index version, searched the way the settings say."""
+    return VersionRetriever(path, encoder, search_config(settings))
+
+
+def build_config(settings: Settings, **overrides: Any) -> BuildConfig:
+    config = BuildConfig(
+        chunking=ChunkingConfig(settings.chunk_tokens, settings.overlap_tokens),
+        index_factory=settings.index_factory,
+        exact_below=settings.exact_search_below,
+    )
+    return replace(config, **overrides)
+
+
+def cached_index_path(settings: Settings, name: str, source: Path) -> Path:
+    """Where the index of a corpus file lives in the cache: keyed on the file's content, the
+    retriever weights and every setting that shapes the index, so a change of any of them
+    builds a new artifact instead of serving a stale one."""
+    key = json.dumps(
+        [
+            sha256_file(source),
+            weights_sha256(resolve_retriever(settings.retriever_model)),
+            settings.chunk_tokens,
+            settings.overlap_tokens,
+            CHUNKER_VERSION,
+            settings.index_factory,
+            settings.exact_search_below,
+        ]
+    )
+    return settings.cache_dir / "indexes" / f"{name}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+
+
+def ensure_index(
+    settings: Settings,
+    path: Path,
+    documents: Callable[[], Iterable[Document]],
+    encoder: Callable[[], Encoder],
+    progress: bool = True,
+) -> Path:
+    """Build the artifact at `path` unless it exists already."""
+    if not path.exists():
+        log.info("building index %s", path)
+        configure_threads(settings)
+        build_artifact(documents(), path, encoder(), build_config(settings), progress)
+    return path
+
+
+def demo_index(settings: Settings, encoder: Callable[[], Encoder]) -> Path:
+    path = cached_index_path(settings, "demo", DEMO_CORPUS)
+    return ensure_index(settings, path, lambda: read_corpus([DEMO_CORPUS]), encoder)
+
+
+def reader_config(settings: Settings, **overrides: Any) -> ReaderConfig:
+    config = ReaderConfig(
+        max_new_tokens=settings.max_new_tokens,
+        max_passage_tokens=settings.max_passage_tokens,
+        temperature=settings.rag_temperature,
+        num_beams=settings.num_beams,
+        fid_model=settings.fid_model,
+        retro_weights=settings.retro_weights,
+        cache_dir=settings.cache_dir,
+        batch_max=settings.ask_batch_max,
+        batch_wait_ms=settings.ask_batch_wait_ms,
+    )
+    return replace(config, **overrides)
+
+
+def make_readers(
+    settings: Settings, generator: Generator, retriever: Retriever
+) -> tuple[dict[str, Reader], dict[str, str]]:
+    """Every registered reader this configuration can run, and why the others cannot."""
+
+    def search(queries: Sequence[str], top_k: int) -> list[list[Passage]]:
+        return [result.passages for result in retriever.search_batch(queries, top_k)]
+
+    context = ReaderContext(generator, reader_config(settings), search)
+    readers: dict[str, Reader] = {}
+    unavailable: dict[str, str] = {}
+    for name in reader_names():
+        try:
+            readers[name] = create_reader(name, context)
+        except ReaderUnavailableError as exc:
+            log.info("reader %s is unavailable: %s", name, exc)
+            unavailable[name] = str(exc)
+    return readers, unavailable
+
+
+def make_adapters(settings: Settings, generator: Generator) -> AdapterManager:
+    """Every adapter that fits the generator, loaded; the default as the settings say."""
+    return AdapterManager(settings.adapters_root, generator.load_adapter, settings.adapter)
+
+
+def make_engine(
+    settings: Settings, retriever: Retriever, generator: Generator, adapters: AdapterManager | None = None
+) -> QAEngine:
+    readers, unavailable = make_readers(settings, generator, retriever)
+    adapters = adapters or make_adapters(settings, generator)
+    return QAEngine(retriever, readers, settings.default_reader, unavailable, settings.extractive, adapters)
+
+
+def load_engine(settings: Settings, retriever: Retriever, generator: Generator | None = None) -> QAEngine:
+    """An engine over a fixed retriever (evaluation): its caller asks one question at a time, on
+    its own thread. So `stuff` decodes right there, not through the continuous decoder: without a
+    compute thread (command-line runs) that decoder's worker would run the generator on a thread
+    of its own next to the caller's retriever, two OpenMP teams (ragserve/compute.py), and every
+    answer would take ~1.7× as long (measured: 300 held-out questions, LoRA adapter, p50 570 ms
+    against 320 ms)."""
+    configure_threads(settings)
+    generator = generator or make_generator(settings)
+    return make_engine(settings.model_copy(update={"ask_batch_max": 1}), retriever, generator)
+
+
+def open_registry(settings: Settings) -> IndexRegistry:
+    return IndexRegistry(settings.registry_root, settings.index_name)
+
+
+def load_indexes(settings: Settings, encoder: Encoder) -> tuple[IndexManager, Jobs]:
+    """The registry's serving version and its delta behind a hot-swap retriever, and the job
+    workers (which resume jobs a crash interrupted).
+
+    `index_path` (``serve --index``) is imported into the registry and made the serving version;
+    an empty registry starts with the demo index."""
+    registry = open_registry(settings)
+    if settings.index_path is not None:
+        registry.set_serving(registry.import_artifact(settings.index_path))
+    elif registry.serving() is None:
+        registry.set_serving(registry.import_artifact(demo_index(settings, lambda: encoder)))
+
+    database = registry.home / DOCUMENTS_FILE  # the document table and the job queue
+    store = SqliteDocumentStore(database)
+    opener = functools.partial(open_version, settings, encoder=encoder)
+    indexes = IndexManager(registry, opener, store, build_config(settings), settings.keep_versions)
+    return indexes, Jobs(SqliteJobQueue(database), store, indexes, settings.compact_after_chunks)
+
+
+def load_services(settings: Settings, encoder: Encoder | None = None, generator: Generator | None = None) -> Services:
+    """What the server runs on: indexes and jobs (see `load_indexes`), models and readers. From
+    here on one thread runs every model, built there too (ragserve/compute.py)."""
+    compute = use_compute_thread()
+    compute.run(lambda: configure_threads(settings))  # thread counts are per thread in OpenMP
+    encoder = encoder or compute.run(lambda: make_encoder(settings))
+    indexes, jobs = load_indexes(settings, encoder)
+    generator = generator or compute.run(lambda: make_generator(settings))
+    retriever: Retriever = indexes.retriever
+    if settings.query_batch_max > 1:  # concurrent requests' searches share embedding passes
+        # Batches are tasks on the compute thread, between decoding steps.
+        retriever = BatchedRetriever(retriever, settings.query_batch_max, settings.query_batch_wait_ms, on=compute)
+    engine = make_engine(settings, retriever, generator)
+    return Services(engine=engine, indexes=indexes, jobs=jobs)
+
+
+def prepare(settings: Settings) -> None:
+    """Do the slow one-time work before serving: convert the generator, build the demo index.
+    Cheap when both exist already (a second start takes seconds)."""
+    if settings.index_path is not None:
+        read_manifest(settings.index_path)  # fail now, with a clear message, if it is no artifact
+    resolve_generator(settings.generator_model, settings.cache_dir)
+    if settings.index_path is None and open_registry(settings).serving() is None:
+        demo_index(settings, lambda: on_compute(lambda: make_encoder(settings)))

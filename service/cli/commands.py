@@ -1,0 +1,201 @@
+"""The commands of the `ragserve` command line, one function each (the parser is service/cli/parser.py).
+
+Heavy imports (torch, transformers, faiss) happen inside the commands, so `--help` is instant.
+"""
+
+import argparse
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from ragserve.types import RetrievalMode
+from service.settings import Settings
+
+log = logging.getLogger("ragserve")
+
+
+def _settings(**overrides: Any) -> Settings:
+    return Settings(**{k: v for k, v in overrides.items() if v is not None})
+
+
+# How many times an idle OpenMP worker thread spins, waiting for the next parallel region, before
+# it sleeps; libgomp reads it once, when torch loads. Its default (300,000) keeps the encoder's
+# second thread busy-waiting through the Python between forward passes, on the core the event loop
+# needs: 20,000 served 548 instead of 437 requests/s at 8 clients (bench/query_load.py, README).
+SERVE_SPINCOUNT = "20000"
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    os.environ.setdefault("GOMP_SPINCOUNT", SERVE_SPINCOUNT)  # a value already set wins; torch is not loaded yet
+    import uvicorn
+
+    from ragserve.compute import use_compute_thread
+    from service.application.loading import prepare
+    from service.http.app import create_app
+
+    settings = _settings(index_path=args.index, host=args.host, port=args.port)
+    use_compute_thread()  # every model runs on one thread, from the demo index build on (ragserve/compute.py)
+    prepare(settings)  # first run: convert the generator, build the demo index (with progress)
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=args.log_level)
+    return 0
+
+
+def cmd_index_build(args: argparse.Namespace) -> int:
+    from indexer.build import build_artifact
+    from indexer.sources import read_corpus
+    from retriever.artifact import read_manifest
+    from service.application.loading import build_config, configure_threads, make_encoder, open_registry
+
+    settings = _settings(
+        chunk_tokens=args.chunk_tokens,
+        overlap_tokens=args.overlap_tokens,
+        index_factory=args.index_factory,
+        encoder_precision=args.precision,
+        index_name=args.registry,
+    )
+    configure_threads(settings)
+    encoder = make_encoder(settings)
+    started = time.perf_counter()
+
+    def build(out: Path) -> None:
+        build_artifact(read_corpus(args.input), out, encoder, build_config(settings), progress=not args.no_progress)
+
+    if args.registry:
+        registry = open_registry(settings)
+        artifact = registry.path_of(registry.add(build))
+    else:
+        artifact = args.out
+        build(artifact)
+    manifest = read_manifest(artifact)
+    seconds = time.perf_counter() - started
+    counts = manifest.counts
+    print(
+        json.dumps(
+            {
+                "artifact": str(artifact),
+                "version": manifest.version,
+                "index_factory": manifest.index_factory,
+                "counts": counts,
+                "seconds": round(seconds, 2),
+                "chunks_per_second": round(counts["chunks"] / seconds, 1),
+                "tokens_per_second": round(counts["tokens"] / seconds, 1),
+            },
+            indent=2,
+        )
+    )
+    return 0
+
+
+def cmd_index_verify(args: argparse.Namespace) -> int:
+    from retriever.artifact import verify_artifact
+
+    manifest = verify_artifact(args.path)
+    print(
+        f"ok: {args.path} version {manifest.version}, {manifest.counts['chunks']} chunks, "
+        f"{len(manifest.files)} files verified"
+    )
+    return 0
+
+
+def cmd_eval_squad(args: argparse.Namespace) -> int:
+    from service.application.evaluation import run_squad_eval
+
+    settings = _settings()
+    if args.retrieval:
+        settings = settings.model_copy(update={"retrieval": RetrievalMode(args.retrieval)})
+    if args.extractive:
+        settings = settings.model_copy(update={"extractive": True})
+    report = run_squad_eval(
+        settings,
+        args.data,
+        args.limit,
+        args.reader.split(",") if args.reader else [None],
+        args.retrieval_only,
+        args.top_k or settings.ask_top_k,
+        progress=not args.no_progress,
+        articles=args.articles,
+        passages=args.passages,
+        adapter=args.adapter,
+    )
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + "\n", encoding="utf-8")
+    return 0
+
+
+def cmd_models_prepare(args: argparse.Namespace) -> int:
+    from service.application.loading import prepare
+
+    prepare(_settings())
+    print("models and demo index are ready")
+    return 0
+
+
+def cmd_token_new(args: argparse.Namespace) -> int:
+    from service.http.auth import new_token
+
+    token, digest = new_token()
+    variable = "RAGSERVE_ADMIN_TOKEN_SHA256" if args.scope == "admin" else "RAGSERVE_READ_TOKEN_SHA256"
+    print(f"token:  {token}\nsha256: {digest}\n\nGive the token to the client; configure only the digest:")
+    print(f"  export {variable}={digest}   # comma-separate several")
+    return 0
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from service.cli.ingest_client import ingest_files
+
+    failed = ingest_files(
+        args.paths, args.url, args.token, args.batch, wait=not args.no_wait, progress=not args.no_progress
+    )
+    return 1 if failed else 0
+
+
+def _given(args: argparse.Namespace, *names: str) -> dict[str, Any]:
+    """The options of `names` that were given on the command line (the others keep their defaults)."""
+    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+
+
+def cmd_train_retro(args: argparse.Namespace) -> int:
+    from reader.train_config import RetroTrainConfig
+    from service.application.training import run_train_retro
+
+    config = RetroTrainConfig(steps=args.steps, **_given(args, "batch", "seq_tokens", "lr", "holdout", "seed"))
+    print(json.dumps(run_train_retro(_settings(index_name=args.index), config, args.out), indent=2))
+    return 0
+
+
+def cmd_train_reader(args: argparse.Namespace) -> int:
+    from reader.train_config import AdapterTrainConfig
+    from service.application.training import run_train_reader
+
+    settings = _settings()
+    if args.retrieval:
+        settings = settings.model_copy(update={"retrieval": RetrievalMode(args.retrieval)})
+    names = ("method", "epochs", "batch", "lr", "rank", "alpha", "virtual_tokens", "holdout", "eval_every", "seed")
+    config = AdapterTrainConfig(
+        max_passage_tokens=settings.max_passage_tokens,
+        **_given(args, *names, "checkpoint_every"),
+    )
+    report = run_train_reader(
+        settings,
+        args.data,
+        args.out,
+        config,
+        articles=args.articles,
+        limit=args.limit,
+        top_k=args.top_k,
+        index=args.index,
+        progress=not args.no_progress,
+        stop_after=args.stop_after,
+    )
+    print(
+        json.dumps(
+            report if report is not None else {"stopped": True, "resume": f"run again with --out {args.out}"}, indent=2
+        )
+    )
+    return 0

@@ -1,0 +1,121 @@
+"""Admin routes: list index versions, refresh (a background job), roll back; list, load, replace
+and unload reader adapters, and choose the default one.
+
+They need an admin token (`Authorization: Bearer …`). Only when no admin token digest is
+configured are they open, and the settings allow that on a loopback address only.
+"""
+
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import APIRouter
+from pydantic import BaseModel, Field, StringConstraints
+
+from retriever.registry import VersionInfo
+from service.application.adapters import NO_ADAPTER, AdapterInfo
+from service.application.results import SwitchResult
+from service.http.auth import Scope, require
+from service.http.documents import JobCreated
+from service.http.schemas import AdapterName, StrictModel
+from service.http.state import AdaptersDep, IndexesDep, JobsDep
+
+AdminAuth = require(Scope.ADMIN, only_if=lambda state: bool(state.settings.admin_token_sha256))
+
+IndexName = Annotated[str, StringConstraints(max_length=64)]
+
+
+class VersionRequest(StrictModel):
+    version: Annotated[str, StringConstraints(min_length=1, max_length=64)] = Field(
+        description="An existing version id, as listed by GET /admin/indexes."
+    )
+
+
+class RefreshRequest(StrictModel):
+    version: Annotated[str | None, StringConstraints(min_length=1, max_length=64)] = Field(
+        None, description="Switch to this existing version instead of building a new one."
+    )
+
+
+class IndexOut(BaseModel):
+    name: str
+    serving: str | None
+    versions: list[VersionInfo]
+
+
+class IndexList(BaseModel):
+    indexes: list[IndexOut]
+
+
+class AdapterList(BaseModel):
+    default: str | None = Field(description="The adapter of requests that name none; null: the base model.")
+    adapters: list[AdapterInfo]
+    skipped: dict[str, str] = Field(description="Adapter folders found at start that did not load, and why.")
+
+
+class LoadAdapterRequest(StrictModel):
+    path: Annotated[str | None, StringConstraints(min_length=1, max_length=4096)] = Field(
+        None,
+        description="A folder on the server to copy into the adapter directory under this name (replacing "
+        "what is there) and load; without it the adapter is (re)loaded from the directory or the bundled ones.",
+    )
+
+
+class AdapterLoaded(BaseModel):
+    adapter: AdapterInfo
+    replaced: bool = Field(description="Whether a loaded adapter of this name was replaced.")
+
+
+class DefaultAdapterRequest(StrictModel):
+    name: AdapterName = Field(description=f"A loaded adapter, or {NO_ADAPTER!r} for the base model.")
+
+
+class DefaultAdapterChanged(BaseModel):
+    default: str | None
+    previous: str | None
+
+
+def build_admin_router() -> APIRouter:
+    router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[AdminAuth])
+
+    @router.get("/indexes", response_model=IndexList)
+    def list_indexes(indexes: IndexesDep) -> IndexList:
+        name = indexes.registry.name
+        versions = indexes.versions(name)
+        return IndexList(indexes=[IndexOut(name=name, serving=indexes.registry.serving(), versions=versions)])
+
+    @router.post("/indexes/{name}/refresh", status_code=202, response_model=JobCreated)
+    def refresh(name: IndexName, jobs: JobsDep, body: RefreshRequest | None = None) -> JobCreated:
+        """Start a background job that compacts the serving version and every document change
+        since it into a new version and serves it — or, given `version`, serves that existing
+        version. Follow it with GET /v1/jobs/{job_id}."""
+        return JobCreated(job_id=jobs.submit_refresh(name, body.version if body else None))
+
+    @router.post("/indexes/{name}/rollback", response_model=SwitchResult)
+    def rollback(name: IndexName, body: VersionRequest, indexes: IndexesDep) -> SwitchResult:
+        """Go back to an earlier version."""
+        return indexes.switch(name, body.version)
+
+    @router.get("/adapters", response_model=AdapterList)
+    def list_adapters(adapters: AdaptersDep) -> AdapterList:
+        return AdapterList(default=adapters.default, adapters=adapters.describe(), skipped=dict(adapters.skipped))
+
+    @router.post("/adapters/{name}", response_model=AdapterLoaded)
+    def load_adapter(name: AdapterName, adapters: AdaptersDep, body: LoadAdapterRequest | None = None) -> AdapterLoaded:
+        """Load an adapter, or replace a loaded one atomically: requests already answering with the
+        old one finish with it, the next ones get the new one."""
+        source = Path(body.path) if body and body.path else None
+        info, replaced = adapters.load(name, source)
+        return AdapterLoaded(adapter=info, replaced=replaced)
+
+    @router.delete("/adapters/{name}", response_model=AdapterInfo)
+    def unload_adapter(name: AdapterName, adapters: AdaptersDep) -> AdapterInfo:
+        """Stop serving an adapter and delete its folder from the adapter directory."""
+        return adapters.unload(name)
+
+    @router.put("/default-adapter", response_model=DefaultAdapterChanged)
+    def set_default_adapter(body: DefaultAdapterRequest, adapters: AdaptersDep) -> DefaultAdapterChanged:
+        """The adapter of requests that name none, until the next start (setting `adapter` then)."""
+        previous = adapters.set_default(body.name)
+        return DefaultAdapterChanged(default=adapters.default, previous=previous)
+
+    return router

@@ -1,0 +1,110 @@
+"""Job routes: POST /v1/documents (a batch of upserts and deletes → a job), GET /v1/jobs/{id}
+(document batches and index refreshes).
+
+Writing needs an admin token, reading a job a read or admin token; with no token digests
+configured (loopback only, see settings) both are open.
+"""
+
+import json
+from typing import Annotated, Any, Literal, cast
+
+from fastapi import APIRouter
+from pydantic import BaseModel, Field, StringConstraints, field_validator, model_validator
+
+from ragserve.errors import UnknownJobError
+from ragserve.types import Document
+from service.application.results import SwitchResult
+from service.http.auth import Scope, require
+from service.http.schemas import StrictModel
+from service.http.state import JobsDep
+from service.settings import Settings
+
+DocId = Annotated[str, StringConstraints(min_length=1, max_length=256)]
+JobId = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")]
+
+WriteAuth = require(Scope.ADMIN, only_if=lambda s: bool(s.settings.admin_token_sha256 or s.settings.read_token_sha256))
+ReadAuth = require(Scope.READ, only_if=lambda s: bool(s.settings.admin_token_sha256 or s.settings.read_token_sha256))
+
+
+class DocumentsRequestBase(StrictModel):
+    upsert: list[Any]
+    delete: list[str]
+
+    def documents(self) -> list[Document]:
+        return [Document(d.id, d.title, d.text, d.metadata) for d in self.upsert]
+
+
+class JobCreated(BaseModel):
+    job_id: str
+
+
+class JobOut(BaseModel):
+    job_id: str
+    kind: Literal["documents", "refresh"]
+    state: Literal["queued", "running", "done", "failed"]
+    upserts: int
+    deletes: int
+    counts: dict[str, int]
+    errors: dict[str, str] = Field(description="Per document id; '*' for a job that failed as a whole.")
+    index: SwitchResult | None = Field(None, description="What a finished refresh job serves now.")
+
+
+def documents_request(settings: Settings) -> type[DocumentsRequestBase]:
+    class DocumentIn(StrictModel):
+        id: DocId
+        title: Annotated[str, StringConstraints(max_length=1_000)] = ""
+        text: Annotated[str, StringConstraints(max_length=settings.max_document_chars)]
+        metadata: dict[str, Any] = Field(default_factory=dict)
+
+        @field_validator("metadata")
+        @classmethod
+        def _small(cls, value: dict[str, Any]) -> dict[str, Any]:
+            size = len(json.dumps(value, ensure_ascii=False).encode())
+            if size > settings.max_metadata_bytes:
+                raise ValueError(f"metadata is {size} bytes as JSON; the limit is {settings.max_metadata_bytes}")
+            return value
+
+    class DocumentsRequest(DocumentsRequestBase):
+        upsert: Annotated[list[DocumentIn], Field(default_factory=list, max_length=settings.max_batch_documents)]
+        delete: Annotated[list[DocId], Field(default_factory=list, max_length=settings.max_batch_documents)]
+
+        @model_validator(mode="after")
+        def _sane(self) -> "DocumentsRequest":
+            ids = [d.id for d in self.upsert] + list(self.delete)
+            if not ids:
+                raise ValueError("the batch is empty: give 'upsert' and/or 'delete'")
+            if len(ids) > settings.max_batch_documents:
+                raise ValueError(f"the batch has {len(ids)} operations; the limit is {settings.max_batch_documents}")
+            if len(set(ids)) != len(ids):
+                raise ValueError("a document id appears more than once in the batch")
+            return self
+
+    return DocumentsRequest
+
+
+def build_documents_router(settings: Settings) -> APIRouter:
+    router = APIRouter(tags=["ingestion"])
+    DocumentsRequest = documents_request(settings)
+
+    @router.post("/v1/documents", status_code=202, response_model=JobCreated, dependencies=[WriteAuth])
+    def ingest(body: DocumentsRequest, jobs: JobsDep) -> JobCreated:  # type: ignore[valid-type]
+        req = cast(DocumentsRequestBase, body)
+        return JobCreated(job_id=jobs.submit_documents(req.documents(), list(req.delete)))
+
+    @router.get("/v1/jobs/{job_id}", response_model=JobOut, dependencies=[ReadAuth])
+    def job(job_id: JobId, jobs: JobsDep) -> JobOut:
+        found = jobs.job(job_id)
+        if found is None:
+            raise UnknownJobError(f"no job {job_id!r}")
+        return JobOut(
+            job_id=found.id,
+            kind=found.kind,
+            state=found.state,
+            upserts=len(found.upsert),
+            deletes=len(found.delete),
+            counts=found.result.get("counts", {}),
+            errors=found.result.get("errors", {}),
+            index=found.result.get("index"),
+        )
+
+    return router

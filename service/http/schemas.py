@@ -1,0 +1,139 @@
+"""Request and response bodies. Request limits come from Settings, so the OpenAPI document at
+/docs shows the limits this server really enforces."""
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from ragserve.types import Passage, RetrievalMode
+from reader.base import Evidence
+from service.settings import Settings
+
+# JSON carries the mode as a string; strict mode would demand an enum instance.
+Retrieval = Annotated[RetrievalMode, Field(strict=False)]
+ReaderName = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9_-]*$")]
+AdapterName = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9_.-]*$")]
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class PassageOut(BaseModel):
+    chunk_id: str
+    doc_id: str
+    title: str
+    score: float
+    text: str
+
+    @classmethod
+    def of(cls, p: Passage) -> "PassageOut":
+        return cls(chunk_id=p.chunk_id, doc_id=p.doc_id, title=p.title, score=p.score, text=p.text)
+
+
+class CitationOut(PassageOut):
+    weight: float | None = Field(None, description="rag-* readers: the passage's posterior share of the answer.")
+
+    @classmethod
+    def cite(cls, p: Passage, weight: float | None) -> "CitationOut":
+        return cls(chunk_id=p.chunk_id, doc_id=p.doc_id, title=p.title, score=p.score, text=p.text, weight=weight)
+
+
+class EvidenceOut(BaseModel):
+    """The span of a cited passage that an extractive answer was copied from."""
+
+    chunk_id: str
+    doc_id: str
+    start_char: int = Field(description="Offset of the answer in the passage's text (the citation's `text`).")
+    end_char: int
+    document_start_char: int = Field(description="Offset of the answer in the whole source document.")
+    document_end_char: int
+    text: str
+
+    @classmethod
+    def of(cls, passages: Sequence[Passage], evidence: Evidence | None) -> "EvidenceOut | None":
+        if evidence is None:
+            return None
+        passage = passages[evidence.passage]
+        return cls(
+            chunk_id=passage.chunk_id,
+            doc_id=passage.doc_id,
+            start_char=evidence.start_char,
+            end_char=evidence.end_char,
+            document_start_char=passage.start_char + evidence.start_char,
+            document_end_char=passage.start_char + evidence.end_char,
+            text=evidence.text,
+        )
+
+
+class AskResponse(BaseModel):
+    answer: str
+    probability: float | None = Field(None, description="p(answer | question), for readers that define it.")
+    citations: list[CitationOut]
+    evidence: EvidenceOut | None = Field(None, description="Extractive answers: where the answer was copied from.")
+    reader: str
+    adapter: str | None = Field(None, description="The adapter the answer ran with; null: the base model.")
+    index_version: str
+    timings_ms: dict[str, float]
+
+
+class RetrieveResponse(BaseModel):
+    passages: list[PassageOut]
+    index_version: str
+    timings_ms: dict[str, float]
+
+
+class AskRequestBase(StrictModel):
+    question: str
+    top_k: int
+    reader: ReaderName | None = None
+    retrieval: Retrieval | None = None
+    extractive: bool | None = None
+    adapter: AdapterName | None = None
+
+
+class RetrieveRequestBase(StrictModel):
+    query: str
+    top_k: int
+    retrieval: Retrieval | None = None
+
+
+@dataclass(frozen=True)
+class RequestModels:
+    ask: type[AskRequestBase]
+    retrieve: type[RetrieveRequestBase]
+
+
+def request_models(settings: Settings) -> RequestModels:
+    """Request models whose constraints are this server's settings."""
+    retrieval_help = f"dense, sparse (BM25) or hybrid; default {settings.retrieval.value!r}."
+    Text = Annotated[
+        str, StringConstraints(strip_whitespace=True, min_length=1, max_length=settings.max_question_chars)
+    ]
+
+    class AskRequest(AskRequestBase):
+        question: Text = Field(description="The question, answered from the indexed documents only.")
+        top_k: Annotated[int, Field(ge=1, le=settings.max_ask_top_k)] = Field(
+            settings.ask_top_k, description="Passages retrieved, given to the reader and cited."
+        )
+        reader: ReaderName | None = Field(None, description=f"Reader to use; default {settings.default_reader!r}.")
+        retrieval: Retrieval | None = Field(None, description=retrieval_help)
+        extractive: bool | None = Field(
+            None,
+            description="Copy the answer from the passages (a span of one, returned as `evidence`); "
+            f"default {settings.extractive}. Readers that cannot: 422.",
+        )
+        adapter: AdapterName | None = Field(
+            None,
+            description="Reader adapter to answer with (GET /admin/adapters lists them), or 'none' for the base "
+            "model; default: the server's default adapter. Readers that cannot run one: 422.",
+        )
+
+    class RetrieveRequest(RetrieveRequestBase):
+        query: Text
+        top_k: Annotated[int, Field(ge=1, le=settings.max_retrieve_top_k)] = settings.retrieve_top_k
+        retrieval: Retrieval | None = Field(None, description=retrieval_help)
+
+    return RequestModels(ask=AskRequest, retrieve=RetrieveRequest)
