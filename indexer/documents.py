@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from ragserve.sqlite import add_missing_columns, session
+from ragserve.sqlite import create, session
 from ragserve.types import Document
 
 SCHEMA = """
@@ -71,12 +71,9 @@ class SqliteDocumentStore:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._write = threading.Lock()  # one writer; readers use their own connections
-        with session(path) as db:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.executescript(SCHEMA)
-            if add_missing_columns(db, "documents", MIGRATIONS):
+        if create(path, SCHEMA, "documents", MIGRATIONS, INDEXES):
+            with session(path) as db:
                 db.execute("UPDATE documents SET seq = rowid")
-            db.executescript(INDEXES)
 
     def apply(self, upsert: Sequence[Document], delete: Sequence[str]) -> Applied:
         counts = {"upserted": 0, "unchanged": 0, "deleted": 0, "not_found": 0}

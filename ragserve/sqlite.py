@@ -18,6 +18,17 @@ def session(path: Path) -> Iterator[sqlite3.Connection]:
         db.close()
 
 
+def create(path: Path, schema: str, table: str, migrations: dict[str, str], indexes: str) -> list[str]:
+    """Create `table` (write-ahead log on), add the columns of `migrations` (name -> definition)
+    that a table created before them lacks, then the indexes; returns the columns added."""
+    with session(path) as db:
+        db.execute("PRAGMA journal_mode=WAL")
+        db.executescript(schema)
+        added = add_missing_columns(db, table, migrations)
+        db.executescript(indexes)
+    return added
+
+
 def add_missing_columns(db: sqlite3.Connection, table: str, columns: dict[str, str]) -> list[str]:
     """`ALTER TABLE ... ADD COLUMN` for each column of `columns` (name -> definition) that the
     table, created before the column existed, lacks; returns the columns added."""

@@ -198,6 +198,100 @@ def _resume(out: Path, model: PeftModel, optimizer: torch.optim.Optimizer, progr
     return saved
 
 
+class _Run:
+    """One training run of an adapter over `generator`'s model: its rows, model, optimizer and
+    schedule, and the progress a checkpoint keeps."""
+
+    def __init__(self, generator: Generator, examples: Sequence[Example], out: Path, config: TrainConfig) -> None:
+        held = [ex for ex in examples if held_out(ex.id, config.holdout)]
+        used = [ex for ex in examples if not held_out(ex.id, config.holdout)]
+        if not used:
+            raise InvalidInputError("no training examples left after the held-out split")
+        torch.manual_seed(config.seed)
+        prefix = generator.text.encode(ADAPTER_PREFIX)
+        self.generator, self.config, self.out = generator, config, out
+        self.examples, self.held_examples = len(used), len(held)
+        self.train_rows = [encode(generator, prefix, ex, config.max_passage_tokens) for ex in used]
+        self.held_rows = [encode(generator, prefix, ex, config.max_passage_tokens) for ex in held]
+        self.model = get_peft_model(generator.model, METHODS[config.method](config))
+        self.trainable = [p for p in self.model.parameters() if p.requires_grad]
+        for p in self.trainable:  # the adapter learns in fp32 whatever the base model's format
+            p.data = p.data.float()
+        self.virtual = config.virtual_tokens if config.method == "prompt" else 0
+        self.optimizer = torch.optim.AdamW(self.trainable, lr=config.learning_rate, weight_decay=0.0)
+        self.progress = _resume(out, self.model, self.optimizer, Progress(fingerprint(generator, examples, config)))
+        self.steps = batches([len(r.ids) for r in self.train_rows], config.batch, config.epochs, config.seed)
+        self.autocast = generator.precision is Precision.BF16
+        self.pad = generator.lm.pad_id
+
+    def _nll(self, rows: Sequence[Encoded]) -> tuple[torch.Tensor, int]:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.autocast):
+            return answer_nll(self.model, rows, self.pad, self.virtual)
+
+    def holdout_loss(self) -> float:
+        self.model.train(False)
+        total, count = 0.0, 0
+        with torch.no_grad():
+            for start in range(0, len(self.held_rows), self.config.batch):
+                nll, n = self._nll(self.held_rows[start : start + self.config.batch])
+                total, count = total + float(nll), count + n
+        self.model.train(True)
+        return total / max(count, 1)
+
+    def lr_at(self, step: int) -> float:
+        warm = min(self.config.warmup, max(len(self.steps) // 10, 1))
+        return self.config.learning_rate * min(1.0, (step + 1) / warm) * max(0.0, 1 - step / len(self.steps))
+
+    def step(self) -> float:
+        """One optimizer step on the next batch; its loss."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr_at(self.progress.step)
+        nll, n = self._nll([self.train_rows[i] for i in self.steps[self.progress.step]])
+        loss = nll / n
+        loss.backward()  # type: ignore[no-untyped-call]
+        torch.nn.utils.clip_grad_norm_(self.trainable, 1.0)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.progress.step += 1
+        return float(loss.detach())
+
+    def record(self, window: list[float]) -> str:
+        """Note the training loss since the last record and the held-out loss now; a summary."""
+        progress = self.progress
+        progress.train_loss.append((progress.step, sum(window) / len(window)))
+        if self.held_rows:
+            progress.holdout_loss.append((progress.step, self.holdout_loss()))
+        held = f"{progress.holdout_loss[-1][1]:.4f}" if self.held_rows else "-"
+        return f"step {progress.step}: train loss {progress.train_loss[-1][1]:.4f}, held-out loss {held}"
+
+    def report(self, seconds: float, about: Mapping[str, Any] | None) -> dict[str, Any]:
+        progress, config = self.progress, self.config
+        return {
+            "method": config.method,
+            "examples": self.examples,
+            "holdout_examples": self.held_examples,
+            "steps": len(self.steps),
+            "trainable_parameters": sum(p.numel() for p in self.trainable),
+            "seconds": round(seconds, 1),
+            "train_loss": [(s, round(v, 4)) for s, v in progress.train_loss],
+            "holdout_loss": [(s, round(v, 4)) for s, v in progress.holdout_loss],
+            "config": asdict(config),
+            "precision": str(self.generator.precision),
+            **(about or {}),
+        }
+
+    def save(self, report: dict[str, Any]) -> None:
+        """The finished adapter in `out` (the checkpoint goes)."""
+        generator = self.generator
+        info = {"prefix": ADAPTER_PREFIX, "base_id": generator.base_id, "generator": generator.name, "training": report}
+        if self.autocast:  # trained in bf16: the weights are stored as it computed with them (half the bytes)
+            for p in self.trainable:
+                p.data = p.data.to(torch.bfloat16)
+        _save_adapter(self.model, self.out)
+        (self.out / RAGSERVE_INFO).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+        shutil.rmtree(self.out / CHECKPOINT, ignore_errors=True)
+
+
 def train(
     generator: Generator,
     examples: Sequence[Example],
@@ -215,103 +309,30 @@ def train(
         raise InvalidInputError(f"{out} already holds a trained adapter; choose another --out or delete it")
     if not generator.lm.adapts:
         raise InvalidInputError("adapters are trained for causal generators")
-    held = [ex for ex in examples if held_out(ex.id, config.holdout)]
-    used = [ex for ex in examples if not held_out(ex.id, config.holdout)]
-    if not used:
-        raise InvalidInputError("no training examples left after the held-out split")
-    torch.manual_seed(config.seed)
-    prefix = generator.text.encode(ADAPTER_PREFIX)
-    train_rows = [encode(generator, prefix, ex, config.max_passage_tokens) for ex in used]
-    held_rows = [encode(generator, prefix, ex, config.max_passage_tokens) for ex in held]
-
-    model = get_peft_model(generator.model, METHODS[config.method](config))
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    for p in trainable:  # the adapter learns in fp32 whatever the base model's format
-        p.data = p.data.float()
-    virtual = config.virtual_tokens if config.method == "prompt" else 0
-    optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=0.0)
-    progress = _resume(out, model, optimizer, Progress(fingerprint(generator, examples, config)))
-    steps = batches([len(r.ids) for r in train_rows], config.batch, config.epochs, config.seed)
-    autocast = generator.precision is Precision.BF16
-    pad = generator.lm.pad_id
-
-    def holdout_loss() -> float:
-        model.train(False)
-        total, count = 0.0, 0
-        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-            for start in range(0, len(held_rows), config.batch):
-                nll, n = answer_nll(model, held_rows[start : start + config.batch], pad, virtual)
-                total, count = total + float(nll), count + n
-        model.train(True)
-        return total / max(count, 1)
-
-    def lr_at(step: int) -> float:
-        warm = min(config.warmup, max(len(steps) // 10, 1))
-        return config.learning_rate * min(1.0, (step + 1) / warm) * max(0.0, 1 - step / len(steps))
-
+    run = _Run(generator, examples, out, config)
+    progress, total = run.progress, len(run.steps)
     out.mkdir(parents=True, exist_ok=True)
-    model.train(True)
-    bar = tqdm(total=len(steps), initial=progress.step, desc=f"training {config.method}", disable=not progress_bar)
+    run.model.train(True)
+    bar = tqdm(total=total, initial=progress.step, desc=f"training {config.method}", disable=not progress_bar)
     window: list[float] = []
     started = time.perf_counter() - progress.seconds
-    if held_rows and not progress.holdout_loss:
-        progress.holdout_loss.append((0, holdout_loss()))
-    until = len(steps) if stop_after is None else min(len(steps), progress.step + stop_after)
+    if run.held_rows and not progress.holdout_loss:
+        progress.holdout_loss.append((0, run.holdout_loss()))
+    until = total if stop_after is None else min(total, progress.step + stop_after)
     while progress.step < until:
-        step = progress.step
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-            nll, n = answer_nll(model, [train_rows[i] for i in steps[step]], pad, virtual)
-        loss = nll / n
-        loss.backward()  # type: ignore[no-untyped-call]
-        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        window.append(float(loss.detach()))
-        progress.step = step + 1
+        window.append(run.step())
         bar.update()
-        last = progress.step == len(steps)
-        if progress.step % config.eval_every == 0 or last:
-            progress.train_loss.append((progress.step, sum(window) / len(window)))
+        if progress.step % config.eval_every == 0 or progress.step == total:
+            log.info(run.record(window))
             window = []
-            if held_rows:
-                progress.holdout_loss.append((progress.step, holdout_loss()))
-            bar.set_postfix(
-                loss=f"{progress.train_loss[-1][1]:.3f}",
-                holdout=f"{progress.holdout_loss[-1][1]:.3f}" if held_rows else "-",
-            )
-            log.info(
-                "step %d: train loss %.4f, held-out loss %s",
-                progress.step,
-                progress.train_loss[-1][1],
-                f"{progress.holdout_loss[-1][1]:.4f}" if held_rows else "-",
-            )
+            bar.set_postfix(loss=f"{progress.train_loss[-1][1]:.3f}")
         if progress.step % config.checkpoint_every == 0 or progress.step == until:
             progress.seconds = time.perf_counter() - started
-            _save_checkpoint(out, model, optimizer, progress)
+            _save_checkpoint(out, run.model, run.optimizer, progress)
     bar.close()
-    if progress.step < len(steps):
-        log.info("stopped at step %d of %d; run again with the same --out to resume", progress.step, len(steps))
+    if progress.step < total:
+        log.info("stopped at step %d of %d; run again with the same --out to resume", progress.step, total)
         return None
-    report = {
-        "method": config.method,
-        "examples": len(used),
-        "holdout_examples": len(held),
-        "steps": len(steps),
-        "trainable_parameters": sum(p.numel() for p in trainable),
-        "seconds": round(time.perf_counter() - started, 1),
-        "train_loss": [(s, round(v, 4)) for s, v in progress.train_loss],
-        "holdout_loss": [(s, round(v, 4)) for s, v in progress.holdout_loss],
-        "config": asdict(config),
-        "precision": str(generator.precision),
-        **(about or {}),
-    }
-    info = {"prefix": ADAPTER_PREFIX, "base_id": generator.base_id, "generator": generator.name, "training": report}
-    if autocast:  # trained in bf16: the weights are stored as it computed with them (half the bytes)
-        for p in trainable:
-            p.data = p.data.to(torch.bfloat16)
-    _save_adapter(model, out)
-    (out / RAGSERVE_INFO).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-    shutil.rmtree(out / CHECKPOINT, ignore_errors=True)
+    report = run.report(time.perf_counter() - started, about)
+    run.save(report)
     return report

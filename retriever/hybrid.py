@@ -34,10 +34,12 @@ BOUND_SLACK = 1e-4
 
 @dataclass(frozen=True, slots=True)
 class FusionWeights:
-    sparse: float = 0.75
-    phrase: float = 0.19
-    title: float = -0.21
-    candidates: int = 50  # from each of dense and BM25, before fusion
+    """The weights of the fused score (settings `hybrid_*`, where their fitted defaults live)."""
+
+    sparse: float
+    phrase: float
+    title: float
+    candidates: int  # from each of dense and BM25, before fusion
 
 
 @dataclass(frozen=True, slots=True)

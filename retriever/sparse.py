@@ -67,10 +67,11 @@ def indexed_text(title: str, text: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class BM25Params:
-    # Fitted with the fusion weights on SQuAD's training articles (low k1: a repeated term adds
-    # little, which suits short chunks); Lucene's defaults are k1 = 1.2, b = 0.75.
-    k1: float = 0.3
-    b: float = 0.5
+    """k1 and b (settings `bm25_k1`, `bm25_b`: fitted with the fusion weights on SQuAD's training
+    articles, a low k1 suits short chunks; Lucene's defaults are k1 = 1.2, b = 0.75)."""
+
+    k1: float
+    b: float
 
     def __post_init__(self) -> None:
         assert self.k1 > 0 and 0 <= self.b <= 1, "BM25 needs k1 > 0 and 0 <= b <= 1"

@@ -13,6 +13,8 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from ragserve.types import Precision, RetrievalMode
+from retriever.registry import INDEX_NAME
+from service.application.adapters import ADAPTER_NAME
 
 
 def _is_loopback(host: str) -> bool:
@@ -33,7 +35,7 @@ class Settings(BaseSettings):
         None, description="Artifact to import into the registry and serve; default: the registry's serving version."
     )
     registry_dir: Path | None = Field(None, description="Where index versions live; default: <home>/registry.")
-    index_name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")] = "default"
+    index_name: Annotated[str, Field(pattern=INDEX_NAME.pattern)] = "default"
     keep_versions: Annotated[int, Field(ge=1, le=1_000)] = 5
     compact_after_chunks: Annotated[int, Field(ge=0, le=10_000_000)] = Field(
         20_000, description="Queue a refresh (compaction) once the delta index holds this many chunks; 0: never."
@@ -54,7 +56,7 @@ class Settings(BaseSettings):
         description="fp32 | bf16 | auto (bf16 where the CPU has AMX): number format of the generator when serving.",
     )
     default_reader: str = "stuff"
-    adapter: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$")] = Field(
+    adapter: Annotated[str, Field(pattern=ADAPTER_NAME.pattern)] = Field(
         "auto",
         description="Default reader adapter (reader/adapters.py) for requests that name none: a name in "
         "adapters_dir or bundled, 'none', or 'auto' (the bundled SQuAD adapter when it fits the generator).",

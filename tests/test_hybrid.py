@@ -60,7 +60,7 @@ def test_bm25_equals_the_textbook_formula(k1: float, b: float) -> None:
 
 
 def test_bm25_search_ranks_and_skips_non_matching_chunks() -> None:
-    index = SparseIndex.from_texts(TEXTS, BM25Params())
+    index = SparseIndex.from_texts(TEXTS, SEARCH.bm25)
     scores, rows = index.search(["granite bridge", "zzz"], 3)
     assert rows[0][0] == 1 and rows[0][1:].tolist() == [-1, -1]  # one chunk shares a term
     assert 0 < scores[0][0] <= 1
@@ -135,7 +135,7 @@ def test_rank_equals_a_full_ranking_by_fuse(
     dense = np.array(scores.draw(st.lists(grid, min_size=n, max_size=n)), np.float32)
     sparse = np.array(scores.draw(st.lists(grid, min_size=n, max_size=n)), np.float32)
     texts = [(" ".join(title), " ".join(text)) for title, text in chunks]
-    weights = FusionWeights(sparse=0.75, phrase=phrase_weight, title=-0.21)
+    weights = FusionWeights(sparse=0.75, phrase=phrase_weight, title=-0.21, candidates=50)
     q = QueryTerms.of(" ".join(query))
     rows = np.arange(100, 100 + n, dtype=np.int64)
     got_scores, got_rows = rank(q, rows, dense, sparse, texts, weights, top_k)
@@ -153,7 +153,7 @@ def test_each_mode_finds_the_obvious_chunk(tiny_index: Path, encoder: Encoder) -
 
 
 def test_hybrid_scores_equal_the_fusion_formula(tiny_index: Path, encoder: Encoder) -> None:
-    weights = FusionWeights(sparse=0.7, phrase=0.3, title=-0.1)
+    weights = FusionWeights(sparse=0.7, phrase=0.3, title=-0.1, candidates=50)
     retriever = VersionRetriever(tiny_index, encoder, replace(SEARCH, fusion=weights))
     query = "In which town is the Zorblat festival held?"
     passages = retriever.search(query, 3, RetrievalMode.HYBRID).passages

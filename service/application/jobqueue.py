@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from ragserve.sqlite import add_missing_columns, session
+from ragserve.sqlite import create, session
 from ragserve.types import Document
 
 SCHEMA = """
@@ -77,11 +77,8 @@ class SqliteJobQueue:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._write = threading.Lock()  # one writer; readers use their own connections
+        create(path, SCHEMA, "jobs", MIGRATIONS, INDEXES)
         with session(path) as db:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.executescript(SCHEMA)
-            add_missing_columns(db, "jobs", MIGRATIONS)
-            db.executescript(INDEXES)
             db.execute("UPDATE jobs SET state = 'queued' WHERE state = 'running'")
 
     def enqueue(self, kind: str, payload: dict[str, Any]) -> str:
