@@ -43,7 +43,9 @@ def check_registry(root: Path) -> list[str]:
     serving = registry.serving()
     assert serving is None or serving in names
     # at most a pointer temp file of a switch killed mid-write (removed once a minute old)
-    assert not [p for p in registry.home.iterdir() if p.name.startswith(".") and not p.name.startswith(".staging-serving.json-")]
+    assert not [
+        p for p in registry.home.iterdir() if p.name.startswith(".") and not p.name.startswith(".staging-serving.json-")
+    ]
     return names
 
 
