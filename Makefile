@@ -76,7 +76,7 @@ bench-peers: $(STAMP)
 
 ## Train a bundled reader adapter again: LoRA (the default, ~1 hour) or, with ADAPTER_METHOD=ia3,
 ## (IA)3 (~45 minutes) on the questions of SQuAD's 24 training articles, each with its top hybrid
-## passage (README, Reader adapters), into reader/data/adapters/squad-<method>.
+## passage (docs/readers.md, Reader adapters), into reader/data/adapters/squad-<method>.
 ADAPTER_METHOD ?= lora
 ADAPTER_OUT ?= reader/data/adapters/squad-$(ADAPTER_METHOD)
 adapter: $(STAMP)

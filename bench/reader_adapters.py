@@ -4,7 +4,7 @@ latency per question (retrieval included), every row over the same questions in 
 
     python -m bench.reader_adapters [--limit 300] [--adapters lora=DIR,ia3=DIR,prompt=DIR]
 
-Adapters: folders written by `ragserve train reader` (README, *Reader adapters*), trained on the
+Adapters: folders written by `ragserve train reader` (docs/readers.md, *Reader adapters*), trained on the
 24 training articles only; default: the bundled ones. Questions: `--limit` spread evenly over the
 24 held-out articles. Retrieval: the default (hybrid), top `--top-k` (default: setting
 ask_top_k). Reader: `stuff`, one question at a time. The base model reads with its few-shot

@@ -19,7 +19,7 @@ def _cpu_flags() -> frozenset[str]:
 
 def native_bf16(device: str) -> bool:
     """Whether bf16 matrix products run natively (faster than fp32) on `device`: on a CPU, AMX or
-    AVX512-BF16 (README, *Generator precision*)."""
+    AVX512-BF16 (docs/performance.md, *Generator precision*)."""
     import torch  # only a process that runs models asks
 
     if device.startswith("cuda"):

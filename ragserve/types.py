@@ -15,8 +15,8 @@ class RetrievalMode(StrEnum):
 
 class Precision(StrEnum):
     """Number format of a model's weights and activations (retriever and generator). `bf16` runs ~3x
-    faster where the CPU multiplies bf16 natively (AMX), at costs measured in the README
-    (Performance); `auto` picks it only there."""
+    faster where the CPU multiplies bf16 natively (AMX), at costs measured in docs/performance.md;
+    `auto` picks it only there."""
 
     AUTO = "auto"
     FP32 = "fp32"

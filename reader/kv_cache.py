@@ -2,7 +2,7 @@
 
 Hugging Face's `DynamicLayer` grows by `torch.cat`, so every decoding step copies the whole cache
 of every row: with 8 rows of ~520 positions of SmolLM2-135M a step cost 61 ms against 37 ms for one
-row (exploratory probe, README *Performance*). `GrowingLayer` keeps keys and values in buffers with
+row (exploratory probe, docs/performance.md). `GrowingLayer` keeps keys and values in buffers with
 room for `GROW_COLUMNS` more positions, writes only the new columns, and reallocates (one copy)
 when the room is used up. Its `keys` and `values` are views of those buffers, so everything that
 reads a `DynamicLayer` reads it the same way.

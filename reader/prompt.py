@@ -1,6 +1,6 @@
 """The reader's prompt: a short instruction, three worked examples, then the retrieved passages.
 
-Measured on SQuAD (see README), a plain "Context / Question / Answer" completion with three
+Measured on SQuAD (docs/performance.md), a plain "Context / Question / Answer" completion with three
 examples beats chat-formatted prompts for the small default generator by a wide margin: chat
 turns make it answer in full sentences, the examples teach it to copy a short span.
 

@@ -49,7 +49,7 @@ class Settings(BaseSettings):
     encoder_precision: Precision = Field(
         Precision.AUTO,
         description="fp32 | bf16 | auto (bf16 where the CPU has AMX): number format of the retriever for "
-        "indexing and queries; bf16 embeds ~3x faster, recall loss measured in the README.",
+        "indexing and queries; bf16 embeds ~3x faster, recall loss measured in docs/performance.md.",
     )
     generator_precision: Precision = Field(
         Precision.AUTO,

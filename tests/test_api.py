@@ -38,7 +38,7 @@ def test_every_reader_answers_through_the_api(client: TestClient, reader: str) -
     body = {"question": "When was the Harrow bridge built?", "top_k": 3, "reader": reader}
     answer = client.post("/v1/ask", json=body).json()
     assert answer["reader"] == reader and answer["answer"] and len(answer["citations"]) == 3
-    if reader != "fusion":  # fusion answers "2019" here, from the wrong passage (see README: Readers)
+    if reader != "fusion":  # fusion answers "2019" here, from the wrong passage (see docs/readers.md)
         assert "1871" in answer["answer"] and answer["citations"][0]["doc_id"] == "bridge"
     if reader.startswith("rag"):  # probability of the answer, posterior share of each passage
         assert 0 < answer["probability"] <= 1

@@ -105,7 +105,7 @@ def test_serve_runs_a_real_server(tiny_index: Path, cache_home: Path, tmp_path: 
         "HF_HUB_OFFLINE": "1",
         "RAGSERVE_REGISTRY_DIR": str(tmp_path),
         "RAGSERVE_ADAPTERS_DIR": str(tmp_path / "adapters"),  # only the bundled adapters
-        # The answer checked below is fp32's (README, Performance: Generator precision).
+        # The answer checked below is fp32's (docs/performance.md, Generator precision).
         "RAGSERVE_GENERATOR_PRECISION": "fp32",
     }
     cmd = [sys.executable, "-m", "service.cli", "--log-level", "warning", "serve", "--index", str(tiny_index)]

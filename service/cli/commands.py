@@ -24,7 +24,7 @@ def _settings(**overrides: Any) -> Settings:
 # How many times an idle OpenMP worker thread spins, waiting for the next parallel region, before
 # it sleeps; libgomp reads it once, when torch loads. Its default (300,000) keeps the encoder's
 # second thread busy-waiting through the Python between forward passes, on the core the event loop
-# needs: 20,000 served 548 instead of 437 requests/s at 8 clients (bench/query_load.py, README).
+# needs: 20,000 served 548 instead of 437 requests/s at 8 clients (bench/query_load.py, docs/performance.md).
 SERVE_SPINCOUNT = "20000"
 
 
