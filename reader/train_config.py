@@ -11,6 +11,7 @@ METHOD_LR = {"lora": 3e-4, "ia3": 3e-3, "prompt": 3e-2}  # T-Few trains (IA)³ a
 
 @dataclass(frozen=True, slots=True)
 class AdapterTrainConfig:
+    max_passage_tokens: int  # as the readers cut passages (setting `max_passage_tokens`)
     method: str = "lora"
     epochs: float = 1.0
     batch: int = 4
@@ -21,7 +22,6 @@ class AdapterTrainConfig:
     holdout: float = 0.05  # fraction of examples (by id) only scored, never trained on
     eval_every: int = 100  # steps between held-out losses
     checkpoint_every: int = 50  # steps between checkpoints
-    max_passage_tokens: int = 384
     warmup: int = 30
     seed: int = 0
 

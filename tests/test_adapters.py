@@ -33,9 +33,28 @@ EXAMPLES = [
 ]
 # Learning rates far above the defaults, so that two steps move every method's outputs visibly.
 CONFIGS = {
-    "lora": TrainConfig(method="lora", rank=4, alpha=8, lr=2e-2, batch=2, holdout=0, checkpoint_every=1),
-    "ia3": TrainConfig(method="ia3", lr=0.2, batch=2, holdout=0, checkpoint_every=1),
-    "prompt": TrainConfig(method="prompt", virtual_tokens=4, lr=0.3, batch=2, holdout=0, checkpoint_every=1),
+    "lora": TrainConfig(
+        max_passage_tokens=SETTINGS.max_passage_tokens,
+        method="lora",
+        rank=4,
+        alpha=8,
+        lr=2e-2,
+        batch=2,
+        holdout=0,
+        checkpoint_every=1,
+    ),
+    "ia3": TrainConfig(
+        max_passage_tokens=SETTINGS.max_passage_tokens, method="ia3", lr=0.2, batch=2, holdout=0, checkpoint_every=1
+    ),
+    "prompt": TrainConfig(
+        max_passage_tokens=SETTINGS.max_passage_tokens,
+        method="prompt",
+        virtual_tokens=4,
+        lr=0.3,
+        batch=2,
+        holdout=0,
+        checkpoint_every=1,
+    ),
 }
 
 
@@ -134,16 +153,25 @@ def test_an_interrupted_run_resumes_to_the_same_adapter(
 def test_a_checkpoint_of_another_run_is_refused(tmp_path: Path, cache_home: Path) -> None:
     out = tmp_path / "lora"
     train(fresh_generator(cache_home), EXAMPLES, out, CONFIGS["lora"], False, stop_after=1)
-    other = TrainConfig(method="lora", rank=4, alpha=8, lr=1e-2, batch=2, holdout=0, checkpoint_every=1)
+    other = TrainConfig(
+        max_passage_tokens=SETTINGS.max_passage_tokens,
+        method="lora",
+        rank=4,
+        alpha=8,
+        lr=1e-2,
+        batch=2,
+        holdout=0,
+        checkpoint_every=1,
+    )
     with pytest.raises(InvalidInputError, match="another run"):
         train(fresh_generator(cache_home), EXAMPLES, out, other, False)
 
 
 def test_training_settings_are_range_checked() -> None:
     with pytest.raises(InvalidInputError, match="method"):
-        TrainConfig(method="dora")
+        TrainConfig(max_passage_tokens=SETTINGS.max_passage_tokens, method="dora")
     with pytest.raises(InvalidInputError, match="batch"):
-        TrainConfig(batch=0)
+        TrainConfig(max_passage_tokens=SETTINGS.max_passage_tokens, batch=0)
 
 
 def test_batches_cover_each_epoch_once_and_are_deterministic() -> None:
