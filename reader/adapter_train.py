@@ -52,27 +52,24 @@ TRAINER_STATE = "trainer.json"
 OPTIMIZER_STATE = "optimizer.pt"
 
 
-TrainConfig = AdapterTrainConfig
-
-
-def _lora(c: TrainConfig) -> PeftConfig:
+def _lora(c: AdapterTrainConfig) -> PeftConfig:
     # every linear layer of the decoder (peft leaves the LM head out)
     return LoraConfig(
         task_type=TaskType.CAUSAL_LM, r=c.rank, lora_alpha=int(c.alpha), lora_dropout=0.0, target_modules="all-linear"
     )
 
 
-def _ia3(c: TrainConfig) -> PeftConfig:
+def _ia3(c: AdapterTrainConfig) -> PeftConfig:
     return IA3Config(task_type=TaskType.CAUSAL_LM)  # peft's defaults per architecture (k, v and down for Llama)
 
 
-def _prompt(c: TrainConfig) -> PeftConfig:
+def _prompt(c: AdapterTrainConfig) -> PeftConfig:
     return PromptTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=c.virtual_tokens)
 
 
 # Method names are the ones adapters are served under (reader/adapters.py METHODS); their default
 # learning rates are reader/train_config.py's METHOD_LR.
-METHODS: dict[str, Callable[[TrainConfig], PeftConfig]] = {"lora": _lora, "ia3": _ia3, "prompt": _prompt}
+METHODS: dict[str, Callable[[AdapterTrainConfig], PeftConfig]] = {"lora": _lora, "ia3": _ia3, "prompt": _prompt}
 assert METHODS.keys() == METHOD_LR.keys()
 
 
@@ -157,7 +154,7 @@ class Progress:
     holdout_loss: list[tuple[int, float]] = field(default_factory=list)
 
 
-def fingerprint(generator: Generator, examples: Sequence[Example], config: TrainConfig) -> str:
+def fingerprint(generator: Generator, examples: Sequence[Example], config: AdapterTrainConfig) -> str:
     """What must not change for a run to resume: base model, data, passages and settings."""
     digest = hashlib.sha256(generator.base_id.encode())
     shaping = {k: v for k, v in asdict(config).items() if k not in ("eval_every", "checkpoint_every")}
@@ -202,7 +199,9 @@ class _Run:
     """One training run of an adapter over `generator`'s model: its rows, model, optimizer and
     schedule, and the progress a checkpoint keeps."""
 
-    def __init__(self, generator: Generator, examples: Sequence[Example], out: Path, config: TrainConfig) -> None:
+    def __init__(
+        self, generator: Generator, examples: Sequence[Example], out: Path, config: AdapterTrainConfig
+    ) -> None:
         held = [ex for ex in examples if held_out(ex.id, config.holdout)]
         used = [ex for ex in examples if not held_out(ex.id, config.holdout)]
         if not used:
@@ -296,7 +295,7 @@ def train(
     generator: Generator,
     examples: Sequence[Example],
     out: Path,
-    config: TrainConfig,
+    config: AdapterTrainConfig,
     progress_bar: bool = True,
     about: Mapping[str, Any] | None = None,
     stop_after: int | None = None,

@@ -35,8 +35,6 @@ from reader.retro import neighbour_tensors, save_retrofit
 from reader.retro_model import RetroConfig, Retrofit, RetroState
 from reader.train_config import RetroTrainConfig
 
-TrainConfig = RetroTrainConfig
-
 log = logging.getLogger(__name__)
 
 
@@ -114,7 +112,7 @@ def nll(retrofit: Retrofit, batch: Batch, from_position: int = 0) -> torch.Tenso
     return F.cross_entropy(scored.flatten(0, 1), targets.flatten(), reduction="none").view(targets.shape)
 
 
-def learning_rate(step: int, config: TrainConfig) -> float:
+def learning_rate(step: int, config: RetroTrainConfig) -> float:
     if step < config.warmup:
         return config.lr * (step + 1) / config.warmup
     progress = (step - config.warmup) / max(1, config.steps - config.warmup)
@@ -126,7 +124,7 @@ def train(
     search: SearchFn,
     generator: Generator,
     out: Path,
-    config: TrainConfig,
+    config: RetroTrainConfig,
     retro: RetroConfig | None = None,
     progress: Callable[[str], None] = print,
 ) -> dict[str, float | int | str]:

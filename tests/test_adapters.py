@@ -16,10 +16,11 @@ from transformers import AutoModelForCausalLM
 
 from ragserve.errors import InvalidAdapterError, InvalidInputError, UnknownAdapterError
 from ragserve.types import Passage
-from reader.adapter_train import CHECKPOINT, Example, TrainConfig, batches, train
+from reader.adapter_train import CHECKPOINT, Example, batches, train
 from reader.adapters import Adapter, load_adapter
 from reader.generator import Generator
 from reader.prompt import ADAPTER_PREFIX, PREFIX, qa_suffix
+from reader.train_config import AdapterTrainConfig
 from service.application.adapters import AUTO, BUNDLED_DEFAULT, AdapterManager, bundled_adapters
 from tests.conftest import TINY_CORPUS
 from tests.defaults import SETTINGS
@@ -33,7 +34,7 @@ EXAMPLES = [
 ]
 # Learning rates far above the defaults, so that two steps move every method's outputs visibly.
 CONFIGS = {
-    "lora": TrainConfig(
+    "lora": AdapterTrainConfig(
         max_passage_tokens=SETTINGS.max_passage_tokens,
         method="lora",
         rank=4,
@@ -43,10 +44,10 @@ CONFIGS = {
         holdout=0,
         checkpoint_every=1,
     ),
-    "ia3": TrainConfig(
+    "ia3": AdapterTrainConfig(
         max_passage_tokens=SETTINGS.max_passage_tokens, method="ia3", lr=0.2, batch=2, holdout=0, checkpoint_every=1
     ),
-    "prompt": TrainConfig(
+    "prompt": AdapterTrainConfig(
         max_passage_tokens=SETTINGS.max_passage_tokens,
         method="prompt",
         virtual_tokens=4,
@@ -153,7 +154,7 @@ def test_an_interrupted_run_resumes_to_the_same_adapter(
 def test_a_checkpoint_of_another_run_is_refused(tmp_path: Path, cache_home: Path) -> None:
     out = tmp_path / "lora"
     train(fresh_generator(cache_home), EXAMPLES, out, CONFIGS["lora"], False, stop_after=1)
-    other = TrainConfig(
+    other = AdapterTrainConfig(
         max_passage_tokens=SETTINGS.max_passage_tokens,
         method="lora",
         rank=4,
@@ -169,9 +170,9 @@ def test_a_checkpoint_of_another_run_is_refused(tmp_path: Path, cache_home: Path
 
 def test_training_settings_are_range_checked() -> None:
     with pytest.raises(InvalidInputError, match="method"):
-        TrainConfig(max_passage_tokens=SETTINGS.max_passage_tokens, method="dora")
+        AdapterTrainConfig(max_passage_tokens=SETTINGS.max_passage_tokens, method="dora")
     with pytest.raises(InvalidInputError, match="batch"):
-        TrainConfig(max_passage_tokens=SETTINGS.max_passage_tokens, batch=0)
+        AdapterTrainConfig(max_passage_tokens=SETTINGS.max_passage_tokens, batch=0)
 
 
 def test_batches_cover_each_epoch_once_and_are_deterministic() -> None:

@@ -12,7 +12,8 @@ from reader.generator import Generator
 from reader.registry import ReaderContext, create_reader
 from reader.retro import RetroReader, load_retrofit, save_retrofit
 from reader.retro_model import RetroConfig, Retrofit, RetroState
-from reader.retro_train import TrainConfig, train
+from reader.retro_train import train
+from reader.train_config import RetroTrainConfig
 from retriever.encoder import Encoder
 from retriever.version import VersionRetriever
 from tests.defaults import SEARCH, readers
@@ -175,7 +176,7 @@ def test_short_training_run_saves_loadable_weights(frozen: Generator, tiny_index
     retriever = VersionRetriever(tiny_index, encoder, SEARCH)
     out = tiny_index.parent / "retro-test.safetensors"
     retro = RetroConfig(chunk=4, layers=(28, 29), encoder_dim=64, encoder_heads=2)
-    config = TrainConfig(steps=3, batch=2, seq_tokens=16, holdout=0.0, warmup=1)
+    config = RetroTrainConfig(steps=3, batch=2, seq_tokens=16, holdout=0.0, warmup=1)
     before = {name: p.clone() for name, p in frozen.model.named_parameters()}
     corpus = ((c.doc_id, c.text) for rows in retriever.docstore.scan() for c in rows)
 
