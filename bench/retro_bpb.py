@@ -20,10 +20,10 @@ bpb = sum of token NLL (nats) / ln 2 / UTF-8 bytes of the scored text.
 """
 
 import argparse
+import functools
 import json
 import math
 import time
-from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -103,10 +103,9 @@ def main() -> None:
     seqs = seqs[: args.docs]
     assert len(seqs) >= 2, "too few held-out sequences"
 
-    def dense(queries: Sequence[str], top_k: int) -> list[list[Passage]]:
-        return [r.passages for r in retriever.search_batch(queries, top_k, RetrievalMode.DENSE)]
-
-    neighbours = retrieve_neighbours(dense, generator, seqs, cfg)
+    neighbours = retrieve_neighbours(
+        functools.partial(retriever.passages, mode=RetrievalMode.DENSE), generator, seqs, cfg
+    )
     shuffled = neighbours[1:] + neighbours[:1]  # another held-out document's neighbours
     nbytes = sum(len(generator.text.decode(s.ids[m:]).encode("utf-8")) for s in seqs)
 

@@ -1,6 +1,7 @@
 """RETRO retrofit: zero gates = the base model, causality of chunked cross-attention, KV-cached
 generation = full forward, weights round trip, the reader over a real index, a short training run."""
 
+import functools
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -127,7 +128,7 @@ def test_reader_retrieves_at_chunk_boundaries(frozen: Generator, tiny_index: Pat
 
     def search(qs: Sequence[str], top_k: int) -> list[list[Passage]]:
         queries.extend(qs)
-        return [r.passages for r in retriever.search_batch(qs, top_k)]
+        return retriever.passages(qs, top_k)
 
     config = readers(max_new_tokens=20)
     context = ReaderContext(frozen, config, search)
@@ -154,7 +155,7 @@ def test_a_retrofit_trained_in_fp32_runs_on_a_bf16_generator(
     retriever = VersionRetriever(tiny_index, encoder, SEARCH)
 
     def search(qs: Sequence[str], top_k: int) -> list[list[Passage]]:
-        return [r.passages for r in retriever.search_batch(qs, top_k)]
+        return retriever.passages(qs, top_k)
 
     reader = create_reader("retro", ReaderContext(bf16, readers(max_new_tokens=12, retro_weights=path), search))
     question = "Who is the mayor of Quenmoor?"
@@ -180,9 +181,7 @@ def test_short_training_run_saves_loadable_weights(frozen: Generator, tiny_index
     before = {name: p.clone() for name, p in frozen.model.named_parameters()}
     corpus = ((c.doc_id, c.text) for rows in retriever.docstore.scan() for c in rows)
 
-    def dense(queries: Sequence[str], top_k: int) -> list[list[Passage]]:
-        return [r.passages for r in retriever.search_batch(queries, top_k, RetrievalMode.DENSE)]
-
+    dense = functools.partial(retriever.passages, mode=RetrievalMode.DENSE)
     summary = train(corpus, dense, frozen, out, config, retro, progress=lambda _: None)
     assert summary["steps"] == 3 and out.is_file()
     loaded = load_retrofit(out, frozen.model)

@@ -7,7 +7,7 @@ import functools
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from importlib.resources import files
 from pathlib import Path
@@ -21,7 +21,7 @@ from indexer.documents import SqliteDocumentStore
 from indexer.sources import read_corpus
 from ragserve.compute import on_compute, use_compute_thread
 from ragserve.errors import ReaderUnavailableError
-from ragserve.types import Document, Passage
+from ragserve.types import Document
 from reader import builtin  # noqa: F401  (registers the built-in readers)
 from reader.base import Reader, ReaderConfig
 from reader.generator import Generator
@@ -149,10 +149,7 @@ def make_readers(
 ) -> tuple[dict[str, Reader], dict[str, str]]:
     """Every registered reader this configuration can run, and why the others cannot."""
 
-    def search(queries: Sequence[str], top_k: int) -> list[list[Passage]]:
-        return [result.passages for result in retriever.search_batch(queries, top_k)]
-
-    context = ReaderContext(generator, reader_config(settings), search)
+    context = ReaderContext(generator, reader_config(settings), retriever.passages)
     readers: dict[str, Reader] = {}
     unavailable: dict[str, str] = {}
     for name in reader_names():

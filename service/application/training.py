@@ -9,15 +9,15 @@ searched in the same index that `ragserve eval squad` builds of its paragraphs, 
 names another.
 """
 
+import functools
 import json
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ragserve.errors import InvalidInputError, UnknownIndexError
-from ragserve.types import Passage
 from retriever.base import Retriever
 from service.application.squad import select_articles
 from service.settings import Settings
@@ -184,8 +184,6 @@ def run_train_retro(settings: Settings, config: "RetroTrainConfig", out: Path | 
     retriever = open_version(settings, registry.path_of(version), make_encoder(settings))
     corpus = ((c.doc_id, c.text) for batch in retriever.docstore.scan() for c in batch)
 
-    def neighbours(queries: Sequence[str], top_k: int) -> list[list[Passage]]:
-        return [r.passages for r in retriever.search_batch(queries, top_k, RetrievalMode.DENSE)]
-
+    neighbours = functools.partial(retriever.passages, mode=RetrievalMode.DENSE)  # kNN, as in RETRO
     generator = Generator(settings.generator_model, settings.cache_dir, Precision.FP32)  # trained in fp32
     return dict(train(corpus, neighbours, generator, out, config))
