@@ -5,6 +5,7 @@ bad folders, and the admin API swapping adapters while requests run."""
 import json
 import shutil
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -154,16 +155,7 @@ def test_an_interrupted_run_resumes_to_the_same_adapter(
 def test_a_checkpoint_of_another_run_is_refused(tmp_path: Path, cache_home: Path) -> None:
     out = tmp_path / "lora"
     train(fresh_generator(cache_home), EXAMPLES, out, CONFIGS["lora"], False, stop_after=1)
-    other = AdapterTrainConfig(
-        max_passage_tokens=SETTINGS.max_passage_tokens,
-        method="lora",
-        rank=4,
-        alpha=8,
-        lr=1e-2,
-        batch=2,
-        holdout=0,
-        checkpoint_every=1,
-    )
+    other = replace(CONFIGS["lora"], lr=1e-2)  # the same run but for its learning rate
     with pytest.raises(InvalidInputError, match="another run"):
         train(fresh_generator(cache_home), EXAMPLES, out, other, False)
 
