@@ -67,3 +67,31 @@ class UnknownIndexError(RagserveError):
 
 class UnknownJobError(RagserveError):
     """A job id that does not exist."""
+
+
+class OverloadedError(RagserveError):
+    """The server is at its admission limit (requests in service and queued); retry later."""
+
+    def __init__(self, message: str, retry_after_s: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class TooManyJobsError(OverloadedError):
+    """The job queue holds its maximum of pending jobs."""
+
+
+class DrainingError(NotReadyError):
+    """The server is shutting down and takes no new work."""
+
+
+class DeadlineExceededError(RagserveError):
+    """The request's deadline passed before its answer was ready."""
+
+
+class ClientGoneError(RagserveError):
+    """The client disconnected; its work was dropped (nobody receives a response)."""
+
+
+class StorageUnavailableError(RagserveError):
+    """The server's storage failed (disk full, I/O error): nothing was acknowledged; retry later."""

@@ -128,6 +128,42 @@ class Settings(BaseSettings):
     max_document_chars: Annotated[int, Field(ge=1, le=10_000_000)] = 200_000
     max_metadata_bytes: Annotated[int, Field(ge=2, le=1_048_576)] = 4_096
 
+    # --- admission, deadlines and shutdown (defaults measured on 2 cores: docs/reliability.md) ---
+    ask_max_in_service: Annotated[int, Field(ge=1, le=256)] = Field(
+        8, description="/v1/ask requests answered at once (retrieving or decoding); more wait in the queue."
+    )
+    ask_max_queue: Annotated[int, Field(ge=0, le=4_096)] = Field(
+        4, description="/v1/ask requests waiting for a place in service; beyond them: 429 at once."
+    )
+    retrieve_max_in_service: Annotated[int, Field(ge=1, le=1_024)] = Field(
+        64, description="/v1/retrieve requests searched at once (they share embedding batches)."
+    )
+    retrieve_max_queue: Annotated[int, Field(ge=0, le=16_384)] = Field(
+        128, description="/v1/retrieve requests waiting for a place in service; beyond them: 429 at once."
+    )
+    request_deadline_s: Annotated[float, Field(gt=0, le=600)] = Field(
+        30.0, description="A model-backed request not answered this long after it arrived ends 504 (its work dropped)."
+    )
+    shutdown_grace_s: Annotated[float, Field(ge=0, le=300)] = Field(
+        20.0,
+        description="On SIGTERM: how long requests in flight and a job batch in progress get before the process "
+        "exits (keep it below the orchestrator's grace period, Kubernetes' default is 30 s).",
+    )
+
+    # --- jobs ---------------------------------------------------------------------------------
+    max_pending_jobs: Annotated[int, Field(ge=1, le=1_000_000)] = Field(
+        1_000, description="Jobs queued or running at most; one more is refused with 429."
+    )
+    job_retention_s: Annotated[float, Field(ge=0, le=365 * 86_400)] = Field(
+        7 * 86_400, description="Finished jobs (and what they carried) are deleted this long after they finished."
+    )
+    job_max_attempts: Annotated[int, Field(ge=1, le=100)] = Field(
+        3, description="Tries of a job that fails on a storage error (disk full, I/O) before it ends `failed`."
+    )
+    worker_backoff_max_s: Annotated[float, Field(gt=0, le=3_600)] = Field(
+        30.0, description="Longest wait of a job worker before it retries after a storage error (doubles from 0.5 s)."
+    )
+
     # --- authentication (bearer tokens; only their SHA-256 digests are configured) -----------------
     admin_token_sha256: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Comma-separated SHA-256 hex digests of admin tokens."
@@ -136,6 +172,23 @@ class Settings(BaseSettings):
         default_factory=list, description="Comma-separated SHA-256 hex digests of read-only tokens."
     )
     protect_queries: bool = Field(False, description="Require a read (or admin) token on /v1/ask and /v1/retrieve.")
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["localhost", "127.0.0.1", "::1"],
+        description="Comma-separated Host names that open (token-less) admin and write routes answer, besides "
+        "loopback addresses, and only for clients on a loopback address; add a local proxy's public name here.",
+    )
+
+    @field_validator("allowed_hosts", mode="before")
+    @classmethod
+    def _host_list(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        if isinstance(value, list):
+            bad = [v for v in value if not (isinstance(v, str) and re.fullmatch(r"[A-Za-z0-9.:_-]{1,253}", v))]
+            if bad:
+                raise ValueError(f"allowed_hosts: {bad!r} are not host names (no ports, schemes or wildcards)")
+            return [v.lower() for v in value]
+        return value
 
     @field_validator("admin_token_sha256", "read_token_sha256", mode="before")
     @classmethod
