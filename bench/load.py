@@ -19,16 +19,24 @@ from bench.latency import free_port, wait_ready
 
 
 @contextmanager
-def server(index: Path, env: Mapping[str, str]) -> Iterator[int]:
-    """A fresh server (own temporary registry) serving `index` with extra environment `env`; its port."""
+def server(index: Path | None, env: Mapping[str, str]) -> Iterator[int]:
+    """A fresh server (own temporary registry) serving `index` (None: the demo index) with extra
+    environment `env`; its port."""
+    with served(index, env) as (port, _):
+        yield port
+
+
+@contextmanager
+def served(index: Path | None, env: Mapping[str, str]) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
+    """`server`, and its process."""
     port = free_port()
     with tempfile.TemporaryDirectory() as registry:
         full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAGSERVE_REGISTRY_DIR": registry, **env}
         cmd = [sys.executable, "-m", "service.cli", "--log-level", "warning", "serve", "--port", str(port)]
-        process = subprocess.Popen([*cmd, "--index", str(index)], env=full_env)
+        process = subprocess.Popen([*cmd, *(["--index", str(index)] if index else [])], env=full_env)
         try:
             wait_ready(f"http://127.0.0.1:{port}", process)
-            yield port
+            yield port, process
         finally:
             process.terminate()
             process.wait(timeout=30)

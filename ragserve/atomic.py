@@ -16,11 +16,13 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 STAGING_PREFIX = ".staging-"
+SHARED_STALE_S = 3_600
 OLD_PREFIX = ".old-"
 
 
@@ -47,13 +49,16 @@ def staging_path(target: Path) -> Path:
     return target.parent / f"{STAGING_PREFIX}{target.name}-{uuid.uuid4().hex[:8]}"
 
 
-def clean_stale(target: Path) -> None:
-    """Undo what an interrupted write of `target` left: its staging entries are removed; an old
-    directory moved aside for a replacement that never arrived is moved back."""
+def clean_stale(target: Path, older_than_s: float = 0) -> None:
+    """Undo what an interrupted write of `target` left: its staging entries (those untouched for
+    `older_than_s`) are removed; an old directory moved aside for a replacement that never arrived
+    is moved back."""
     parent = target.parent
     if not parent.is_dir():
         return
     for stale in parent.glob(f"{STAGING_PREFIX}{target.name}-*"):
+        if older_than_s and time.time() - stale.stat().st_mtime < older_than_s:
+            continue  # another process may be writing it right now
         shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
     for old in sorted(parent.glob(f"{OLD_PREFIX}{target.name}-*")):
         if not target.exists():
@@ -79,16 +84,25 @@ def publish(staging: Path, target: Path, replace: bool = False) -> None:
 
 
 @contextlib.contextmanager
-def staged_directory(target: Path, replace: bool = False) -> Iterator[Path]:
+def staged_directory(target: Path, replace: bool = False, shared: bool = False) -> Iterator[Path]:
     """An empty directory to fill; when the block ends without error it becomes `target`
-    (`publish`), on error it is removed and `target` is untouched."""
+    (`publish`), on error it is removed and `target` is untouched.
+
+    `shared`: `target` is named by its content in a cache that several processes may fill at
+    once (converted models): a target another process published first is kept (this copy is
+    dropped), and only staging entries an hour old are taken for a crash's leftovers."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    clean_stale(target)
+    clean_stale(target, older_than_s=SHARED_STALE_S if shared else 0)
     staging = staging_path(target)
     staging.mkdir()
     try:
         yield staging
-        publish(staging, target, replace)
+        try:
+            publish(staging, target, replace)
+        except OSError:
+            if not (shared and target.exists()):
+                raise
+            shutil.rmtree(staging, ignore_errors=True)  # another process won the race: same content
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -111,3 +125,26 @@ def write_file(target: Path, fill: Callable[[Path], None] | bytes) -> None:
         staging.unlink(missing_ok=True)
         raise
     fsync_dir(target.parent)
+
+
+def copy_confined(source: Path, target: Path) -> None:
+    """Copy the directory `source` into the existing directory `target`, refusing (ValueError,
+    before anything is copied) symbolic links, special files, and anything that resolves outside
+    `source`: a folder named by a user cannot pull in files from elsewhere on the machine."""
+    root = source.resolve(strict=True)
+    plan: list[tuple[Path, bool]] = []  # (path relative to source, is a directory)
+    for path in sorted(source.rglob("*")):
+        relative = path.relative_to(source)
+        if path.is_symlink():
+            raise ValueError(f"{source}: {relative} is a symbolic link; copy refused")
+        if not path.resolve().is_relative_to(root):
+            raise ValueError(f"{source}: {relative} resolves outside the folder; copy refused")
+        if not (path.is_dir() or path.is_file()):
+            raise ValueError(f"{source}: {relative} is not a regular file or folder; copy refused")
+        plan.append((relative, path.is_dir()))
+    for relative, is_dir in plan:
+        if is_dir:
+            (target / relative).mkdir(parents=True, exist_ok=True)
+        else:
+            (target / relative).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source / relative, target / relative, follow_symlinks=False)

@@ -11,6 +11,10 @@ itself is this worker's, since rows join and leave between its steps. On a 2-cor
 rows costs about what one row's does (the weights are read once per step), which is where the
 throughput comes from.
 
+A request that is no longer wanted (ragserve/cancel.py: its deadline passed or its client went
+away) is dropped before its prefill, or leaves the running batch at the next step, with the
+cancellation's error.
+
 The worker takes `Generator.lock` for one prefill or one step at a time, so other readers on the
 same model interleave with it.
 """
@@ -25,6 +29,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ragserve import cancel
 from reader.adapters import Adapter
 from reader.decoding import without_end
 from reader.extractive import SpanConstraint, constrained_argmax
@@ -39,6 +44,7 @@ class _Request:
     max_new_tokens: int
     constraint: SpanConstraint | None = None  # extractive answers: only spans of the passages
     adapter: Adapter | None = None
+    cancellation: cancel.Cancellation | None = None
     tokens: list[int] = field(default_factory=list)
     done: threading.Event = field(default_factory=threading.Event)
     error: BaseException | None = None
@@ -46,6 +52,13 @@ class _Request:
     def finish(self, error: BaseException | None = None) -> None:
         self.error = error
         self.done.set()
+
+    def dropped(self) -> bool:
+        """Finish with the cancellation's error if the request is no longer wanted."""
+        if self.cancellation is None or not self.cancellation.cancelled:
+            return False
+        self.finish(self.cancellation.error())
+        return True
 
 
 class ContinuousDecoder:
@@ -72,7 +85,7 @@ class ContinuousDecoder:
         """What `Generator.greedy(prompt, max_new_tokens, prefix, constraint, adapter)` returns,
         decoded with other requests."""
         assert prompt and max_new_tokens >= 1
-        request = _Request(prefix, prompt, max_new_tokens, constraint, adapter)
+        request = _Request(prefix, prompt, max_new_tokens, constraint, adapter, cancel.current())
         self._queue.put(request)
         request.done.wait()
         if request.error is not None:
@@ -87,7 +100,7 @@ class ContinuousDecoder:
         active: list[_Request] = []
         batch: Batch | None = None
         while not (self._closed and not active):
-            arrived = self._arrivals(room=self.max_batch - len(active), wait=not active)
+            arrived = [r for r in self._arrivals(self.max_batch - len(active), not active) if not r.dropped()]
             try:
                 with self.generator.lock, torch.inference_mode():
                     for group in _same_start(arrived):
@@ -108,6 +121,8 @@ class ContinuousDecoder:
         chosen = constrained_argmax(batch.logprobs, [r.constraint for r in active])  # (B,)
         keep: list[int] = []
         for row, (request, token) in enumerate(zip(active, chosen.tolist(), strict=True)):
+            if request.dropped():
+                continue
             request.tokens.append(token)
             if request.constraint is not None:
                 request.constraint.advance(token)

@@ -3,7 +3,8 @@ step, over the batch a backend (reader/lm.py) started: the same token choice (on
 thread), the same stop rule (`TextCodec.ends_answer`: the token is kept, last) and the same limit.
 
 A row may carry a `SpanConstraint` (extractive answers: only spans of the passages) and the caller
-may watch each chosen token (`on_token`: RETRO retrieves at every chunk boundary)."""
+may watch each chosen token (`on_token`: RETRO retrieves at every chunk boundary). A request that
+is no longer wanted (ragserve/cancel.py: deadline passed, client gone) stops at the next step."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from ragserve import cancel
 from reader.extractive import SpanConstraint, constrained_argmax
 from reader.lm import LM, Batch
 
@@ -35,6 +37,7 @@ def greedy(
     constraints = constraints or [None] * batch.rows
     assert len(constraints) == batch.rows, "one constraint (or None) per row"
     for step in range(max_new_tokens):
+        cancel.check()
         chosen = constrained_argmax(batch.logprobs, constraints)  # (B,)
         for row, token in enumerate(chosen.tolist()):
             if done[row]:

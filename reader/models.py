@@ -57,7 +57,7 @@ def convert_gguf(source: GgufSource, cache_dir: Path) -> Path:
     if (target / "config.json").is_file():
         return target
     log.info("converting %s to safetensors in %s (once)", gguf_path, target)
-    with staged_directory(target) as staging:
+    with staged_directory(target, shared=True) as staging:  # other processes may convert it too
         tokenizer = AutoTokenizer.from_pretrained(source.folder, gguf_file=source.file)
         model = AutoModelForCausalLM.from_pretrained(source.folder, gguf_file=source.file, dtype=torch.float32)
         # Weights are plain float32 after dequantization; drop the GGUF marker so they can be saved.

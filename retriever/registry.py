@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from ragserve.atomic import STAGING_PREFIX, fsync_dir, publish, write_file
+from ragserve.atomic import STAGING_PREFIX, copy_confined, fsync_dir, publish, write_file
 from ragserve.errors import ArtifactError, InvalidInputError, UnknownVersionError
 from retriever.artifact import read_manifest, verify_artifact
 
@@ -116,6 +116,8 @@ class IndexRegistry:
                 incoming = work / "artifact"
                 build(incoming)
                 version = read_manifest(incoming).version
+                if not VERSION_ID.match(version):  # a path component from a file: never trusted
+                    raise ArtifactError(f"the artifact's manifest names version {version!r}, not a version id")
                 target = self.versions_dir / version
                 if not target.exists():  # else the very same content is already a version
                     publish(incoming, target)
@@ -126,9 +128,9 @@ class IndexRegistry:
     def import_artifact(self, source: Path) -> str:
         """Copy a verified artifact in as a version (nothing is copied if it is there already)."""
         manifest = verify_artifact(source)
-        if (self.versions_dir / manifest.version).is_dir():
+        if VERSION_ID.match(manifest.version) and (self.versions_dir / manifest.version).is_dir():
             return manifest.version
-        return self.add(lambda out: shutil.copytree(source, out))
+        return self.add(lambda out: _copy_artifact(source, out))
 
     def describe(self) -> list[VersionInfo]:
         serving = self.serving()
@@ -166,3 +168,12 @@ class IndexRegistry:
             fsync_dir(self.versions_dir)
             shutil.rmtree(doomed, ignore_errors=True)
         return removed
+
+
+def _copy_artifact(source: Path, out: Path) -> None:
+    """`source` copied to `out` (links refused); `add` fsyncs it before it becomes a version."""
+    out.mkdir()
+    try:
+        copy_confined(source, out)
+    except ValueError as exc:
+        raise ArtifactError(str(exc)) from None

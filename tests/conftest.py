@@ -92,6 +92,12 @@ def settings(tiny_index: Path, cache_home: Path, tmp_path_factory: pytest.TempPa
     )
 
 
+def local_client(app: FastAPI, **kwargs: Any) -> TestClient:
+    """A test client that is what a local operator is: a loopback address naming `localhost`
+    (token-less admin routes answer nobody else, service/http/auth.py)."""
+    return TestClient(app, base_url="http://localhost", client=("127.0.0.1", 50000), **kwargs)
+
+
 def wait_job(client: TestClient, job_id: str, seconds: float = 120) -> dict[str, Any]:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -118,6 +124,6 @@ def app(settings: Settings, encoder: Encoder, generator: Generator) -> FastAPI:
 
 @pytest.fixture(scope="session")
 def client(app: FastAPI) -> Iterator[TestClient]:
-    with TestClient(app) as c:
+    with local_client(app) as c:
         wait_ready(c)
         yield c

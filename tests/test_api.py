@@ -5,7 +5,7 @@ from fastapi.testclient import TestClient
 
 from service.http.app import create_app
 from service.settings import Settings
-from tests.conftest import TINY_CORPUS, wait_ready
+from tests.conftest import TINY_CORPUS, local_client, wait_ready
 
 
 def test_ask_answers_from_the_corpus_and_cites_the_passage(client: TestClient) -> None:
@@ -167,7 +167,7 @@ def test_not_ready_answers_503_with_a_reason(settings: Settings) -> None:
     def failing(_: Settings):  # a loader that cannot find its model
         raise FileNotFoundError("no such model folder")
 
-    with TestClient(create_app(settings, loader=failing)) as c:
+    with local_client(create_app(settings, loader=failing)) as c:
         for _ in range(100):
             if c.get("/readyz").json()["status"] != "loading":
                 break
@@ -184,7 +184,7 @@ def test_limits_follow_the_settings(settings: Settings, encoder, generator) -> N
 
     strict = settings.model_copy(update={"max_question_chars": 10, "max_retrieve_top_k": 2, "retrieve_top_k": 1})
     app = create_app(strict, loader=lambda s: load_services(s, encoder=encoder, generator=generator))
-    with TestClient(app) as c:
+    with local_client(app) as c:
         wait_ready(c)
         assert c.post("/v1/retrieve", json={"query": "x" * 11}).status_code == 422
         assert c.post("/v1/retrieve", json={"query": "bridge", "top_k": 3}).status_code == 422

@@ -11,7 +11,7 @@ from service.cli import main
 from service.http.app import create_app
 from service.http.auth import Scope, new_token, scope_of, token_digest
 from service.settings import Settings
-from tests.conftest import wait_ready
+from tests.conftest import local_client, wait_ready
 
 READ_TOKEN, READ_DIGEST = new_token()
 ADMIN_TOKEN, ADMIN_DIGEST = new_token()
@@ -48,7 +48,7 @@ def protected(settings: Settings, encoder: Encoder, generator: Generator) -> Tes
     strict = settings.model_copy(
         update={"protect_queries": True, "read_token_sha256": [READ_DIGEST], "admin_token_sha256": [ADMIN_DIGEST]}
     )
-    with TestClient(create_app(strict, loader=lambda s: load_services(s, encoder=encoder, generator=generator))) as c:
+    with local_client(create_app(strict, loader=lambda s: load_services(s, encoder=encoder, generator=generator))) as c:
         wait_ready(c)
         yield c
 

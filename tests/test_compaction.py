@@ -27,7 +27,7 @@ from retriever.sparse import SPARSE_FILE, VOCAB_FILE, SparseIndex
 from service.application.loading import load_services
 from service.http.app import create_app
 from service.settings import Settings
-from tests.conftest import TINY_CORPUS, wait_job, wait_ready
+from tests.conftest import TINY_CORPUS, local_client, wait_job, wait_ready
 from tests.defaults import BUILD, SEARCH, build
 
 LIGHTHOUSE = Document("lighthouse", "Marrow Point", "The Marrow Point lighthouse was automated in 1994.")
@@ -84,7 +84,7 @@ def settings(tmp_path: Path, tiny_index: Path, cache_home: Path) -> Settings:
 
 
 def open_client(settings: Settings, encoder: Encoder, generator: Generator) -> TestClient:
-    return TestClient(create_app(settings, loader=lambda s: load_services(s, encoder=encoder, generator=generator)))
+    return local_client(create_app(settings, loader=lambda s: load_services(s, encoder=encoder, generator=generator)))
 
 
 @pytest.fixture()

@@ -16,7 +16,7 @@ from service.application.loading import load_services
 from service.http.app import create_app
 from service.http.auth import new_token
 from service.settings import Settings
-from tests.conftest import wait_job, wait_ready
+from tests.conftest import local_client, wait_job, wait_ready
 
 LIGHTHOUSE = {"id": "lighthouse", "title": "Marrow Point", "text": "The Marrow Point lighthouse was automated in 1994."}
 
@@ -32,7 +32,7 @@ def top_docs(client: TestClient, query: str, k: int = 5) -> list[str]:
 
 
 def make_app(settings: Settings, encoder: Encoder, generator: Generator) -> TestClient:
-    return TestClient(create_app(settings, loader=lambda s: load_services(s, encoder=encoder, generator=generator)))
+    return local_client(create_app(settings, loader=lambda s: load_services(s, encoder=encoder, generator=generator)))
 
 
 @pytest.fixture()

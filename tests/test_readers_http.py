@@ -15,7 +15,7 @@ from retriever.encoder import Encoder
 from service.application.loading import load_services
 from service.http.app import create_app
 from service.settings import Settings
-from tests.conftest import wait_ready
+from tests.conftest import local_client, wait_ready
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +26,7 @@ def default_client(
     assert own.generator_precision == Settings().generator_precision  # the default, whatever it resolves to
     generator = Generator(own.generator_model, cache_home, own.generator_precision)
     app = create_app(own, loader=lambda s: load_services(s, encoder=encoder, generator=generator))
-    with TestClient(app) as client:
+    with local_client(app) as client:
         wait_ready(client)
         yield client
 

@@ -20,7 +20,7 @@ from service.application.loading import load_services
 from service.http.app import create_app
 from service.http.auth import new_token
 from service.settings import Settings
-from tests.conftest import TINY_CORPUS, wait_job, wait_ready
+from tests.conftest import TINY_CORPUS, local_client, wait_job, wait_ready
 from tests.defaults import BUILD, SEARCH
 
 EXTRA = Document("lighthouse", "Marrow Point", "The Marrow Point lighthouse has been automated since 1994.")
@@ -115,7 +115,7 @@ def admin(three_versions, cache_home: Path, encoder: Encoder, generator: Generat
         keep_versions=10,
     )
     app = create_app(settings, loader=lambda s: load_services(s, encoder=encoder, generator=generator))
-    with TestClient(app, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as c:
+    with local_client(app, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as c:
         wait_ready(c)
         yield c
 
@@ -196,7 +196,9 @@ def test_switching_to_a_corrupt_version_is_refused_and_serving_is_unchanged(
         fh.seek(64)
         fh.write(b"\x00\x01\x02\x03")
     settings = Settings(home=cache_home, registry_dir=tmp_path)
-    with TestClient(create_app(settings, loader=lambda s: load_services(s, encoder=encoder, generator=generator))) as c:
+    with local_client(
+        create_app(settings, loader=lambda s: load_services(s, encoder=encoder, generator=generator))
+    ) as c:
         wait_ready(c)
         response = c.post("/admin/indexes/default/rollback", json={"version": bad})
         assert response.status_code == 409 and "sha256" in response.json()["error"]["message"]

@@ -25,7 +25,7 @@ from importlib.resources import files
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ragserve.atomic import clean_stale, staged_directory
+from ragserve.atomic import clean_stale, copy_confined, staged_directory
 from ragserve.errors import InvalidAdapterError, InvalidInputError, UnknownAdapterError
 
 if TYPE_CHECKING:
@@ -58,15 +58,22 @@ def check_name(name: str) -> str:
 
 
 def adapter_folder(directory: Path, name_or_path: str) -> tuple[str, Path]:
-    """(name, folder) for an adapter name (in `directory`, else bundled) or a folder path."""
+    """(name, folder) for an adapter name (in `directory`, else bundled) or a folder path: for the
+    command line, whose user names files on their own machine. HTTP requests name adapters only
+    (`named_folder`)."""
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         return check_name(re.sub(r"[^a-z0-9_.-]", "-", path.name.lower()).lstrip("-._") or "adapter"), path
-    name = check_name(name_or_path)
+    return check_name(name_or_path), named_folder(directory, name_or_path)
+
+
+def named_folder(directory: Path, name: str) -> Path:
+    """The folder of adapter `name`: in `directory`, else bundled. A name is never a path."""
+    check_name(name)
     if (directory / name).is_dir():
-        return name, directory / name
+        return directory / name
     if name in (bundled := bundled_adapters()):
-        return name, bundled[name]
+        return bundled[name]
     raise UnknownAdapterError(f"no adapter {name!r} in {directory} nor bundled ({', '.join(bundled) or 'none'})")
 
 
@@ -173,7 +180,7 @@ class AdapterManager:
                 folder = self._import(name, source)
                 kind = "directory"
             else:
-                name, folder = adapter_folder(self.directory, name)
+                folder = named_folder(self.directory, name)
                 kind = "directory" if folder.parent == self.directory else "bundled"
             adapter = self._load(folder, name)
             replaced = name in self._loaded
@@ -183,13 +190,20 @@ class AdapterManager:
         return next(i for i in self.describe() if i.name == name), replaced
 
     def _import(self, name: str, source: Path) -> Path:
+        """Copy `source` (an absolute path; links and anything outside it refused) into the
+        directory as `name`, replacing the folder there only once the copy loads."""
+        if not source.is_absolute():
+            raise InvalidInputError(f"adapter folder {str(source)!r} must be an absolute path on the server")
         if not (source / "adapter_config.json").is_file():
             raise InvalidAdapterError(f"{source}: not an adapter folder (no adapter_config.json)")
-        self._load(source, name)  # refuse what does not fit before touching the directory
         target = self.directory / name
         clean_stale(target)
-        with staged_directory(target, replace=True) as staging:
-            shutil.copytree(source, staging, dirs_exist_ok=True)
+        try:
+            with staged_directory(target, replace=True) as staging:
+                copy_confined(source, staging)
+                self._load(staging, name)  # refuse what does not fit before it replaces anything
+        except ValueError as exc:
+            raise InvalidAdapterError(str(exc)) from None
         return target
 
     def unload(self, name: str) -> AdapterInfo:

@@ -5,6 +5,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from ragserve.cancel import Cancellation, current_request
 from ragserve.errors import InvalidInputError, ReaderUnavailableError, UnknownReaderError
 from ragserve.types import Passage, RetrievalMode, SearchResult
 from reader.base import Evidence, Reader, cannot_adapt, cannot_copy
@@ -71,9 +72,13 @@ class QAEngine:
         result.timings_ms["total"] = (time.perf_counter() - started) * 1000
         return result
 
-    async def retrieve_async(self, query: str, top_k: int, mode: RetrievalMode | None = None) -> SearchResult:
+    async def retrieve_async(
+        self, query: str, top_k: int, mode: RetrievalMode | None = None, cancellation: Cancellation | None = None
+    ) -> SearchResult:
         """`retrieve` for the event loop: awaits a batched search rather than holding a thread."""
         started = time.perf_counter()
+        if cancellation is not None:
+            cancellation.check()
         result = await self.retriever.search_async(query, top_k, mode)
         result.timings_ms["total"] = (time.perf_counter() - started) * 1000
         return result
@@ -92,14 +97,19 @@ class QAEngine:
         mode: RetrievalMode | None = None,
         extractive: bool | None = None,
         adapter_name: str | None = None,
+        cancellation: Cancellation | None = None,
     ) -> AskResult:
         """An answer from the top_k passages. `extractive` and `adapter_name` None mean the server's
         defaults, which readers that cannot copy answers or run adapters answer without; asking
-        such a reader for either explicitly is an error."""
+        such a reader for either explicitly is an error. Once `cancellation` is set (deadline,
+        client gone) the work stops at the next stage or decoding step with its error."""
         started = time.perf_counter()
         plan = self.plan(reader_name, extractive, adapter_name)  # fail fast, before any work
-        found = self.retriever.search(question, top_k, mode)
-        return self.read(question, found.passages, plan, found, started)
+        with current_request(cancellation):
+            found = self.retriever.search(question, top_k, mode)
+            if cancellation is not None:
+                cancellation.check()  # before the prefill, the expensive part
+            return self.read(question, found.passages, plan, found, started)
 
     def plan(self, reader_name: str | None, extractive: bool | None, adapter_name: str | None) -> ReadPlan:
         """The reader, answer mode and adapter a request gets (see `ask`), checked."""

@@ -30,16 +30,12 @@ SERVE_SPINCOUNT = "20000"
 
 def cmd_serve(args: argparse.Namespace) -> int:
     os.environ.setdefault("GOMP_SPINCOUNT", SERVE_SPINCOUNT)  # a value already set wins; torch is not loaded yet
-    import uvicorn
-
     from ragserve.compute import use_compute_thread
-    from service.application.loading import prepare
-    from service.http.app import create_app
+    from service.http.server import serve
 
     settings = _settings(index_path=args.index, host=args.host, port=args.port)
     use_compute_thread()  # every model runs on one thread, from the demo index build on (ragserve/compute.py)
-    prepare(settings)  # first run: convert the generator, build the demo index (with progress)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=args.log_level)
+    serve(settings, args.log_level)  # the port opens now; models load (and first convert) behind it
     return 0
 
 

@@ -2,13 +2,17 @@
 
 import logging
 import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.routing import APIRoute
 
 from service.application.services import Services
 from service.http.admin import build_admin_router
+from service.http.admission import AdmissionCollector, AdmissionControl, AdmissionCounters, Gate
+from service.http.auth import Authentication
 from service.http.documents import build_documents_router
 from service.http.errors import install_error_handlers
 from service.http.limits import BodySizeLimit
@@ -23,15 +27,24 @@ Loader = Callable[[Settings], Services]
 
 
 def _default_loader(settings: Settings) -> Services:
-    from service.application.loading import load_services  # torch and the models stay out of the HTTP modules
+    from service.application.loading import load_services, prepare  # torch stays out of the HTTP modules
 
+    prepare(settings)  # first start: convert the generator, build the demo index (minutes)
     return load_services(settings)
 
 
 def create_app(settings: Settings, loader: Loader = _default_loader) -> FastAPI:
-    """Build the app. Models and the index load in the background after start-up; /readyz turns
-    200 when they are in, and the QA endpoints answer 503 until then."""
+    """Build the app. Models and the index load in the background after start-up (the port is
+    open meanwhile); /readyz turns 200 when they are in, and the model routes answer 503 until
+    then."""
     state = ServiceState(settings=settings)
+    gates = {
+        "/v1/ask": Gate("/v1/ask", settings.ask_max_in_service, settings.ask_max_queue),
+        "/v1/retrieve": Gate("/v1/retrieve", settings.retrieve_max_in_service, settings.retrieve_max_queue),
+    }
+    state.gates = gates
+    counters = AdmissionCounters()
+    state.metrics.registry.register(AdmissionCollector(gates.values(), counters))
 
     def load() -> None:
         try:
@@ -46,8 +59,9 @@ def create_app(settings: Settings, loader: Loader = _default_loader) -> FastAPI:
         thread = threading.Thread(target=load, name="ragserve-loader", daemon=True)
         thread.start()
         yield
-        if state.services is not None:
-            state.services.jobs.stop()  # let a batch in progress finish its transaction
+        if state.services is not None:  # let a batch in progress finish its transaction, within the grace
+            left = settings.shutdown_grace_s if state.drain_ends is None else state.drain_ends - time.monotonic()
+            state.services.jobs.stop(max(0.1, left))
 
     app = FastAPI(
         title="ragserve",
@@ -57,15 +71,22 @@ def create_app(settings: Settings, loader: Loader = _default_loader) -> FastAPI:
     )
     app.state.ragserve = state
     install_error_handlers(app)
-    app.add_middleware(MetricsMiddleware, metrics=state.metrics)
+    app.include_router(build_router(settings))
+    app.include_router(build_admin_router())
+    app.include_router(build_documents_router(settings))
+    # Outermost last: metrics see everything, authentication runs before any body is read, the
+    # size limit before admission, admission just before the routes.
+    app.add_middleware(
+        AdmissionControl, gates=gates, deadline_s=settings.request_deadline_s, refuse=state.refusal, counters=counters
+    )
     app.add_middleware(
         BodySizeLimit,
         max_bytes=settings.max_body_bytes,
         per_path={"/v1/documents": settings.max_ingest_body_bytes},
     )
-    app.include_router(build_router(settings))
-    app.include_router(build_admin_router())
-    app.include_router(build_documents_router(settings))
+    app.add_middleware(Authentication, settings=settings)
+    fixed = frozenset(r.path for r in app.routes if isinstance(r, APIRoute) and "{" not in r.path)
+    app.add_middleware(MetricsMiddleware, metrics=state.metrics, known_paths=fixed)
     return app
 
 

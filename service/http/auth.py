@@ -1,26 +1,60 @@
-"""Bearer-token authentication with two scopes, `read` and `admin` (which includes read).
+"""Who may call what, decided in the ASGI layer before a byte of the body is read.
 
-Only SHA-256 digests of tokens are configured (RAGSERVE_READ_TOKEN_SHA256,
-RAGSERVE_ADMIN_TOKEN_SHA256); a presented token is hashed and compared with every digest in
-constant time, so neither the tokens nor their timing leak.
+Bearer tokens with two scopes, `read` and `admin` (which includes read). Only SHA-256 digests of
+tokens are configured (RAGSERVE_READ_TOKEN_SHA256, RAGSERVE_ADMIN_TOKEN_SHA256); a presented
+token is hashed and compared with every digest in constant time, so neither the tokens nor their
+timing leak.
+
+Every path has an access level (`access_of`, one table):
+- public: /healthz, /readyz, /metrics and the API documentation;
+- query (/v1/ask, /v1/retrieve): open unless `protect_queries`, then a read token;
+- read (job status, and any path not listed, which then answers 404): a read token once any
+  digest is configured, else open;
+- admin (/admin/*, and writing documents): an admin token once any digest is configured. With no
+  digest at all, only a client on a loopback address that names a loopback host (`Host`, one of
+  `allowed_hosts`) gets in, so neither a proxy on the same machine, a server bound to 0.0.0.0,
+  nor a web page rebinding its DNS name to 127.0.0.1 reaches the admin routes by accident.
 """
 
 import enum
 import hashlib
 import hmac
+import ipaddress
 import secrets
-from collections.abc import Callable
-from typing import Annotated
 
-from fastapi import Depends, Header, params
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ragserve.errors import ForbiddenError, UnauthorizedError
-from service.http.state import ServiceState, StateDep
+from ragserve.errors import ForbiddenError, RagserveError, UnauthorizedError
+from service.http.errors import send_error
+from service.settings import Settings
 
 
-class Scope(enum.Enum):
+class Access(enum.Enum):
+    PUBLIC = "public"
+    QUERY = "query"
     READ = "read"
     ADMIN = "admin"
+
+
+class Granted(enum.Enum):
+    READ = "read"
+    ADMIN = "admin"
+
+
+PUBLIC_PATHS = frozenset(
+    {"/healthz", "/readyz", "/metrics", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"}
+)
+QUERY_PATHS = frozenset({"/v1/ask", "/v1/retrieve"})
+
+
+def access_of(method: str, path: str) -> Access:
+    if path in PUBLIC_PATHS:
+        return Access.PUBLIC
+    if path in QUERY_PATHS:
+        return Access.QUERY
+    if path == "/admin" or path.startswith("/admin/") or (path == "/v1/documents" and method != "GET"):
+        return Access.ADMIN
+    return Access.READ  # job status, and anything unknown (deny by default)
 
 
 def token_digest(token: str) -> str:
@@ -40,7 +74,7 @@ def _matches(digest: str, allowed: list[str]) -> bool:
     return found
 
 
-def scope_of(authorization: str | None, admin: list[str], read: list[str]) -> Scope:
+def scope_of(authorization: str | None, admin: list[str], read: list[str]) -> Granted:
     """The scope a request's Authorization header grants; raises 401 when it grants none."""
     if not authorization:
         raise UnauthorizedError("missing bearer token (Authorization: Bearer <token>)")
@@ -49,26 +83,67 @@ def scope_of(authorization: str | None, admin: list[str], read: list[str]) -> Sc
         raise UnauthorizedError("the Authorization header must be 'Bearer <token>'")
     digest = token_digest(token.strip())
     if _matches(digest, admin):
-        return Scope.ADMIN
+        return Granted.ADMIN
     if _matches(digest, read):
-        return Scope.READ
+        return Granted.READ
     raise UnauthorizedError("unknown token")
 
 
-def require(scope: Scope, only_if: Callable[[ServiceState], bool] = lambda _: True) -> params.Depends:
-    """A dependency that lets a request through only with a token of `scope` (admin covers read)."""
+def host_name(host_header: str) -> str:
+    """The name in a Host header, without its port: 'localhost:8000' -> 'localhost',
+    '[::1]:8000' -> '::1'."""
+    host = host_header.strip().lower()
+    if host.startswith("["):
+        return host[1:].partition("]")[0]
+    return host.rpartition(":")[0] if host.count(":") == 1 else host
 
-    async def check(state: StateDep, authorization: Annotated[str | None, Header()] = None) -> None:
-        if not only_if(state):
+
+def _is_loopback_address(address: str | None) -> bool:
+    try:
+        return address is not None and ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
+
+
+class Authentication:
+    """ASGI middleware: refuses a request that lacks the access its path needs, with 401/403 and
+    a JSON body, before anything reads its body."""
+
+    def __init__(self, app: ASGIApp, settings: Settings) -> None:
+        self.app = app
+        self.settings = settings
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            try:
+                self.check(scope)
+            except RagserveError as exc:
+                await send_error(send, exc)
+                return
+        await self.app(scope, receive, send)
+
+    def check(self, scope: Scope) -> None:
+        access = access_of(scope["method"], scope["path"])
+        s = self.settings
+        if access is Access.PUBLIC or (access is Access.QUERY and not s.protect_queries):
             return
-        settings = state.settings
-        granted = scope_of(authorization, settings.admin_token_sha256, settings.read_token_sha256)
-        if scope is Scope.ADMIN and granted is not Scope.ADMIN:
-            raise ForbiddenError("this endpoint needs an admin token")
+        if not (s.admin_token_sha256 or s.read_token_sha256):
+            if access is Access.ADMIN:
+                self._local_only(scope)
+            return
+        headers = dict(scope["headers"])
+        authorization = headers.get(b"authorization", b"").decode("latin-1") or None
+        granted = scope_of(authorization, s.admin_token_sha256, s.read_token_sha256)
+        if access is Access.ADMIN and granted is not Granted.ADMIN:
+            hint = "" if s.admin_token_sha256 else " (none is configured: set admin_token_sha256)"
+            raise ForbiddenError(f"this endpoint needs an admin token{hint}")
 
-    marker: params.Depends = Depends(check)  # a coroutine: FastAPI would run a function on a thread
-    return marker
-
-
-# Query endpoints: protected only when the `protect_queries` setting is on.
-QueryAuth = require(Scope.READ, only_if=lambda state: state.settings.protect_queries)
+    def _local_only(self, scope: Scope) -> None:
+        client = scope.get("client")
+        host = host_name(dict(scope["headers"]).get(b"host", b"").decode("latin-1"))
+        if _is_loopback_address(client[0] if client else None) and host in self.settings.allowed_hosts:
+            return
+        raise ForbiddenError(
+            "with no admin token configured, admin routes answer only clients on a loopback address that "
+            "address a loopback host name (settings admin_token_sha256, allowed_hosts)"
+        )

@@ -1,5 +1,6 @@
 """The one place where domain exceptions become HTTP status codes and JSON bodies."""
 
+import json
 import logging
 
 from fastapi import FastAPI, Request
@@ -7,16 +8,23 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Send
 
 from ragserve.errors import (
     ArtifactError,
+    ClientGoneError,
+    DeadlineExceededError,
+    DrainingError,
     ForbiddenError,
     InvalidAdapterError,
     InvalidInputError,
     ModelNotFoundError,
     NotReadyError,
+    OverloadedError,
     RagserveError,
     ReaderUnavailableError,
+    StorageUnavailableError,
+    TooManyJobsError,
     UnauthorizedError,
     UnknownAdapterError,
     UnknownIndexError,
@@ -39,11 +47,18 @@ STATUS: dict[type[RagserveError], tuple[int, str]] = {
     UnknownVersionError: (404, "unknown_version"),
     UnauthorizedError: (401, "unauthorized"),
     ForbiddenError: (403, "forbidden"),
+    TooManyJobsError: (429, "too_many_jobs"),
+    OverloadedError: (429, "overloaded"),
+    DrainingError: (503, "draining"),
     NotReadyError: (503, "not_ready"),
+    StorageUnavailableError: (503, "storage_unavailable"),
+    ModelNotFoundError: (503, "model_unavailable"),  # a server-side configuration problem
+    DeadlineExceededError: (504, "deadline_exceeded"),
+    ClientGoneError: (499, "client_disconnected"),  # nobody reads it; nginx's code, for the logs
     ArtifactError: (409, "artifact_invalid"),  # e.g. switching to a version that fails verification
-    ModelNotFoundError: (500, "model_unavailable"),
     RagserveError: (500, "internal_error"),
 }
+RETRY_AFTER_S = 5  # what a not-ready or storage-failed server asks a client to wait
 
 
 def error_body(code: str, message: str, detail: object = None) -> dict[str, object]:
@@ -53,13 +68,39 @@ def error_body(code: str, message: str, detail: object = None) -> dict[str, obje
     return body
 
 
+def domain_response(exc: RagserveError) -> tuple[int, dict[str, object], dict[str, str]]:
+    """(status, JSON body, headers) of a domain error: the one mapping, for routes and middleware."""
+    status, code = next(STATUS[cls] for cls in type(exc).__mro__ if cls in STATUS)
+    if status >= 500 and status != 503:
+        log.error("request failed: %s", exc)
+    headers: dict[str, str] = {}
+    if status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
+    if isinstance(exc, OverloadedError):
+        headers["Retry-After"] = str(exc.retry_after_s)
+    elif status == 503:
+        headers["Retry-After"] = str(RETRY_AFTER_S)
+    return status, error_body(code, str(exc)), headers
+
+
 def _domain_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RagserveError)
-    status, code = next(STATUS[cls] for cls in type(exc).__mro__ if cls in STATUS)
-    if status >= 500:
-        log.error("request failed: %s", exc)
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-    return JSONResponse(error_body(code, str(exc)), status_code=status, headers=headers)
+    status, body, headers = domain_response(exc)
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+async def send_error(send: Send, exc: RagserveError) -> None:
+    """Answer a request from ASGI middleware (before any route runs) with a domain error."""
+    status, body, headers = domain_response(exc)
+    await send_json(send, status, body, headers)
+
+
+async def send_json(send: Send, status: int, body: dict[str, object], headers: dict[str, str] | None = None) -> None:
+    content = json.dumps(body).encode()
+    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(content)).encode())]
+    raw += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": content})
 
 
 def _validation_error(_: Request, exc: Exception) -> JSONResponse:

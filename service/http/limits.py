@@ -1,10 +1,8 @@
 """Request-body size limit, enforced on the declared length and on the bytes actually received."""
 
-import json
-
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.http.errors import error_body
+from service.http.errors import error_body, send_json
 
 
 class BodySizeLimit:
@@ -15,10 +13,7 @@ class BodySizeLimit:
 
     async def _refuse(self, send: Send, limit: int) -> None:
         message = f"request body exceeds the limit of {limit} bytes (settings max_body_bytes, max_ingest_body_bytes)"
-        body = json.dumps(error_body("payload_too_large", message)).encode()
-        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-        await send({"type": "http.response.start", "status": 413, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        await send_json(send, 413, error_body("payload_too_large", message))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

@@ -43,9 +43,10 @@ class MetricsMiddleware:
     """Counts requests and times them per route template. Plain ASGI: Starlette's BaseHTTPMiddleware
     runs the app in a task and streams the response through a queue, which cost ~1 ms a request."""
 
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics, known_paths: frozenset[str] = frozenset()) -> None:
         self.app = app
         self.metrics = metrics
+        self.known_paths = known_paths  # requests refused before routing are counted under these
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -63,13 +64,15 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, send_status)
         finally:
-            endpoint = _route_template(scope)
+            endpoint = _route_template(scope, self.known_paths)
             self.metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
             self.metrics.requests.labels(endpoint, str(status)).inc()
 
 
-def _route_template(scope: Scope) -> str:
+def _route_template(scope: Scope, known_paths: frozenset[str]) -> str:
     """The matched route's path template (the router records it in the scope), so unknown paths
-    don't each create a label."""
+    don't each create a label; for a request refused before routing, its path if it is a route's."""
     route = scope.get("route")
-    return str(getattr(route, "path", "unmatched"))
+    if route is not None:
+        return str(getattr(route, "path", "unmatched"))
+    return scope["path"] if scope["path"] in known_paths else "unmatched"

@@ -1,11 +1,14 @@
-"""HTTP routes: thin, they validate, call the engine and shape the answer."""
+"""HTTP routes: thin, they validate, call the engine and shape the answer.
+
+The operations routes (/healthz, /readyz, /metrics) are coroutines that touch no model, so they
+answer from the event loop at once, whatever the model routes are doing; admission control
+(service/http/admission.py) keeps those bounded."""
 
 from typing import Any, cast
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 
-from service.http.auth import QueryAuth
 from service.http.schemas import (
     AskRequestBase,
     AskResponse,
@@ -16,7 +19,7 @@ from service.http.schemas import (
     RetrieveResponse,
     request_models,
 )
-from service.http.state import EngineDep, StateDep
+from service.http.state import CancellationDep, EngineDep, StateDep
 from service.settings import Settings
 
 
@@ -25,10 +28,12 @@ def build_router(settings: Settings) -> APIRouter:
     models = request_models(settings)
     AskRequest, RetrieveRequest = models.ask, models.retrieve
 
-    @router.post("/v1/ask", response_model=AskResponse, tags=["qa"], dependencies=[QueryAuth])
-    def ask(body: AskRequest, engine: EngineDep, state: StateDep) -> AskResponse:  # type: ignore[valid-type]
+    @router.post("/v1/ask", response_model=AskResponse, tags=["qa"])
+    def ask(body: AskRequest, engine: EngineDep, state: StateDep, cancellation: CancellationDep) -> AskResponse:  # type: ignore[valid-type]
         req = cast(AskRequestBase, body)  # the settings-bound subclass built above
-        result = engine.ask(req.question, req.top_k, req.reader, req.retrieval, req.extractive, req.adapter)
+        result = engine.ask(
+            req.question, req.top_k, req.reader, req.retrieval, req.extractive, req.adapter, cancellation
+        )
         state.metrics.observe_stages("/v1/ask", result.timings_ms)
         return AskResponse(
             answer=result.answer,
@@ -41,10 +46,15 @@ def build_router(settings: Settings) -> APIRouter:
             timings_ms=result.timings_ms,
         )
 
-    @router.post("/v1/retrieve", response_model=RetrieveResponse, tags=["qa"], dependencies=[QueryAuth])
-    async def retrieve(body: RetrieveRequest, engine: EngineDep, state: StateDep) -> RetrieveResponse:  # type: ignore[valid-type]
+    @router.post("/v1/retrieve", response_model=RetrieveResponse, tags=["qa"])
+    async def retrieve(
+        body: RetrieveRequest,  # type: ignore[valid-type]
+        engine: EngineDep,
+        state: StateDep,
+        cancellation: CancellationDep,
+    ) -> RetrieveResponse:
         req = cast(RetrieveRequestBase, body)
-        result = await engine.retrieve_async(req.query, req.top_k, req.retrieval)
+        result = await engine.retrieve_async(req.query, req.top_k, req.retrieval, cancellation)
         state.metrics.observe_stages("/v1/retrieve", result.timings_ms)
         return RetrieveResponse(
             passages=[PassageOut.of(p) for p in result.passages],
@@ -53,28 +63,33 @@ def build_router(settings: Settings) -> APIRouter:
         )
 
     @router.get("/healthz", tags=["ops"])
-    def healthz() -> dict[str, str]:
+    async def healthz() -> dict[str, str]:
+        """Liveness: the process answers (whatever it is busy with)."""
         return {"status": "ok"}
 
     @router.get("/readyz", tags=["ops"])
-    def readyz(state: StateDep) -> JSONResponse:
+    async def readyz(state: StateDep) -> JSONResponse:
+        """Readiness: 200 when models and index are in, the job workers alive, and no drain began."""
         if state.services is None:
             status = "failed" if state.load_error else "loading"
             body: dict[str, Any] = {"status": status, "error": state.load_error}
             return JSONResponse(body, status_code=503)
-        engine = state.services.engine
+        engine, workers = state.services.engine, state.services.jobs.health()
+        alive = all(w["alive"] for w in workers.values())
+        status = "draining" if state.draining else "ready" if alive else "worker_dead"
         body = {
-            "status": "ready",
+            "status": status,
+            "workers": workers,
             "index_version": engine.index_version,
             "readers": sorted(engine.readers),
             "default_reader": engine.default_reader,
             "adapters": engine.adapters.names() if engine.adapters else [],
             "default_adapter": engine.adapters.default if engine.adapters else None,
         }
-        return JSONResponse(body)
+        return JSONResponse(body, status_code=200 if status == "ready" else 503)
 
     @router.get("/metrics", tags=["ops"])
-    def metrics(state: StateDep) -> Response:
+    async def metrics(state: StateDep) -> Response:
         return Response(state.metrics.render(), media_type="text/plain; version=0.0.4")
 
     return router

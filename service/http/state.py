@@ -4,17 +4,20 @@ The dependencies are coroutines although they never await: FastAPI runs a plain 
 dependency on a worker thread, a hop per dependency per request that cost more than the search
 itself under load."""
 
+import time
 from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, Request
 
-from ragserve.errors import InvalidInputError, NotReadyError
+from ragserve.cancel import Cancellation
+from ragserve.errors import DrainingError, InvalidInputError, NotReadyError, RagserveError
 from service.application.adapters import AdapterManager
 from service.application.engine import QAEngine
 from service.application.indexes import IndexManager
 from service.application.jobs import Jobs
 from service.application.services import Services
+from service.http.admission import CANCELLATION, Gate
 from service.http.metrics import Metrics
 from service.settings import Settings
 
@@ -25,6 +28,26 @@ class ServiceState:
     metrics: Metrics = field(default_factory=Metrics)
     services: Services | None = None  # set once, by the loader, when models and index are ready
     load_error: str | None = None
+    draining: bool = False  # set once, on SIGTERM: no new model work, /readyz 503
+    drain_ends: float | None = None  # time.monotonic() by which the process exits
+    gates: "dict[str, Gate]" = field(default_factory=dict)  # admission, by path
+
+    def begin_drain(self, grace_s: float) -> None:
+        if not self.draining:
+            self.draining, self.drain_ends = True, time.monotonic() + grace_s
+
+    @property
+    def in_flight(self) -> int:
+        """Model-backed requests in service or queued."""
+        return sum(g.in_service + len(g.waiting) for g in self.gates.values())
+
+    def refusal(self) -> RagserveError | None:
+        """Why this server takes no model work now (draining, loading, failed to load), or None."""
+        if self.draining:
+            return DrainingError("the server is shutting down; retry on another replica")
+        if self.services is None:
+            return NotReadyError(self.load_error or "models and index are still loading; retry shortly")
+        return None
 
 
 async def get_state(request: Request) -> ServiceState:
@@ -39,6 +62,12 @@ async def get_services(state: StateDep) -> Services:
     if state.services is None:
         raise NotReadyError(state.load_error or "models and index are still loading; retry shortly")
     return state.services
+
+
+async def get_cancellation(request: Request) -> Cancellation | None:
+    """The request's cancellation, set by admission control (service/http/admission.py)."""
+    cancellation: Cancellation | None = request.scope.get("state", {}).get(CANCELLATION)
+    return cancellation
 
 
 async def get_engine(services: Annotated[Services, Depends(get_services)]) -> QAEngine:
@@ -60,6 +89,7 @@ async def get_adapters(engine: Annotated[QAEngine, Depends(get_engine)]) -> Adap
 
 
 EngineDep = Annotated[QAEngine, Depends(get_engine)]
+CancellationDep = Annotated[Cancellation | None, Depends(get_cancellation)]
 AdaptersDep = Annotated[AdapterManager, Depends(get_adapters)]
 JobsDep = Annotated[Jobs, Depends(get_jobs)]
 IndexesDep = Annotated[IndexManager, Depends(get_indexes)]
