@@ -20,6 +20,7 @@ from ragserve.errors import ClientGoneError, DeadlineExceededError, RagserveErro
 
 DEADLINE = "deadline_exceeded"
 DISCONNECTED = "client_disconnected"
+ENDED = "request_ended"  # the request is over (e.g. a shutdown cut it short): nobody waits for the work
 
 
 class Cancellation:
@@ -41,6 +42,8 @@ class Cancellation:
     def error(self) -> RagserveError:
         if self.reason == DISCONNECTED:
             return ClientGoneError("the client disconnected; its request was dropped")
+        if self.reason == ENDED:
+            return ClientGoneError("the request ended before its work did; the work was dropped")
         return DeadlineExceededError("the request's deadline passed before its answer was ready (request_deadline_s)")
 
     def check(self) -> None:

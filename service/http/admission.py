@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ragserve.cancel import DEADLINE, DISCONNECTED, Cancellation
+from ragserve.cancel import DEADLINE, DISCONNECTED, ENDED, Cancellation
 from ragserve.errors import DeadlineExceededError, OverloadedError, RagserveError
 from service.http.errors import send_error
 
@@ -148,6 +148,7 @@ class AdmissionControl:
                 self.counters.deadline_expired[gate.route] += 1
             elif cancellation.reason == DISCONNECTED:
                 self.counters.disconnected[gate.route] += 1
+            cancellation.cancel(ENDED)  # a thread still working for it (a shutdown cut it short) stops
 
 
 async def _watch_disconnect(receive: Receive, cancellation: Cancellation) -> None:
