@@ -31,8 +31,10 @@ CREATE TABLE IF NOT EXISTS documents (
     seq INTEGER NOT NULL DEFAULT 0
 );
 """
-# Columns added since the first release, for tables created before them.
+# Columns added since the first release, for tables created before them, and how their rows are
+# filled in (once, with the column: ragserve/sqlite.py `create`).
 MIGRATIONS = {"seq": "INTEGER NOT NULL DEFAULT 0"}
+BACKFILL = {"seq": "UPDATE documents SET seq = rowid"}
 INDEXES = "CREATE INDEX IF NOT EXISTS documents_seq ON documents(seq);"
 
 
@@ -71,9 +73,7 @@ class SqliteDocumentStore:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._write = threading.Lock()  # one writer; readers use their own connections
-        if create(path, SCHEMA, "documents", MIGRATIONS, INDEXES):
-            with session(path) as db:
-                db.execute("UPDATE documents SET seq = rowid")
+        create(path, SCHEMA, "documents", MIGRATIONS, INDEXES, BACKFILL)
 
     def apply(self, upsert: Sequence[Document], delete: Sequence[str]) -> Applied:
         counts = {"upserted": 0, "unchanged": 0, "deleted": 0, "not_found": 0}

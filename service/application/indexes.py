@@ -132,11 +132,12 @@ class IndexManager:
         return feed.apply(changes.live, changes.deleted, changes.seq)
 
     def _install(self, new: Generation) -> tuple[str, list[str]]:
-        """Swap `new` in; returns the version that served before and the versions pruned."""
+        """Swap `new` in; returns the version that served before and the versions pruned. The
+        pointer is written first: when that fails (a full disk), nothing has changed."""
         with self._apply_lock:
             self._catch_up(new.feed)  # changes acknowledged while it was being prepared
+            self.registry.set_serving(new.index_version)
             old = self.retriever.swap(new.retriever)
             self._serving = new
-            self.registry.set_serving(new.index_version)
         pruned = self.registry.prune(self.keep_versions, self.retriever.in_use())
         return old.index_version, pruned

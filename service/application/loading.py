@@ -39,7 +39,7 @@ from service.application.adapters import AdapterManager
 from service.application.engine import QAEngine
 from service.application.indexes import IndexManager
 from service.application.jobqueue import SqliteJobQueue
-from service.application.jobs import Jobs
+from service.application.jobs import JobPolicy, Jobs
 from service.application.services import Services
 from service.settings import Settings
 
@@ -206,7 +206,13 @@ def load_indexes(settings: Settings, encoder: Encoder) -> tuple[IndexManager, Jo
     store = SqliteDocumentStore(database)
     opener = functools.partial(open_version, settings, encoder=encoder)
     indexes = IndexManager(registry, opener, store, build_config(settings), settings.keep_versions)
-    return indexes, Jobs(SqliteJobQueue(database), store, indexes, settings.compact_after_chunks)
+    queue = SqliteJobQueue(database, settings.max_pending_jobs)
+    policy = JobPolicy(
+        max_attempts=settings.job_max_attempts,
+        backoff_max_s=settings.worker_backoff_max_s,
+        retention_s=settings.job_retention_s,
+    )
+    return indexes, Jobs(queue, store, indexes, settings.compact_after_chunks, policy)
 
 
 def load_services(settings: Settings, encoder: Encoder | None = None, generator: Generator | None = None) -> Services:
