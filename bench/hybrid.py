@@ -21,7 +21,7 @@ import numpy as np
 from bench.common import SQUAD, header
 from ragserve.types import RetrievalMode, SearchResult
 from retriever.hybrid import QueryTerms, lexical_features, union_rows
-from retriever.sparse import BM25Params, SparseIndex, indexed_text, top_rows
+from retriever.sparse import BM25Params, SparseHits, SparseIndex, indexed_text
 from retriever.version import VersionRetriever
 from service.application.evaluation import Question, load_squad, ranked_docs, spread_sample
 from service.application.squad import select_articles
@@ -94,10 +94,9 @@ def candidate_features(
     retriever: VersionRetriever, sparse: SparseIndex, questions: Sequence[Question], vectors: np.ndarray, depth: int
 ) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
     """Per question: candidate rows, features (n, 4) = dense, bm25, phrase, title, and labels (n,)."""
-    matrix, ceiling = sparse.query_matrix([q.question for q in questions])
-    bm25 = sparse.score(sparse.postings, matrix, ceiling)  # (Q, chunks)
+    bm25 = SparseHits.of([sparse.postings], *sparse.query_matrix([q.question for q in questions]))
     _, dense_rows = retriever.index.search(vectors, depth)  # (Q, depth)
-    _, sparse_rows = top_rows(bm25, depth)  # (Q, depth); -1 where no term matches, as in search
+    _, sparse_rows = bm25.top(depth)  # (Q, depth); -1 where no term matches, as in search
     records = {c.row: c for batch in retriever.docstore.scan() for c in batch}
     rows_out, feats, labels = [], [], []
     for q, question in enumerate(questions):
@@ -105,7 +104,7 @@ def candidate_features(
         stored = retriever.index.reconstruct_batch(rows)  # (n, dim)
         terms = QueryTerms.of(question.question)
         lexical = np.array([lexical_features(terms, records[int(r)].title, records[int(r)].text) for r in rows])
-        feats.append(np.column_stack([stored @ vectors[q], bm25[q][rows], lexical]))  # (n, 4)
+        feats.append(np.column_stack([stored @ vectors[q], bm25.at(q, rows), lexical]))  # (n, 4)
         labels.append(np.array([records[int(r)].doc_id == question.gold_doc for r in rows], np.float64))
         rows_out.append(rows)
     return rows_out, feats, labels

@@ -16,7 +16,7 @@ import scipy.sparse as sp
 
 from ragserve.types import ChunkRecord, Passage, RetrievalMode
 from retriever.hybrid import FusionWeights, QueryTerms, rank, union_rows
-from retriever.sparse import SparseIndex, top_rows
+from retriever.sparse import SparseHits, SparseIndex
 
 
 class Space(Protocol):
@@ -32,8 +32,8 @@ class Space(Protocol):
     def dense_scores(self, vector: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """Cosine of one (dim,) query vector with each of `rows` (n,) -> (n,) float32."""
 
-    def sparse_scores(self, queries: sp.csr_matrix, ceiling: np.ndarray) -> np.ndarray:
-        """Normalised BM25 of every row for (Q, terms) query counts -> (Q, size)."""
+    def sparse_hits(self, queries: sp.csr_matrix, ceiling: np.ndarray) -> SparseHits:
+        """Normalised BM25 of the findable rows sharing a term with each of (Q, terms) query counts."""
 
     def records(self, rows: Sequence[int]) -> Mapping[int, ChunkRecord]:
         """The chunks of `rows` (valid rows only), by row."""
@@ -57,7 +57,7 @@ def search(
         assert vectors is not None, "hybrid search needs query vectors"
         return _hybrid(space, statistics, queries, vectors, top_k, fusion)
     if mode is RetrievalMode.SPARSE:
-        scores, rows = top_rows(space.sparse_scores(*statistics.query_matrix(queries)), top_k)  # (Q, k) each
+        scores, rows = space.sparse_hits(*statistics.query_matrix(queries)).top(top_k)  # (Q, k) each
     else:
         assert vectors is not None, "dense search needs query vectors"
         scores, rows = space.dense_top(vectors, top_k)
@@ -79,8 +79,8 @@ def _hybrid(
     """Dense and BM25 candidates per query, each scored both ways exactly, ranked by the fused score."""
     depth = max(top_k, fusion.candidates)
     _, dense_rows = space.dense_top(vectors, depth)  # (Q, depth)
-    sparse_all = space.sparse_scores(*statistics.query_matrix(queries))  # (Q, N)
-    _, sparse_rows = top_rows(sparse_all, depth)  # (Q, depth); -1 where no term matches
+    sparse = space.sparse_hits(*statistics.query_matrix(queries))  # (Q, N) sparse: the chunks sharing a term
+    _, sparse_rows = sparse.top(depth)  # (Q, depth); -1 where no term matches
     candidates = [union_rows(d, s) for d, s in zip(dense_rows, sparse_rows, strict=True)]  # (n_q,) each
     records = space.records(sorted({int(r) for rows in candidates for r in rows}))
     found: list[list[Passage]] = []
@@ -90,6 +90,6 @@ def _hybrid(
             continue
         chunks = [(records[int(r)].title, records[int(r)].text) for r in rows]
         dense = space.dense_scores(vectors[q], rows)  # (n,)
-        scores, best = rank(QueryTerms.of(query), rows, dense, sparse_all[q, rows], chunks, fusion, top_k)
+        scores, best = rank(QueryTerms.of(query), rows, dense, sparse.at(q, rows), chunks, fusion, top_k)
         found.append([Passage.of(records[int(r)], float(s)) for s, r in zip(scores, best, strict=True)])
     return found

@@ -5,7 +5,9 @@ The indexer writes the inverted index next to the dense one: term frequencies as
 `sparse_vocab.json`. Weights are computed at load time, so k1 and b are search settings, not
 build settings. Weights are kept term-major (a postings list per term), queries become a sparse
 (queries x terms) matrix, and one sparse product scores the whole batch while touching only the
-postings of the query terms.
+postings of the query terms. The product stays sparse (`SparseHits`): a query costs memory for the
+chunks that share a term with it, never a row per chunk of the index, and its top k are picked
+among those chunks alone.
 
 Scores are reported normalised: BM25 divided by the largest value the query could reach (every
 query term at its saturation limit), so they lie in [0, 1] whatever the query length and can be
@@ -15,6 +17,7 @@ combined with cosine similarities (see `retriever/hybrid.py`).
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import re
 from array import array
@@ -130,7 +133,7 @@ class SparseIndex:
         df = np.bincount(tf.indices, minlength=len(vocab))  # (terms,) chunks containing each term
         self.avg_length = float(lengths.mean()) if self.rows else 1.0
         self.idf = np.log1p((self.rows - df + 0.5) / (df + 0.5)).astype(np.float32)  # (terms,)
-        self.postings = self.weigh(tf, lengths)  # (terms, chunks) csr
+        self.postings = Postings(np.arange(len(vocab)), self.weigh(tf, lengths).T.tocsr())  # (terms, chunks)
 
     @classmethod
     def load(cls, directory: Path, params: BM25Params) -> SparseIndex:
@@ -147,14 +150,14 @@ class SparseIndex:
         return cls(writer.vocab, writer.matrix(), writer.lengths(), params)
 
     def weigh(self, tf: sp.csr_matrix, lengths: np.ndarray) -> sp.csr_matrix:
-        """BM25 weights of (chunks x terms) frequencies under this index's statistics, as
-        (terms x chunks) postings."""
+        """BM25 weights of (chunks x terms) frequencies under this index's statistics, (chunks x terms):
+        a row's weights depend on the row alone, so rows weighed apart equal rows weighed together."""
         k1, b = self.params.k1, self.params.b
         counts = tf.data.astype(np.float32)
         norm = k1 * (1 - b + b * lengths.astype(np.float32) / self.avg_length)  # (chunks,)
         per_posting = np.repeat(norm, np.diff(tf.indptr))
         data = self.idf[tf.indices] * counts * (k1 + 1) / (counts + per_posting)
-        return sp.csr_matrix((data, tf.indices, tf.indptr), shape=tf.shape).T.tocsr()
+        return sp.csr_matrix((data, tf.indices, tf.indptr), shape=tf.shape)
 
     def tf_rows(self, texts: Sequence[str]) -> tuple[sp.csr_matrix, np.ndarray]:
         """Term frequencies of new texts over this vocabulary (unknown terms dropped: they have no
@@ -190,33 +193,139 @@ class SparseIndex:
         ceiling = (matrix @ self.idf).ravel() * (self.params.k1 + 1)  # (Q,)
         return matrix, np.maximum(ceiling, 1e-6).astype(np.float32)
 
-    def score(self, postings: sp.csr_matrix, queries: sp.csr_matrix, ceiling: np.ndarray) -> np.ndarray:
-        """Normalised BM25 of every chunk of `postings` (terms x chunks) for every query -> (Q, chunks)."""
-        scores: np.ndarray = (queries @ postings).toarray()  # (Q, chunks)
-        normalised: np.ndarray = (scores / ceiling[:, None]).astype(np.float32)
-        return normalised
-
     def search(self, queries: Sequence[str], top_k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-k rows per query -> scores (Q, k) float32 and rows (Q, k) int64; row -1 = no hit
         (chunks sharing no term with the query are never returned)."""
-        matrix, ceiling = self.query_matrix(queries)
-        scores = self.score(self.postings, matrix, ceiling)  # (Q, N)
-        return top_rows(scores, top_k)
+        return SparseHits.of([self.postings], *self.query_matrix(queries)).top(top_k)
 
 
-def top_rows(scores: np.ndarray, top_k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The k best positive columns of each row of a (Q, N) score matrix, best first."""
-    q, n = scores.shape
-    k = min(top_k, n)
-    out_scores = np.zeros((q, top_k), np.float32)
-    out_rows = np.full((q, top_k), -1, np.int64)
-    if k == 0:
+@dataclass(frozen=True, slots=True)
+class Postings:
+    """Term-major BM25 weights of consecutive rows, over the terms those rows hold: a version is
+    one block over its whole vocabulary; a delta appends small blocks, whose size (and the cost of
+    merging them) is what their rows hold, never the vocabulary's."""
+
+    terms: np.ndarray  # (t,) ascending vocabulary ids of the block's terms
+    weights: sp.csr_matrix  # (t, rows)
+
+    @classmethod
+    def of(cls, by_row: sp.csr_matrix) -> Postings:
+        """The block of (rows x vocabulary) weights (from `SparseIndex.weigh`)."""
+        return cls._packed(by_row, np.asarray(by_row.indices))
+
+    @property
+    def rows(self) -> int:
+        return int(self.weights.shape[1])
+
+    def score(self, queries: sp.csr_matrix) -> sp.csr_matrix:
+        """(Q, vocabulary) query counts -> (Q, rows) sparse BM25 sums. Each query's terms are added
+        in ascending order in every block, as in one product over all rows, so a row scores the
+        same bits whichever block holds it."""
+        if self.terms.size == queries.shape[1]:  # every vocabulary id, in order (a version): no mapping
+            whole: sp.csr_matrix = queries @ self.weights
+            return whole
+        at = np.searchsorted(self.terms, queries.indices)  # (nnz_q,) where each query term would be
+        found = at < self.terms.size
+        found[found] = self.terms[at[found]] == queries.indices[found]  # (nnz_q,) the block has it
+        indptr = np.concatenate([[0], np.cumsum(found)])[queries.indptr]  # (Q + 1,) over the kept entries
+        shape = (queries.shape[0], self.terms.size)
+        local = sp.csr_matrix((queries.data[found], at[found], indptr), shape=shape)  # (Q, t), same order
+        product: sp.csr_matrix = local @ self.weights
+        return product
+
+    def concat(self, later: Postings) -> Postings:
+        """This block's rows, then `later`'s."""
+        union = np.union1d(self.terms, later.terms)  # (t,)
+        blocks = [block._over(union) for block in (self, later)]
+        return Postings(union, sp.hstack(blocks, format="csr"))
+
+    def take(self, rows: np.ndarray) -> Postings:
+        """The block of `rows` (n,), in that order, over the terms they still hold."""
+        by_row = self.weights.T.tocsr()[rows]  # (n, t)
+        return Postings._packed(by_row, self.terms[by_row.indices])
+
+    @classmethod
+    def _packed(cls, by_row: sp.csr_matrix, ids: np.ndarray) -> Postings:
+        """(rows x any) weights whose entries have vocabulary `ids` (nnz,) -> the block over those ids."""
+        block_terms = np.unique(ids)  # (t,)
+        local = np.searchsorted(block_terms, ids)  # (nnz,) vocabulary id -> block id
+        matrix = sp.csr_matrix((by_row.data, local, by_row.indptr), shape=(by_row.shape[0], block_terms.size))
+        return cls(block_terms, matrix.T.tocsr())
+
+    def _over(self, union: np.ndarray) -> sp.csr_matrix:
+        """The weights over `union` (u,), a superset of the block's terms -> (u, rows)."""
+        per_term = np.zeros(union.size, np.int64)
+        per_term[np.searchsorted(union, self.terms)] = np.diff(self.weights.indptr)
+        indptr = np.concatenate([[0], np.cumsum(per_term)])
+        return sp.csr_matrix((self.weights.data, self.weights.indices, indptr), shape=(union.size, self.rows))
+
+
+@dataclass(frozen=True, slots=True)
+class SparseHits:
+    """The nonzeros of a (Q, N) BM25 score matrix: per query, the chunks sharing a term with it.
+    Every pick below reads a query's own entries only, so nothing costs a row per chunk of N."""
+
+    scores: sp.csr_matrix  # (Q, N) normalised BM25; absent = no shared term (score 0)
+
+    @classmethod
+    def of(cls, blocks: Sequence[Postings], queries: sp.csr_matrix, ceiling: np.ndarray) -> SparseHits:
+        """Normalised BM25 of (Q, vocabulary) query counts over the rows of `blocks`, side by side."""
+        products = [block.score(queries) for block in blocks]  # (Q, rows of the block) each, float32
+        if len(products) != 1:
+            products = [sp.hstack(products, format="csr") if products else sp.csr_matrix((len(ceiling), 0))]
+        scores = products[0].astype(np.float32, copy=False)  # (Q, N) sparse, a new matrix: ours to divide
+        for q, (start, end) in enumerate(itertools.pairwise(scores.indptr.tolist())):
+            scores.data[start:end] /= ceiling[q]  # in place, the float32 division a dense matrix had
+        return cls(scores)
+
+    def top(self, top_k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The top_k positive scores per query, best first, ties by row -> scores (Q, top_k)
+        float32 (0 where none) and rows (Q, top_k) int64 (-1 where none)."""
+        queries = self.scores.shape[0]
+        out_scores = np.zeros((queries, top_k), np.float32)
+        out_rows = np.full((queries, top_k), -1, np.int64)
+        for q in range(queries):
+            rows, values = self._entries(q)  # (M,) each
+            best = _best(values, rows, top_k)  # (<= top_k,) positions into them
+            out_scores[q, : best.size] = values[best]
+            out_rows[q, : best.size] = rows[best]
         return out_scores, out_rows
-    part = np.argpartition(-scores, k - 1, axis=1)[:, :k] if k < n else np.tile(np.arange(n), (q, 1))
-    picked = np.take_along_axis(scores, part, axis=1)  # (Q, k)
-    order = np.argsort(-picked, axis=1, kind="stable")
-    part, picked = np.take_along_axis(part, order, axis=1), np.take_along_axis(picked, order, axis=1)
-    hit = picked > 0
-    out_scores[:, :k] = np.where(hit, picked, 0)
-    out_rows[:, :k] = np.where(hit, part, -1)
-    return out_scores, out_rows
+
+    def at(self, q: int, rows: np.ndarray) -> np.ndarray:
+        """Query q's scores of distinct `rows` (n,) -> (n,) float32; 0 for a row sharing no term with it."""
+        out = np.zeros(rows.size, np.float32)
+        if rows.size == 0:
+            return out
+        found_rows, values = self._entries(q)  # (M,) each
+        order = np.argsort(rows, kind="stable")
+        ordered = rows[order]  # (n,) sorted, so each of the M entries is looked up by bisection
+        at = np.minimum(np.searchsorted(ordered, found_rows), rows.size - 1)  # (M,)
+        hit = ordered[at] == found_rows  # (M,)
+        out[order[at[hit]]] = values[hit]
+        return out
+
+    def where(self, keep: np.ndarray) -> SparseHits:
+        """Only the entries where `keep` (nnz,) is true: how a delta drops its dead rows."""
+        if keep.all():
+            return self
+        scores = self.scores.copy()
+        scores.data[~keep] = 0
+        scores.eliminate_zeros()
+        return SparseHits(scores)
+
+    def _entries(self, q: int) -> tuple[np.ndarray, np.ndarray]:
+        """Query q's rows (M,) int and scores (M,) float32, in no particular order."""
+        span = slice(self.scores.indptr[q], self.scores.indptr[q + 1])
+        return self.scores.indices[span], self.scores.data[span]
+
+
+def _best(values: np.ndarray, rows: np.ndarray, k: int) -> np.ndarray:
+    """Positions of the k largest positive `values` (M,), best first, ties by `rows` (M,) ascending
+    (the order a stable sort of a dense score row gives)."""
+    keep = np.flatnonzero(values > 0)  # (P,)
+    if k == 0 or keep.size == 0:
+        return keep[:0]
+    if keep.size > k:  # a linear-time cut at the k-th best; its ties stay, so the order below is exact
+        kth = np.partition(values[keep], keep.size - k)[keep.size - k]
+        keep = keep[values[keep] >= kth]
+    return keep[np.lexsort((rows[keep], -values[keep]))[:k]]

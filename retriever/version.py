@@ -20,7 +20,7 @@ from retriever.base import Retriever
 from retriever.docstore import Docstore
 from retriever.hybrid import FusionWeights
 from retriever.search import search
-from retriever.sparse import ANALYZER_VERSION, BM25Params, SparseIndex, indexed_text
+from retriever.sparse import ANALYZER_VERSION, BM25Params, SparseHits, SparseIndex, indexed_text
 
 if TYPE_CHECKING:
     from retriever.encoder import Encoder
@@ -106,8 +106,8 @@ class VersionRetriever(Retriever):
         scores: np.ndarray = (stored @ vector).astype(np.float32)  # (n,)
         return scores
 
-    def sparse_scores(self, queries: sp.csr_matrix, ceiling: np.ndarray) -> np.ndarray:
-        return self.sparse.score(self.sparse.postings, queries, ceiling)
+    def sparse_hits(self, queries: sp.csr_matrix, ceiling: np.ndarray) -> SparseHits:
+        return SparseHits.of([self.sparse.postings], queries, ceiling)
 
     def records(self, rows: Sequence[int]) -> Mapping[int, ChunkRecord]:
         return self.docstore.get(rows)

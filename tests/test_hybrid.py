@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -20,7 +21,7 @@ from retriever.delta import DeltaIndex, FreshRetriever
 from retriever.docstore import Docstore
 from retriever.encoder import Encoder
 from retriever.hybrid import FusionWeights, QueryTerms, fuse, lexical_features, rank
-from retriever.sparse import SPARSE_FILE, VOCAB_FILE, BM25Params, SparseIndex, terms, top_rows
+from retriever.sparse import SPARSE_FILE, VOCAB_FILE, BM25Params, SparseHits, SparseIndex, terms
 from retriever.version import VersionRetriever
 from service.application.squad import select_articles
 from tests.defaults import BUILD, SEARCH
@@ -55,7 +56,7 @@ def test_bm25_equals_the_textbook_formula(k1: float, b: float) -> None:
     index = SparseIndex.from_texts(TEXTS, BM25Params(k1, b))
     for query in ["granite bridge", "caves caves cheese", "spring parade in Quenmoor", "unknown words"]:
         matrix, ceiling = index.query_matrix([query])
-        got = index.score(index.postings, matrix, ceiling)[0]
+        got = SparseHits.of([index.postings], matrix, ceiling).scores.toarray()[0]
         np.testing.assert_allclose(got, plain_bm25(TEXTS, query, k1, b), rtol=1e-5, atol=1e-6)
 
 
@@ -72,15 +73,18 @@ def test_terms_drop_stop_words_and_fold_plurals() -> None:
     assert terms("glass bus analysis") == ["glass", "bus", "analysis"]  # -ss, -us, -is kept
 
 
-@settings(max_examples=50, deadline=None)
-@given(st.lists(st.floats(-1, 1, allow_nan=False, width=32), min_size=1, max_size=30), st.integers(1, 40))
-def test_top_rows_equals_a_full_sort(values: list[float], k: int) -> None:
-    scores = np.array([values], np.float32)
-    got_scores, got_rows = top_rows(scores, k)
-    want = [i for i in np.argsort(-scores[0], kind="stable") if scores[0][i] > 0][:k]
-    assert sorted(got_scores[0][got_rows[0] >= 0].tolist(), reverse=True) == got_scores[0][: len(want)].tolist()
-    np.testing.assert_allclose(np.sort(scores[0][want])[::-1], got_scores[0][: len(want)])
-    assert (got_rows[0][len(want) :] == -1).all()
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(st.sampled_from([0.0, 0.0, 0.25, 0.5, 0.5, 1.0, -0.5]), min_size=1, max_size=30),  # ties are common
+    st.integers(0, 40),
+)
+def test_top_k_of_sparse_hits_equals_a_full_stable_sort(values: list[float], k: int) -> None:
+    dense = np.array([values, values[::-1]], np.float32)  # (2, N)
+    got_scores, got_rows = SparseHits(sp.csr_matrix(dense)).top(k)
+    for q in range(2):
+        want = [i for i in np.argsort(-dense[q], kind="stable") if dense[q][i] > 0][:k]  # ties by row
+        assert got_rows[q].tolist() == want + [-1] * (k - len(want))
+        assert got_scores[q].tolist() == dense[q][want].tolist() + [0.0] * (k - len(want))
 
 
 def test_lexical_features() -> None:
