@@ -4,12 +4,13 @@ searches from service/settings.py, the one place their defaults live."""
 from typing import Any
 
 from reader.base import ReaderConfig
-from service.application.loading import build_config, reader_config, search_config
+from service.application.loading import build_config, job_policy, reader_config, search_config
 from service.settings import Settings
 
 SETTINGS = Settings()
 SEARCH = search_config(SETTINGS)
 BUILD = build_config(SETTINGS)
+JOBS = job_policy(SETTINGS)
 
 
 def readers(**overrides: Any) -> ReaderConfig:

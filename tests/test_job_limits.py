@@ -5,6 +5,7 @@ created before these columns."""
 import json
 import sqlite3
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,8 @@ import pytest
 from ragserve.errors import TooManyJobsError
 from ragserve.types import Document
 from service.application.jobqueue import DOCUMENTS_JOB, REFRESH_JOB, SqliteJobQueue, documents_payload
-from service.application.jobs import JobPolicy, Worker
+from service.application.jobs import Worker
+from tests.defaults import JOBS
 
 DOCS = [Document("a", "A", "alpha"), Document("b", "B", "beta")]
 FIRST_SCHEMA = """
@@ -85,7 +87,7 @@ def test_the_worker_prunes_at_start(tmp_path: Path) -> None:
     assert queue.next_queued(DOCUMENTS_JOB) is not None
     queue.finish(old, "done", {})
     raw(path, "UPDATE jobs SET updated_at = ?", (time.time() - 3600,))
-    worker = Worker(queue, DOCUMENTS_JOB, lambda job: {}, JobPolicy(retention_s=60))
+    worker = Worker(queue, DOCUMENTS_JOB, lambda job: {}, replace(JOBS, retention_s=60))
     try:
         deadline = time.monotonic() + 5
         while queue.job(old) is not None and time.monotonic() < deadline:

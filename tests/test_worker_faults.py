@@ -9,6 +9,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +19,9 @@ from ragserve.errors import InvalidInputError, StorageUnavailableError, TooManyJ
 from ragserve.types import Document
 from service.application.jobqueue import DOCUMENTS_JOB, Job, SqliteJobQueue, documents_payload
 from service.application.jobs import JobPolicy, Jobs, Worker
+from tests.defaults import JOBS
 
-FAST = JobPolicy(max_attempts=3, backoff_first_s=0.01, backoff_max_s=0.04)
+FAST = replace(JOBS, max_attempts=3, backoff_first_s=0.01, backoff_max_s=0.04)
 DISK_FULL = sqlite3.OperationalError("database or disk is full")
 DOCS = [Document("a", "A", "alpha")]
 
@@ -98,8 +100,8 @@ def worker_of(queue: SqliteJobQueue) -> Iterator[Callable[..., Worker]]:
 
 
 def test_the_backoff_doubles_from_half_a_second_up_to_its_limit() -> None:
-    assert [JobPolicy(backoff_max_s=30).backoff_s(n) for n in range(1, 9)] == [0.5, 1, 2, 4, 8, 16, 30, 30]
-    assert JobPolicy(backoff_max_s=0.2).backoff_s(1) == 0.2
+    assert [replace(JOBS, backoff_max_s=30).backoff_s(n) for n in range(1, 9)] == [0.5, 1, 2, 4, 8, 16, 30, 30]
+    assert replace(JOBS, backoff_max_s=0.2).backoff_s(1) == 0.2
 
 
 @pytest.mark.parametrize("error", [DISK_FULL, sqlite3.OperationalError("disk I/O error"), RuntimeError("bug")])

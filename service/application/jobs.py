@@ -36,10 +36,10 @@ PRUNE_EVERY_S = 60.0  # finished jobs past their retention are deleted at most t
 class JobPolicy:
     """How workers retry and how long finished jobs are kept (from the settings)."""
 
-    max_attempts: int = 3  # runs of a job that fails on a storage error
-    backoff_first_s: float = 0.5
-    backoff_max_s: float = 30.0
-    retention_s: float = 7 * 86_400
+    max_attempts: int  # runs of a job that fails on a storage error
+    backoff_max_s: float
+    retention_s: float
+    backoff_first_s: float = 0.5  # not a setting: the first wait, doubled after each failure
 
     def backoff_s(self, failures: int) -> float:
         """The wait after the `failures`-th failure in a row: doubling from the first wait."""
@@ -192,13 +192,13 @@ class Jobs:
         documents: DocumentStore,
         indexes: IndexManager,
         compact_after_chunks: int,
-        policy: JobPolicy | None = None,
+        policy: JobPolicy,
     ) -> None:
         self.queue = queue
         self.documents = documents
         self.indexes = indexes
         self.compact_after_chunks = compact_after_chunks
-        self.policy = policy or JobPolicy()
+        self.policy = policy
         self._documents = Worker(queue, DOCUMENTS_JOB, self._apply_documents, self.policy)
         self._refresh = Worker(queue, REFRESH_JOB, self._apply_refresh, self.policy)
 

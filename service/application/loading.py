@@ -207,12 +207,11 @@ def load_indexes(settings: Settings, encoder: Encoder) -> tuple[IndexManager, Jo
     opener = functools.partial(open_version, settings, encoder=encoder)
     indexes = IndexManager(registry, opener, store, build_config(settings), settings.keep_versions)
     queue = SqliteJobQueue(database, settings.max_pending_jobs)
-    policy = JobPolicy(
-        max_attempts=settings.job_max_attempts,
-        backoff_max_s=settings.worker_backoff_max_s,
-        retention_s=settings.job_retention_s,
-    )
-    return indexes, Jobs(queue, store, indexes, settings.compact_after_chunks, policy)
+    return indexes, Jobs(queue, store, indexes, settings.compact_after_chunks, job_policy(settings))
+
+
+def job_policy(settings: Settings) -> JobPolicy:
+    return JobPolicy(settings.job_max_attempts, settings.worker_backoff_max_s, settings.job_retention_s)
 
 
 def load_services(settings: Settings, encoder: Encoder | None = None, generator: Generator | None = None) -> Services:
