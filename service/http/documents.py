@@ -58,7 +58,10 @@ def documents_request(settings: Settings) -> type[DocumentsRequestBase]:
         @field_validator("metadata")
         @classmethod
         def _small(cls, value: dict[str, Any]) -> dict[str, Any]:
-            size = len(json.dumps(value, ensure_ascii=False).encode())
+            try:
+                size = len(json.dumps(value, ensure_ascii=False, allow_nan=False).encode())
+            except ValueError:
+                raise ValueError("metadata must be plain JSON: no NaN or infinite numbers") from None
             if size > settings.max_metadata_bytes:
                 raise ValueError(f"metadata is {size} bytes as JSON; the limit is {settings.max_metadata_bytes}")
             return value
