@@ -28,7 +28,7 @@ from reader.base import Answer, Reader
 from reader.decoding import greedy, without_end
 from reader.generator import Generator
 from reader.lm import Batch
-from reader.prompt import flatten
+from reader.prompt import as_data, flatten
 from reader.registry import ReaderContext, register
 
 UNAVAILABLE = (
@@ -41,7 +41,7 @@ def fid_input(question: str, passage: Passage | None) -> str:
     """One encoder input: the question with one passage (FiD's format), or the question alone."""
     if passage is None:
         return f"question: {flatten(question)}"
-    return f"question: {flatten(question)} title: {flatten(passage.title)} context: {flatten(passage.text)}"
+    return f"question: {flatten(question)} title: {as_data(passage.title)} context: {as_data(passage.text)}"
 
 
 def fid_generator(context: ReaderContext) -> Generator:

@@ -19,12 +19,12 @@ from ragserve.types import Passage
 from reader.adapters import Adapter
 from reader.base import Answer, Reader
 from reader.decoding import greedy
-from reader.prompt import PREFIX, flatten
+from reader.prompt import PREFIX, as_data, flatten
 from reader.registry import ReaderContext, register
 
 
 def passage_segment(text: str) -> str:
-    return f"Context: {flatten(text)}\n"
+    return f"Context: {as_data(text)}\n"
 
 
 def question_segment(question: str) -> str:
