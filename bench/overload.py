@@ -96,11 +96,13 @@ def sample_rss(pid: int, until: float, out: list[float]) -> None:
 
 
 def run(
-    port: int, pid: int, questions: list[str], clients: int, seconds: float
+    port: int, pid: int, questions: list[str], clients: int, seconds: float, backs_off: bool = False
 ) -> tuple[Outcomes, list[float], list[float]]:
     until = time.perf_counter() + seconds
     outcomes, health, rss = Outcomes(), [], []
-    threads = [threading.Thread(target=client, args=(port, questions, until, c, outcomes)) for c in range(clients)]
+    threads = [
+        threading.Thread(target=client, args=(port, questions, until, c, outcomes, backs_off)) for c in range(clients)
+    ]
     threads += [
         threading.Thread(target=probe, args=(port, until, health)),
         threading.Thread(target=sample_rss, args=(pid, until, rss)),

@@ -141,6 +141,11 @@ class Settings(BaseSettings):
     retrieve_max_queue: Annotated[int, Field(ge=0, le=16_384)] = Field(
         128, description="/v1/retrieve requests waiting for a place in service; beyond them: 429 at once."
     )
+    refusal_delay_ms: Annotated[float, Field(ge=0, le=1_000)] = Field(
+        30.0,
+        description="How long a 429/503 refusal of a model route is held before it is sent (no CPU spent): "
+        "clients that retry at once then cannot spend the server's time on refusals.",
+    )
     request_deadline_s: Annotated[float, Field(gt=0, le=600)] = Field(
         30.0, description="A model-backed request not answered this long after it arrived ends 504 (its work dropped)."
     )

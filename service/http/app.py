@@ -77,7 +77,12 @@ def create_app(settings: Settings, loader: Loader = _default_loader) -> FastAPI:
     # Outermost last: metrics see everything, authentication runs before any body is read, the
     # size limit before admission, admission just before the routes.
     app.add_middleware(
-        AdmissionControl, gates=gates, deadline_s=settings.request_deadline_s, refuse=state.refusal, counters=counters
+        AdmissionControl,
+        gates=gates,
+        deadline_s=settings.request_deadline_s,
+        refuse=state.refusal,
+        counters=counters,
+        refusal_delay_s=settings.refusal_delay_ms / 1000,
     )
     app.add_middleware(
         BodySizeLimit,
