@@ -70,8 +70,11 @@ def probe(port: int, until: float, out: list[float]) -> None:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     while time.perf_counter() < until:
         started = time.perf_counter()
-        conn.request("GET", "/healthz")
-        conn.getresponse().read()
+        try:
+            conn.request("GET", "/healthz")
+            conn.getresponse().read()
+        except (OSError, http.client.HTTPException):
+            return  # the server is gone: the run is over
         out.append((time.perf_counter() - started) * 1000)
         time.sleep(0.05)
 
