@@ -47,7 +47,11 @@ EXAMPLES = (
 
 PASSAGE_SEPARATOR = " … "
 _WHITESPACE = re.compile(r"\s+")
-_TURN_MARKER = re.compile(r"\b(context|question|answer)\s*:", re.IGNORECASE)
+# Invisible format characters (soft hyphen, zero-width spaces and joiners, bidi controls, BOM): in a
+# passage they serve only to hide a marker from the pattern below ("Ans\u200bwer:"), so they go.
+_INVISIBLE = re.compile("[\u00ad\u200b-\u200f\u202a-\u202e\u2060-\u2064\ufeff]")
+# A turn marker with an ASCII, a full-width or a small colon.
+_TURN_MARKER = re.compile(r"\b(context|question|answer)\s*[:\uff1a\ufe55\ufe13]", re.IGNORECASE)
 
 
 def flatten(text: str) -> str:
@@ -57,8 +61,9 @@ def flatten(text: str) -> str:
 
 def as_data(text: str) -> str:
     """A passage as the prompt quotes it: one line, its turn markers defused ("Answer:" becomes
-    "Answer -"), so it cannot pose as a question or an answer of the prompt's own."""
-    return _TURN_MARKER.sub(lambda m: f"{m.group(1)} -", flatten(text))
+    "Answer -"; also when spelt with a wide colon or split by invisible characters), so it cannot
+    pose as a question or an answer of the prompt's own."""
+    return _TURN_MARKER.sub(lambda m: f"{m.group(1)} -", flatten(_INVISIBLE.sub("", text)))
 
 
 def turn(context: str, question: str) -> str:

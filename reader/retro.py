@@ -68,7 +68,9 @@ def load_retrofit(path: Path, model: PreTrainedModel) -> Retrofit:
 
 
 def for_inference(retrofit: Retrofit) -> Retrofit:
-    """In the base model's number format (bf16 where the generator runs in it) and inference mode."""
+    """In the base model's number format (bf16 where the generator runs in it: half the bytes, and
+    no conversion of hidden states at the hooks) and inference mode. Every retrofit the reader runs
+    goes through here, trained or not."""
     retrofit.to(retrofit.base.dtype)
     retrofit.train(False)
     return retrofit

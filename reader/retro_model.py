@@ -16,7 +16,10 @@ the paper's [N, F]). The pieces, one class each:
 - `Retrofit`: the wrapper. After each decoder layer in `layers`, the residual stream becomes
   h + tanh(gate) · CCA(h). Gates start at 0, so an untrained retrofit is the base model exactly.
   The base model is never modified: forward hooks are attached only while `attached(state)` is
-  open (callers hold `Generator.lock`, as every user of the shared model does).
+  open (callers hold `Generator.lock`, as every user of the shared model does). The new layers
+  compute in their own number format (`Retrofit.dtype`); hidden states cross into it and back at
+  the hooks, so fp32 layers also run on a bf16 generator (an uncast fp32 retrofit on a bf16
+  generator once made every `retro` answer fail with a dtype mismatch: HTTP 500).
 
 `RetroState` carries what a forward needs beyond the token ids: the neighbours known so far, the
 absolute position of the next token (for KV-cached generation), the first CCA layer's hidden
@@ -210,6 +213,14 @@ class Retrofit(nn.Module):
     def base(self) -> PreTrainedModel:
         return self._base[0]
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The number format the new layers compute in. The hooks convert the base model's hidden
+        states to it and CCA's output back, so a retrofit in another format than its base (fp32
+        layers on a bf16 generator: an untrained or freshly trained retrofit not yet cast by
+        `reader.retro.for_inference`) still runs instead of failing in its first matmul."""
+        return self.gates.dtype
+
     @contextmanager
     def attached(self, state: RetroState) -> Iterator[None]:
         """Hooks on the base model's CCA layers for the duration of the block; every model call
@@ -243,8 +254,8 @@ class Retrofit(nn.Module):
                 self._remember(h, state)
             assert state.encoded is not None
             flat_mask = state.mask.flatten(2)[:, : state.encoded.shape[1]]  # (B, E, k*r)
-            y: torch.Tensor = self.cca[j](h, state.position, state.encoded, flat_mask)  # (B, T, D)
-            return h + torch.tanh(self.gates[j]) * y
+            y: torch.Tensor = self.cca[j](h.to(self.dtype), state.position, state.encoded, flat_mask)  # (B, T, D)
+            return h + (torch.tanh(self.gates[j]) * y).to(h.dtype)  # back in the base model's format
 
         return hook
 
@@ -266,9 +277,9 @@ class Retrofit(nn.Module):
         ids, mask = state.neighbours[:, lo:hi], state.mask[:, lo:hi]  # (B, n, k, r)
         n = hi - lo
         if n == 0:
-            return state.memory.new_zeros(b, 0, k * r, de)
-        embedded = self.base.get_input_embeddings()(ids)  # (B, n, k, r, D)
-        chunk = state.memory[:, lo * m : hi * m].reshape(b * n, m, -1)  # (B*n, m, D)
+            return state.memory.new_zeros(b, 0, k * r, de, dtype=self.dtype)
+        embedded = self.base.get_input_embeddings()(ids).to(self.dtype)  # (B, n, k, r, D)
+        chunk = state.memory[:, lo * m : hi * m].reshape(b * n, m, -1).to(self.dtype)  # (B*n, m, D)
         assert chunk.shape[0] == b * n
         enc: torch.Tensor = self.encoder(embedded.flatten(0, 1), mask.flatten(0, 1), chunk)  # (B*n, k, r, De)
         return enc.view(b, n, k * r, de)

@@ -73,6 +73,13 @@ def generator(cache_home: Path) -> Generator:
 
 
 @pytest.fixture(scope="session")
+def bf16_generator(cache_home: Path) -> Generator:
+    """The same generator in bf16: what `generator_precision` auto serves on a CPU that multiplies
+    bf16 natively (ragserve/precision.py)."""
+    return Generator(SETTINGS.generator_model, cache_home, Precision.BF16)
+
+
+@pytest.fixture(scope="session")
 def tiny_index(tmp_path_factory: pytest.TempPathFactory, encoder: Encoder) -> Path:
     out = tmp_path_factory.mktemp("indexes") / "tiny"
     build_artifact(TINY_CORPUS, out, encoder, BUILD, progress=False)

@@ -192,21 +192,10 @@ def test_merged_and_trimmed_batches_decode_like_lone_rows(
         torch.testing.assert_close(batch.logprobs[row], alone.logprobs[0], atol=3e-4, rtol=0)
 
 
-@pytest.fixture(scope="module")
-def bf16(generator: Generator, cache_home: Path) -> Generator:
-    return Generator(str(generator.path), cache_home, precision="bf16")
-
-
-def test_bf16_generator_gives_the_answer_fp32_gives(generator: Generator, bf16: Generator) -> None:
+def test_bf16_generator_gives_the_answer_fp32_gives(generator: Generator, bf16_generator: Generator) -> None:
+    # every registered reader on a bf16 generator: tests/test_reader_precision.py
+    bf16 = bf16_generator
     assert bf16.model.dtype == torch.bfloat16
     assert bf16.text.answer_text(plain(bf16, PASSAGES[:1])) == generator.text.answer_text(
         plain(generator, PASSAGES[:1])
     )
-
-
-@pytest.mark.parametrize("name", ["rag-token", "rag-sequence", "fusion", "stuff"])
-def test_every_reader_runs_on_a_bf16_generator(bf16: Generator, name: str) -> None:
-    answer = reader(bf16, name).answer(QUESTION, PASSAGES)
-    assert "1994" in answer.text
-    if name.startswith("rag"):
-        assert answer.weights is not None and sum(answer.weights) == pytest.approx(1.0, abs=1e-4)

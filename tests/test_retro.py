@@ -146,11 +146,11 @@ def test_reader_retrieves_at_chunk_boundaries(frozen: Generator, tiny_index: Pat
 
 
 def test_a_retrofit_trained_in_fp32_runs_on_a_bf16_generator(
-    frozen: Generator, cache_home: Path, tmp_path: Path, tiny_index: Path, encoder: Encoder
+    frozen: Generator, bf16_generator: Generator, tmp_path: Path, tiny_index: Path, encoder: Encoder
 ) -> None:
     path = tmp_path / "retro.safetensors"
     save_retrofit(opened(frozen, seed=3), path)
-    bf16 = Generator(str(frozen.path), cache_home, precision="bf16")
+    bf16 = bf16_generator
     assert all(p.dtype == torch.bfloat16 for p in load_retrofit(path, bf16.model).parameters())
     retriever = VersionRetriever(tiny_index, encoder, SEARCH)
 
