@@ -23,14 +23,14 @@ import numpy as np
 from bench.common import SQUAD, header
 from ragserve.types import RetrievalMode
 from retriever.delta import DeltaIndex, Embedded
-from retriever.hybrid import FusionWeights
 from retriever.search import search
 from retriever.sparse import BM25Params, SparseIndex, indexed_text
 from service.application.evaluation import load_squad
+from service.application.loading import search_config
 from service.settings import Settings
 
 DIM = 384
-FUSION = FusionWeights(sparse=0.75, phrase=0.19, title=-0.21, candidates=50)  # unused by BM25 alone
+FUSION = search_config(Settings()).fusion  # the defaults (unused by BM25 alone)
 
 
 @dataclass(frozen=True)
