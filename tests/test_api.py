@@ -151,6 +151,7 @@ def test_health_ready_metrics_and_docs(client: TestClient) -> None:
     ready = client.get("/readyz").json()
     assert ready["status"] == "ready" and {"stuff", "rag-token", "rag-sequence", "fusion"} <= set(ready["readers"])
     assert "fid" not in ready["readers"]  # no encoder-decoder model configured
+    assert {name: w["alive"] for name, w in ready["workers"].items()} == {"documents": True, "refresh": True}
     client.post("/v1/retrieve", json={"query": "bridge"})
     metrics = client.get("/metrics").text
     assert 'ragserve_requests_total{endpoint="/v1/retrieve",status="200"}' in metrics
