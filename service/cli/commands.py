@@ -31,9 +31,12 @@ SERVE_SPINCOUNT = "20000"
 def cmd_serve(args: argparse.Namespace) -> int:
     os.environ.setdefault("GOMP_SPINCOUNT", SERVE_SPINCOUNT)  # a value already set wins; torch is not loaded yet
     from ragserve.compute import use_compute_thread
+    from retriever.artifact import read_manifest
     from service.http.server import serve
 
     settings = _settings(index_path=args.index, host=args.host, port=args.port)
+    if settings.index_path is not None:
+        read_manifest(settings.index_path)  # a path that is no artifact fails now, before the port opens
     use_compute_thread()  # every model runs on one thread, from the demo index build on (ragserve/compute.py)
     serve(settings, args.log_level)  # the port opens now; models load (and first convert) behind it
     return 0
