@@ -33,6 +33,7 @@ class DrainingServer(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, state: ServiceState) -> None:
         super().__init__(config)
         self.ragserve = state
+        self._drain_task: asyncio.Future[None] | None = None
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         # Not recorded in uvicorn's captured signals: those are raised again after shutdown, and
@@ -44,7 +45,15 @@ class DrainingServer(uvicorn.Server):
         grace = self.ragserve.settings.shutdown_grace_s
         log.info("signal %s: draining (at most %.1f s)", signal.Signals(sig).name, grace)
         self.ragserve.begin_drain(grace)
-        asyncio.get_running_loop().call_soon_threadsafe(lambda: asyncio.ensure_future(self._drain(grace)))
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # not serving yet: nothing to drain
+            self.should_exit = True
+            return
+        loop.call_soon_threadsafe(self._start_drain, grace)
+
+    def _start_drain(self, grace: float) -> None:
+        self._drain_task = asyncio.ensure_future(self._drain(grace))  # held: a task nobody holds may vanish
 
     async def _drain(self, grace: float) -> None:
         """Wait for the model work in flight (at most most of the grace), then shut down."""
