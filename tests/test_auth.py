@@ -9,7 +9,7 @@ from retriever.encoder import Encoder
 from service.application.loading import load_services
 from service.cli import main
 from service.http.app import create_app
-from service.http.auth import Scope, new_token, scope_of, token_digest
+from service.http.auth import Granted, new_token, scope_of, token_digest
 from service.settings import Settings
 from tests.conftest import local_client, wait_ready
 
@@ -18,8 +18,8 @@ ADMIN_TOKEN, ADMIN_DIGEST = new_token()
 
 
 def test_scopes() -> None:
-    assert scope_of(f"Bearer {ADMIN_TOKEN}", [ADMIN_DIGEST], [READ_DIGEST]) is Scope.ADMIN
-    assert scope_of(f"bearer {READ_TOKEN}", [ADMIN_DIGEST], [READ_DIGEST]) is Scope.READ
+    assert scope_of(f"Bearer {ADMIN_TOKEN}", [ADMIN_DIGEST], [READ_DIGEST]) is Granted.ADMIN
+    assert scope_of(f"bearer {READ_TOKEN}", [ADMIN_DIGEST], [READ_DIGEST]) is Granted.READ
     assert token_digest(READ_TOKEN) == READ_DIGEST and new_token()[0] != READ_TOKEN
 
 
