@@ -45,9 +45,10 @@ class ServiceState:
         """Why this server takes no model work now (draining, loading, failed to load), or None."""
         if self.draining:
             return DrainingError("the server is shutting down; retry on another replica")
-        if self.services is None:
-            return NotReadyError(self.load_error or "models and index are still loading; retry shortly")
-        return None
+        return self.not_ready() if self.services is None else None
+
+    def not_ready(self) -> NotReadyError:
+        return NotReadyError(self.load_error or "models and index are still loading; retry shortly")
 
 
 async def get_state(request: Request) -> ServiceState:
@@ -60,7 +61,7 @@ StateDep = Annotated[ServiceState, Depends(get_state)]
 
 async def get_services(state: StateDep) -> Services:
     if state.services is None:
-        raise NotReadyError(state.load_error or "models and index are still loading; retry shortly")
+        raise state.not_ready()
     return state.services
 
 
