@@ -1,5 +1,6 @@
 """FAISS helpers: factory choice, build (GPU when faiss reports one), load, search parameters."""
 
+import errno
 import logging
 from pathlib import Path
 
@@ -48,7 +49,12 @@ def _to_gpu(index: faiss.Index) -> faiss.Index:
 
 
 def write(index: faiss.Index, path: Path) -> None:
-    faiss.write_index(index, str(path))
+    """Write `index` to `path`. FAISS reports a failed write (a full disk, an I/O error) as a
+    RuntimeError; it is raised as the OSError it is, so callers treat it like any other file's."""
+    try:
+        faiss.write_index(index, str(path))
+    except RuntimeError as exc:
+        raise OSError(errno.EIO, f"writing the FAISS index {path} failed: {exc}") from exc
 
 
 def read_cpu(path: Path) -> faiss.Index:
