@@ -33,7 +33,7 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(BIN)/pytest -m slow
 
-## The quicker benchmarks in bench/, one after the other (about 30 minutes; needs ../shared/data).
+## The quicker benchmarks in bench/, one after the other (about 40 minutes; needs ../shared/data).
 bench: $(STAMP)
 	$(BIN)/python -m bench.index_throughput
 	$(BIN)/python -m bench.latency
@@ -47,6 +47,10 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.fusion_scaling --ks 1,2,4,8,16 --repeat 2
 	$(BIN)/python -m bench.query_load --seconds 12
 	$(BIN)/python -m bench.ask_load --seconds 30
+	$(BIN)/python -m bench.overload
+	$(BIN)/python -m bench.overload --honor-retry-after
+	$(BIN)/python -m bench.auth_body
+	$(BIN)/python -m bench.faults
 
 ## The long ones: every reader on 500 SQuAD questions (about 45 minutes), RETRO bits per byte,
 ## free vs extractive answers and the generator's number formats on the held-out articles (~10 min).
