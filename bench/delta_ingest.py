@@ -15,14 +15,13 @@ import argparse
 import statistics
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
 from bench.common import SQUAD, header
 from ragserve.types import RetrievalMode
 from retriever.delta import DeltaIndex, Embedded
+from retriever.docstore import StoredChunk
 from retriever.search import search
 from retriever.sparse import BM25Params, SparseIndex, indexed_text
 from service.application.evaluation import load_squad
@@ -33,20 +32,9 @@ DIM = 384
 FUSION = search_config(Settings()).fusion  # the defaults (unused by BM25 alone)
 
 
-@dataclass(frozen=True)
-class Chunk:
-    chunk_id: str
-    doc_id: str
-    title: str
-    text: str
-    start_char: int = 0
-    end_char: int = 0
-    metadata: dict[str, Any] = field(default_factory=dict)
-
-
 def one_chunk(doc_id: str, title: str, text: str, rng: np.random.Generator) -> Embedded:
     vector = rng.standard_normal((1, DIM)).astype(np.float32)
-    return [Chunk(f"{doc_id}#0", doc_id, title, text)], vector / np.linalg.norm(vector)
+    return [StoredChunk(0, f"{doc_id}#0", doc_id, title, text, 0, len(text), {})], vector / np.linalg.norm(vector)
 
 
 def old_rebuild(sparse: SparseIndex, docs: dict[str, Embedded]) -> None:

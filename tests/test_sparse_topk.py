@@ -2,8 +2,7 @@
 (queries x chunks) matrix, for a version and for a delta with dead rows."""
 
 import random
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -11,14 +10,15 @@ import scipy.sparse as sp
 
 from ragserve.types import Passage, RetrievalMode
 from retriever.delta import DeltaIndex, DeltaSnapshot
-from retriever.hybrid import FusionWeights
+from retriever.docstore import StoredChunk
 from retriever.search import search
 from retriever.sparse import BM25Params, Postings, SparseHits, SparseIndex, indexed_text
+from tests.defaults import SEARCH
 
 WORDS = ["granite", "bridge", "river", "cheese", "cave", "lantern", "parade", "spring", "town", "mayor", "the", "of"]
 PARAMS = BM25Params(0.9, 0.5)
 # Every chunk a candidate: which of the chunks tied at a cut become candidates is no part of this test.
-FUSION = FusionWeights(sparse=0.75, phrase=0.19, title=-0.21, candidates=1000)
+FUSION = replace(SEARCH.fusion, candidates=1000)  # the default weights, every candidate
 QUERIES = [
     "granite bridge",
     "cheese cave cave",
@@ -98,28 +98,20 @@ def test_blocks_of_rows_score_as_one_block() -> None:
     assert taken == dense_reference(whole[:, order], index, QUERIES, 5)  # rows renumbered in `order`
 
 
-@dataclass(frozen=True)
-class Row:
-    chunk_id: str
-    doc_id: str
-    title: str
-    text: str
-    start_char: int = 0
-    end_char: int = 0
-    metadata: dict[str, Any] = field(default_factory=dict)
-
-
-def document(doc_id: str, rng: random.Random, dim: int = 8) -> tuple[list[Row], np.ndarray]:
-    chunks = [Row(f"{doc_id}#{i}", doc_id, rng.choice(["", "granite town"]), t) for i, t in enumerate(texts(rng, 3))]
+def document(doc_id: str, rng: random.Random, dim: int = 8) -> tuple[list[StoredChunk], np.ndarray]:
+    chunks = [
+        StoredChunk(i, f"{doc_id}#{i}", doc_id, rng.choice(["", "granite town"]), t, 0, len(t), {})
+        for i, t in enumerate(texts(rng, 3))
+    ]
     vectors = np.array([[rng.gauss(0, 1) for _ in range(dim)] for _ in chunks], np.float32).reshape(len(chunks), dim)
     return chunks, vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-6)
 
 
-def grown_delta(index: SparseIndex, seed: int) -> tuple[DeltaIndex, dict[str, tuple[list[Row], np.ndarray]]]:
+def grown_delta(index: SparseIndex, seed: int) -> tuple[DeltaIndex, dict[str, tuple[list[StoredChunk], np.ndarray]]]:
     """A delta fed batch by batch (upserts, replacements, deletes); and the documents it ends with."""
     rng = random.Random(seed)
     delta = DeltaIndex(8, index)
-    held: dict[str, tuple[list[Row], np.ndarray]] = {}
+    held: dict[str, tuple[list[StoredChunk], np.ndarray]] = {}
     for batch in range(12):
         upserts = {
             doc: document(doc, rng) for doc in sorted({f"d{rng.randrange(15)}" for _ in range(rng.randint(0, 4))})
