@@ -1,10 +1,13 @@
 """The document table of a named index: every document ever ingested, by id, behind a small
-interface (`DocumentStore`) with SQLite behind it (`SqliteDocumentStore`).
+interface (`DocumentStore`) with SQLite behind it (`SqliteDocumentStore`), or PostgreSQL when
+replicas share it (indexer/pg_documents.py).
 
 Documents are upserted by id and content hash (re-sending the same document changes nothing) and
 deleted by marking a tombstone, so that a deletion also hides what older index versions hold.
 Every change takes the next value of a change counter (`seq`): an index version records the
-counter it includes, and its delta index is the set of changes after it.
+counter it includes, and its delta index is the set of changes after it. Changes commit in
+counter order (one writer at a time), so a reader that has seen counter value n has seen every
+change up to n: following the table is reading what comes after the last value seen.
 """
 
 import hashlib
@@ -68,6 +71,9 @@ class DocumentStore(Protocol):
     def changes_since(self, seq: int) -> Changes:
         """Every document changed after counter value `seq`, in counter order."""
 
+    def head(self) -> int:
+        """The counter value of the latest change (0: none yet)."""
+
 
 class SqliteDocumentStore:
     def __init__(self, path: Path) -> None:
@@ -80,7 +86,7 @@ class SqliteDocumentStore:
         changed: list[str] = []
         removed: list[str] = []
         now = time.time()
-        with self._write, session(self.path) as db:
+        with self._write, session(self.path, write=True) as db:  # other processes may write too
             seq = db.execute("SELECT COALESCE(MAX(seq), 0) FROM documents").fetchone()[0]
             for doc in upsert:
                 sha = content_sha256(doc)
@@ -121,3 +127,8 @@ class SqliteDocumentStore:
                     live.append(Document(doc_id, title, text, json.loads(metadata)))
                 last = row_seq
         return Changes(live, deleted, last)
+
+    def head(self) -> int:
+        with session(self.path) as db:
+            seq: int = db.execute("SELECT COALESCE(MAX(seq), 0) FROM documents").fetchone()[0]
+        return seq

@@ -95,3 +95,7 @@ class ClientGoneError(RagserveError):
 
 class StorageUnavailableError(RagserveError):
     """The server's storage failed (disk full, I/O error): nothing was acknowledged; retry later."""
+
+
+class SupersededError(RagserveError):
+    """Another replica changed what serves while this change was being made; it was not applied."""

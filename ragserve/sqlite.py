@@ -1,6 +1,8 @@
 """SQLite sessions for the stores that keep state in a database file (the document table, the job
-queue): a connection per operation, one transaction, closed afterwards. Also what counts as the
-storage failing (`is_storage_error`), which callers retry instead of blaming the request."""
+queue, the replica list): a connection per operation, one transaction, closed afterwards. A
+writing session (`write=True`) takes the database's write lock when it begins, so read-then-write
+transactions of several processes on one file run one after another instead of failing midway.
+What counts as the storage failing is ragserve/storage.py's `is_storage_error`."""
 
 import sqlite3
 from collections.abc import Iterator, Mapping
@@ -9,25 +11,17 @@ from pathlib import Path
 
 
 @contextmanager
-def session(path: Path) -> Iterator[sqlite3.Connection]:
-    """A connection in a transaction that commits when the block ends (rolls back on error)."""
+def session(path: Path, write: bool = False) -> Iterator[sqlite3.Connection]:
+    """A connection in a transaction that commits when the block ends (rolls back on error);
+    `write`: the transaction holds the write lock from its first statement (BEGIN IMMEDIATE)."""
     db = sqlite3.connect(path, timeout=30)
     try:
         with db:
+            if write:
+                db.execute("BEGIN IMMEDIATE")
             yield db
     finally:
         db.close()
-
-
-def is_storage_error(exc: BaseException) -> bool:
-    """Whether `exc` is the storage failing rather than the work being wrong: a full disk, an I/O
-    error, a locked or damaged database file. Such work may succeed once the disk is back, so it
-    is retried; a constraint or programming error of SQLite would fail the same way again."""
-    if isinstance(exc, sqlite3.OperationalError):  # "database or disk is full", "disk I/O error", locked
-        return True
-    if isinstance(exc, sqlite3.DatabaseError):  # its subclasses (IntegrityError, ...) are the caller's fault
-        return type(exc) is sqlite3.DatabaseError  # "database disk image is malformed"
-    return isinstance(exc, OSError)  # ENOSPC, EIO, ... from plain files
 
 
 def create(

@@ -132,8 +132,9 @@ class IndexRegistry:
             return manifest.version
         return self.add(lambda out: _copy_artifact(source, out))
 
-    def describe(self) -> list[VersionInfo]:
-        serving = self.serving()
+    def describe(self, serving: str | None = None) -> list[VersionInfo]:
+        """Every version, `serving` (default: the one serving.json names) marked as serving."""
+        serving = serving or self.serving()
         infos = []
         for version in self.version_ids():
             path = self.versions_dir / version

@@ -169,6 +169,32 @@ class Settings(BaseSettings):
         30.0, description="Longest wait of a job worker before it retries after a storage error (doubles from 0.5 s)."
     )
 
+    # --- replicas: shared state (docs/replicas.md) ---------------------------------------------
+    database_url: str | None = Field(
+        None,
+        repr=False,  # it may carry a password
+        pattern=r"^postgres(ql)?://\S+$",
+        description="postgresql://user:password@host:port/database: documents, jobs, the serving pointer and "
+        "the replica list live there, shared by every replica (artifacts stay under registry_dir, a volume "
+        "they all mount); default: SQLite in the registry, for the processes of one machine.",
+    )
+    database_pool_max: Annotated[int, Field(ge=2, le=64)] = Field(
+        8, description="PostgreSQL connections per replica at most."
+    )
+    follow_poll_s: Annotated[float, Field(ge=0.02, le=60)] = Field(
+        0.25,
+        description="How often a replica looks for a new serving version and new document changes when no "
+        "notification came (PostgreSQL notifies at once; SQLite is polled only).",
+    )
+    heartbeat_s: Annotated[float, Field(ge=0.05, le=60)] = Field(
+        1.0, description="How often a replica writes its state to the replica list and renews its job leases."
+    )
+    replica_timeout_s: Annotated[float, Field(ge=0.5, le=3_600)] = Field(
+        10.0,
+        description="A replica not heard from this long is dead: it leaves the list, and the jobs it ran (a "
+        "refresh build included) are taken over by another replica. At least 3 heartbeats.",
+    )
+
     # --- authentication (bearer tokens; only their SHA-256 digests are configured) -----------------
     admin_token_sha256: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Comma-separated SHA-256 hex digests of admin tokens."
@@ -221,6 +247,11 @@ class Settings(BaseSettings):
             )
         if self.protect_queries and not (self.read_token_sha256 or self.admin_token_sha256):
             raise ValueError("protect_queries is on but no read or admin token digest is configured")
+        if self.replica_timeout_s < 3 * self.heartbeat_s:
+            raise ValueError(
+                f"replica_timeout_s={self.replica_timeout_s} must be at least 3 heartbeats "
+                f"(heartbeat_s={self.heartbeat_s}): a replica that misses one beat is not dead"
+            )
         if self.torch_threads > (os.cpu_count() or 1) * 2:
             raise ValueError(f"torch_threads={self.torch_threads} oversubscribes this machine's {os.cpu_count()} cores")
         return self

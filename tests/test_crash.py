@@ -99,7 +99,8 @@ from service.settings import Settings
 from tests.test_crash import record_text
 
 root, first = Path(sys.argv[1]), int(sys.argv[2])
-indexes, jobs = load_indexes(Settings(registry_dir=root, compact_after_chunks=0), Encoder("all-MiniLM-L6-v2", "fp32"))
+settings = Settings(registry_dir=root, compact_after_chunks=0, heartbeat_s=0.2, replica_timeout_s=1.0)
+jobs = load_indexes(settings, Encoder("all-MiniLM-L6-v2", "fp32")).jobs
 print("ready", flush=True)
 
 def wait(job_id):
@@ -182,7 +183,9 @@ def test_sigkill_during_ingestion_and_refresh_loses_no_acknowledged_document(tmp
         acks.killed()
         check_registry(root)
 
-    indexes, jobs = load_indexes(Settings(registry_dir=root, compact_after_chunks=0), encoder)
+    settings = Settings(registry_dir=root, compact_after_chunks=0, heartbeat_s=0.2, replica_timeout_s=1.0)
+    serving = load_indexes(settings, encoder)
+    indexes, jobs = serving.indexes, serving.jobs
     try:
         while jobs.queue.pending("documents") or jobs.queue.pending("refresh"):  # interrupted jobs resume
             time.sleep(0.05)
@@ -195,5 +198,5 @@ def test_sigkill_during_ingestion_and_refresh_loses_no_acknowledged_document(tmp
             i, j = map(int, doc_id.split("-")[1:])
             assert doc_id not in {p.doc_id for p in indexes.retriever.search(record_text(i, j), 10).passages}
     finally:
-        jobs.stop()
+        serving.stop()
     check_registry(root)

@@ -8,7 +8,7 @@ import faiss
 import numpy as np
 import pytest
 
-from ragserve.sqlite import is_storage_error
+from ragserve.storage import is_storage_error
 from retriever.faiss_index import write
 
 

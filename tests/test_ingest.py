@@ -11,12 +11,13 @@ from ragserve.types import Document
 from reader.generator import Generator
 from retriever.encoder import Encoder
 from retriever.registry import IndexRegistry
-from service.application.jobqueue import DOCUMENTS_JOB, SqliteJobQueue, documents_payload
+from service.application.jobqueue import DOCUMENTS_JOB, documents_payload
 from service.application.loading import load_services
 from service.http.app import create_app
 from service.http.auth import new_token
 from service.settings import Settings
 from tests.conftest import local_client, wait_job, wait_ready
+from tests.defaults import sqlite_queue
 
 LIGHTHOUSE = {"id": "lighthouse", "title": "Marrow Point", "text": "The Marrow Point lighthouse was automated in 1994."}
 
@@ -96,7 +97,7 @@ def test_documents_jobs_and_deletes_survive_a_restart(
     # a job acknowledged (queued) while the service is down is processed after the restart
     registry_home = IndexRegistry(ingest_settings.registry_root, "default").home
     harbour = Document("harbour", "Ost Lenning", "The harbour of Ost Lenning freezes every January.")
-    pending = SqliteJobQueue(registry_home / "documents.sqlite").enqueue(
+    pending = sqlite_queue(registry_home / "documents.sqlite").enqueue(
         DOCUMENTS_JOB, documents_payload([harbour], [])
     )
     with make_app(ingest_settings, encoder, generator) as c:

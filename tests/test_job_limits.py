@@ -12,9 +12,9 @@ import pytest
 
 from ragserve.errors import TooManyJobsError
 from ragserve.types import Document
-from service.application.jobqueue import DOCUMENTS_JOB, REFRESH_JOB, SqliteJobQueue, documents_payload
+from service.application.jobqueue import DOCUMENTS_JOB, REFRESH_JOB, documents_payload
 from service.application.jobs import Worker
-from tests.defaults import JOBS
+from tests.defaults import JOBS, sqlite_queue
 
 DOCS = [Document("a", "A", "alpha"), Document("b", "B", "beta")]
 FIRST_SCHEMA = """
@@ -35,7 +35,7 @@ def raw(path: Path, sql: str, args: tuple[object, ...] = ()) -> list[tuple[objec
 
 
 def test_enqueue_beyond_the_pending_limit_is_refused_with_the_setting_named(tmp_path: Path) -> None:
-    queue = SqliteJobQueue(tmp_path / "jobs.sqlite", max_pending=2)
+    queue = sqlite_queue(tmp_path / "jobs.sqlite", max_pending=2)
     first = queue.enqueue(DOCUMENTS_JOB, documents_payload(DOCS, []))
     queue.enqueue(REFRESH_JOB, {"index": "default", "version": None})  # all kinds count
     with pytest.raises(TooManyJobsError, match=r"limit \(setting max_pending_jobs\) is 2"):
@@ -51,7 +51,7 @@ def test_enqueue_beyond_the_pending_limit_is_refused_with_the_setting_named(tmp_
 
 def test_a_job_is_read_with_its_counts_and_without_its_payload(tmp_path: Path) -> None:
     path = tmp_path / "jobs.sqlite"
-    queue = SqliteJobQueue(path)
+    queue = sqlite_queue(path)
     job_id = queue.enqueue(DOCUMENTS_JOB, documents_payload(DOCS, ["gone"]))
     queued = queue.job(job_id)
     assert queued is not None and (queued.state, queued.upserts, queued.deletes) == ("queued", 2, 1)
@@ -67,7 +67,7 @@ def test_a_job_is_read_with_its_counts_and_without_its_payload(tmp_path: Path) -
 
 def test_finished_jobs_are_deleted_after_their_retention(tmp_path: Path) -> None:
     path = tmp_path / "jobs.sqlite"
-    queue = SqliteJobQueue(path)
+    queue = sqlite_queue(path)
     ids = [queue.enqueue(DOCUMENTS_JOB, documents_payload(DOCS, [])) for _ in range(4)]
     for job_id, state in zip(ids[:3], ["done", "failed", "done"], strict=True):
         assert queue.next_queued(DOCUMENTS_JOB) is not None
@@ -82,7 +82,7 @@ def test_finished_jobs_are_deleted_after_their_retention(tmp_path: Path) -> None
 
 def test_the_worker_prunes_at_start(tmp_path: Path) -> None:
     path = tmp_path / "jobs.sqlite"
-    queue = SqliteJobQueue(path)
+    queue = sqlite_queue(path)
     old = queue.enqueue(DOCUMENTS_JOB, documents_payload(DOCS, []))
     assert queue.next_queued(DOCUMENTS_JOB) is not None
     queue.finish(old, "done", {})
@@ -106,15 +106,15 @@ def test_a_database_of_the_first_release_is_migrated_and_backfilled_once(tmp_pat
     ]
     for job_id, seq, state, payload in rows:
         raw(path, "INSERT INTO jobs VALUES (?, ?, ?, ?, '{}', 0, 0)", (job_id, seq, state, json.dumps(payload)))
-    queue = SqliteJobQueue(path)
+    queue = sqlite_queue(path)
     j1, j2 = queue.job("j1"), queue.job("j2")
     assert j1 is not None and (j1.kind, j1.upserts, j1.deletes, j1.attempts) == ("documents", 2, 3, 0)
-    assert j2 is not None and (j2.state, j2.upserts, j2.deletes) == ("queued", 1, 0)  # interrupted: queued again
+    assert j2 is not None and (j2.state, j2.upserts, j2.deletes) == ("running", 1, 0)  # interrupted, no lease
     raw(path, "UPDATE jobs SET upserts = 99 WHERE id = 'j1'")
-    again = SqliteJobQueue(path).job("j1")  # the backfill ran with the migration, not at every start
+    again = sqlite_queue(path).job("j1")  # the backfill ran with the migration, not at every start
     assert again is not None and again.upserts == 99
-    taken = queue.next_queued(DOCUMENTS_JOB)
-    assert taken is not None and taken.id == "j2" and [d.id for d in taken.upsert] == ["a"]
+    taken = queue.next_queued(DOCUMENTS_JOB)  # its lease (none) has run out: taken over at once
+    assert taken is not None and taken.id == "j2" and [d.id for d in taken.upsert] == ["a"] and taken.interrupted
     assert queue.enqueue(DOCUMENTS_JOB, documents_payload(DOCS, []))
 
 

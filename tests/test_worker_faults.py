@@ -19,7 +19,7 @@ from ragserve.errors import InvalidInputError, StorageUnavailableError, TooManyJ
 from ragserve.types import Document
 from service.application.jobqueue import DOCUMENTS_JOB, Job, SqliteJobQueue, documents_payload
 from service.application.jobs import JobPolicy, Jobs, Worker
-from tests.defaults import JOBS
+from tests.defaults import JOBS, sqlite_queue
 
 FAST = replace(JOBS, max_attempts=3, backoff_first_s=0.01, backoff_max_s=0.04)
 DISK_FULL = sqlite3.OperationalError("database or disk is full")
@@ -83,7 +83,7 @@ def finished(queue: SqliteJobQueue, job_id: str) -> Job:
 
 @pytest.fixture()
 def queue(tmp_path: Path) -> SqliteJobQueue:
-    return SqliteJobQueue(tmp_path / "documents.sqlite")
+    return sqlite_queue(tmp_path / "documents.sqlite")
 
 
 @pytest.fixture()
@@ -187,10 +187,18 @@ def test_a_job_whose_end_was_never_recorded_runs_again_after_a_restart(
     job_id = queue.enqueue(DOCUMENTS_JOB, documents_payload(DOCS, []))
     worker = worker_of(Runs(), on=faulty)
     wait_for(lambda: worker.last_error is not None)
-    assert worker.stop(5)  # gives up recording: the job stays running
-    restarted = SqliteJobQueue(queue.path)
-    job = restarted.job(job_id)
-    assert job is not None and job.state == "queued"
+    assert worker.stop(5)  # gives up recording: the job stays running, under its lease
+    restarted = sqlite_queue(queue.path, owner="next", lease_s=0.2)
+    assert restarted.next_queued(DOCUMENTS_JOB) is None  # the lease holds
+    raw_expire(queue.path)
+    job = restarted.next_queued(DOCUMENTS_JOB)
+    assert job is not None and job.id == job_id and job.interrupted and job.attempts == 1
+
+
+def raw_expire(path: Path) -> None:
+    """End every lease now, as time would."""
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE jobs SET lease_until = 0")
 
 
 class NoIndexes:
@@ -362,7 +370,8 @@ def test_a_full_disk_fails_jobs_clearly_loses_nothing_acknowledged_and_work_resu
         job_max_attempts=2,
         worker_backoff_max_s=0.5,
     )
-    indexes, jobs = load_indexes(settings, encoder)
+    serving = load_indexes(settings, encoder)
+    indexes, jobs = serving.indexes, serving.jobs
     acknowledged: set[str] = set()
 
     def ingest(doc_id: str, **metadata: Any) -> str:
@@ -374,7 +383,7 @@ def test_a_full_disk_fails_jobs_clearly_loses_nothing_acknowledged_and_work_resu
     try:
         assert wait_job(jobs, ingest("observatory", **BIG_METADATA)).state == "done"
         acknowledged.add("observatory")
-        serving, versions = indexes.registry.serving(), indexes.registry.version_ids()
+        served, versions = indexes.pointer.get(), indexes.registry.version_ids()
         (small_disk / "reserve").write_bytes(b"\0" * RESERVE_BYTES)
         fill(small_disk / "filler")
 
@@ -394,8 +403,8 @@ def test_a_full_disk_fails_jobs_clearly_loses_nothing_acknowledged_and_work_resu
         job = wait_job(jobs, jobs.submit_refresh("default", None))
         assert job.state == "failed" and "storage error" in job.result["errors"]["*"], job.result
         assert "(after 2 attempts)" in job.result["errors"]["*"]
-        assert (indexes.registry.serving(), indexes.registry.version_ids()) == (serving, versions)
-        assert indexes.retriever.index_version == serving and top("observatory") == "observatory"
+        assert (indexes.pointer.get(), indexes.registry.version_ids()) == (served, versions)
+        assert indexes.retriever.index_version == served and top("observatory") == "observatory"
 
         # space is back: ingestion and compaction resume
         (small_disk / "filler").unlink()
@@ -404,17 +413,18 @@ def test_a_full_disk_fails_jobs_clearly_loses_nothing_acknowledged_and_work_resu
             acknowledged.add(doc_id)
         job = wait_job(jobs, jobs.submit_refresh("default", None))
         assert job.state == "done" and job.result["index"]["built"], job.result
-        assert indexes.retriever.index_version == job.result["index"]["serving"] != serving
+        assert indexes.retriever.index_version == job.result["index"]["serving"] != served
         assert wait_job(jobs, ingest("mill")).state == "done"  # and into the delta of the new version
         acknowledged.add("mill")
         assert all(top(doc_id) == doc_id for doc_id in acknowledged)
     finally:
-        assert jobs.stop(10)
+        assert serving.stop(10)
 
     # after a restart too: every acknowledged document is stored and found
-    indexes, jobs = load_indexes(settings, encoder)
+    serving = load_indexes(settings, encoder)
+    indexes = serving.indexes
     try:
         assert {d.id for d in indexes.store.changes_since(0).live} >= acknowledged
         assert all(top(doc_id) == doc_id for doc_id in acknowledged)
     finally:
-        jobs.stop(10)
+        serving.stop(10)

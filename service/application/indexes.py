@@ -1,12 +1,19 @@
 """Index administration while serving: switch the serving version, roll back, and refresh
-(compact the serving version and its delta into a new version).
+(compact the serving version and its delta into a new version), and follow what other replicas
+of the index did.
 
 What serves is a *generation*: one index version plus the delta index of the document changes
 after it. A switch or a refresh loads, verifies and warms the new generation while the old one
 keeps answering, brings its delta up to date, and swaps it in with one reference assignment;
-the pointer is persisted and old versions that no request holds any more are pruned.
+the serving pointer (service/application/replicas.py) is changed first, and old versions that no
+request and no live replica holds any more are pruned.
 
-Two locks, neither taken by queries: `_switch_lock` serializes switches and refreshes;
+The pointer is the one truth of what serves. A replica that finds it naming another version
+(`follow`) switches to it without writing it; a refresh first follows, builds from what the
+pointer names, and switches only if the pointer still names that version when it is done (a
+rollback meanwhile wins over a refresh built from what it replaced).
+
+Two locks, neither taken by queries: `_switch_lock` serializes switches, refreshes and follows;
 `_apply_lock` orders delta updates (after each ingested batch) against the swap, so no
 acknowledged change is missing from the generation that serves next.
 """
@@ -15,13 +22,13 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from indexer.chunking import ChunkingConfig
-from ragserve.errors import UnknownIndexError
+from ragserve.errors import SupersededError, UnknownIndexError
 from retriever.hotswap import HotSwapRetriever
 from retriever.registry import IndexRegistry, VersionInfo
 from service.application.results import SwitchResult
@@ -32,6 +39,7 @@ if TYPE_CHECKING:  # imported where used: the HTTP layer imports this module, an
     from indexer.documents import DocumentStore
     from retriever.delta import FreshRetriever
     from retriever.version import VersionRetriever
+    from service.application.replicas import ServingPointer
 
 WARM_UP_QUERY = "warm-up"
 
@@ -52,18 +60,22 @@ class IndexManager:
     def __init__(
         self,
         registry: IndexRegistry,
+        pointer: ServingPointer,
         open_version: Callable[[Path], VersionRetriever],
         store: DocumentStore,
         build_config: BuildConfig,
         keep_versions: int,
+        served_elsewhere: Callable[[], Iterable[str]] = tuple,
     ) -> None:
-        serving = registry.serving()
-        assert serving is not None, "the registry must have a serving version before it is managed"
+        serving = pointer.get()
+        assert serving is not None, "the pointer must name a serving version before the index is managed"
         self.registry = registry
+        self.pointer = pointer
         self.store = store
         self.keep_versions = keep_versions
         self._open = open_version
         self._build_config = build_config
+        self._served_elsewhere = served_elsewhere  # versions other replicas serve: never pruned
         self._switch_lock = threading.Lock()
         self._apply_lock = threading.Lock()
         self._serving = self._generation(registry.path_of(serving))
@@ -75,16 +87,43 @@ class IndexManager:
 
     def versions(self, name: str) -> list[VersionInfo]:
         self.check(name)
-        return self.registry.describe()
+        return self.registry.describe(self.pointer.get())
+
+    @property
+    def serving_version(self) -> str:
+        return self._serving.index_version
 
     @property
     def delta_chunks(self) -> int:
         return self._serving.feed.delta.chunks
 
+    @property
+    def delta_seq(self) -> int:
+        """The document change counter the serving generation includes."""
+        return self._serving.feed.delta.seq
+
     def catch_up(self) -> dict[str, str]:
         """Bring the serving delta up to date with the document table; {doc id: problem}."""
         with self._apply_lock:
             return self._catch_up(self._serving.feed)
+
+    def follow(self) -> SwitchResult | None:
+        """Serve the version the pointer names, if this replica serves another; None if not."""
+        if self.pointer.get() in (None, self.serving_version):
+            return None
+        started = time.perf_counter()
+        with self._switch_lock:
+            previous = self.serving_version
+            if not self._follow_locked():
+                return None
+        return SwitchResult(self.registry.name, self.serving_version, previous, time.perf_counter() - started)
+
+    def _follow_locked(self) -> bool:
+        version = self.pointer.get()
+        if version is None or version == self.serving_version:
+            return False
+        self._install(self._generation(self.registry.path_of(version)), publish=False)
+        return True
 
     def switch(self, name: str, version: str) -> SwitchResult:
         """Serve `version` (an existing one) from now on; used by refresh and by rollback."""
@@ -97,10 +136,12 @@ class IndexManager:
 
     def refresh(self, name: str) -> SwitchResult:
         """Fold the serving version and its delta into a new version and serve it. Nothing is
-        built when the delta is empty."""
+        built when the delta is empty. Raises SupersededError when the pointer changed while it
+        was built (a rollback on some replica): the new version is kept, but does not serve."""
         self.check(name)
         started = time.perf_counter()
         with self._switch_lock:
+            self._follow_locked()  # build from what serves everywhere, not from a stale version
             current = self._serving
             contents = current.feed.delta.contents()
             if contents.empty:
@@ -110,7 +151,8 @@ class IndexManager:
 
             base, encoder, config = current.retriever.base.path, current.feed.encoder, self._build_config
             version = self.registry.add(lambda out: compact_artifact(base, contents, out, encoder, config))
-            previous, pruned = self._install(self._generation(self.registry.path_of(version)))
+            new = self._generation(self.registry.path_of(version))
+            previous, pruned = self._install(new, expected=current.index_version)
         return SwitchResult(name, version, previous, time.perf_counter() - started, pruned, built=True)
 
     def _generation(self, path: Path) -> Generation:
@@ -131,13 +173,25 @@ class IndexManager:
             return {}
         return feed.apply(changes.live, changes.deleted, changes.seq)
 
-    def _install(self, new: Generation) -> tuple[str, list[str]]:
-        """Swap `new` in; returns the version that served before and the versions pruned. The
-        pointer is written first: when that fails (a full disk), nothing has changed."""
+    def _install(self, new: Generation, publish: bool = True, expected: str | None = None) -> tuple[str, list[str]]:
+        """Swap `new` in; returns the version that served before and the versions pruned.
+
+        `publish`: point the pointer at it first (when that fails, e.g. a full disk, nothing has
+        changed); with `expected`, only if the pointer still names that version. A follower
+        (`publish` False) swaps to what the pointer already names."""
         with self._apply_lock:
             self._catch_up(new.feed)  # changes acknowledged while it was being prepared
-            self.registry.set_serving(new.index_version)
+            if publish and expected is None:
+                self.pointer.set(new.index_version)
+            elif publish and not self.pointer.replace(expected, new.index_version):
+                raise SupersededError(
+                    f"the serving version changed while version {new.index_version} was built from "
+                    f"{expected} (a switch or rollback): {new.index_version} is kept but does not serve"
+                )
             old = self.retriever.swap(new.retriever)
             self._serving = new
-        pruned = self.registry.prune(self.keep_versions, self.retriever.in_use())
+        if not publish:
+            return old.index_version, []
+        protected = {*self.retriever.in_use(), *self._served_elsewhere(), self.pointer.get()}
+        pruned = self.registry.prune(self.keep_versions, {v for v in protected if v is not None})
         return old.index_version, pruned

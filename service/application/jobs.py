@@ -21,7 +21,7 @@ from typing import Any
 
 from indexer.documents import DocumentStore
 from ragserve.errors import OverloadedError, RagserveError, StorageUnavailableError
-from ragserve.sqlite import is_storage_error
+from ragserve.storage import is_storage_error
 from ragserve.types import Document
 from service.application.indexes import IndexManager
 from service.application.jobqueue import DOCUMENTS_JOB, REFRESH_JOB, Job, JobQueue, documents_payload
@@ -99,6 +99,7 @@ class Worker:
             try:
                 self._step()
             except Exception as exc:  # the queue failed (disk full, I/O): wait, then try again
+                self.state = "backing_off"  # before the error shows: health() never pairs it with "idle"
                 self._store_failed("reading the queue", exc)
                 self._back_off()
 
@@ -114,13 +115,18 @@ class Worker:
                 self.wake.wait(timeout=IDLE_POLL_S)
             return
         self.state = "running"
+        if job.interrupted and job.attempts >= self.policy.max_attempts:  # it may be what kills its workers
+            reason = f"interrupted {job.attempts} times (its worker died or hung): not run again"
+            log.error("%s job %s %s", self.kind, job.id, reason)
+            self._record(lambda: self.queue.finish(job.id, "failed", {"counts": {}, "errors": {"*": reason}}))
+            return
         record, retry_in = self._run(job)
         self._record(record)
         if retry_in:  # the storage failed under the job: give it time before the job runs again
             self.state = "backing_off"
             self._stop.wait(timeout=retry_in)
 
-    def _run(self, job: Job) -> tuple[Callable[[], None], float]:
+    def _run(self, job: Job) -> tuple[Callable[[], bool], float]:
         """Run `job`; the write that records its end, and how long to wait before it runs again
         (0 unless it was queued again)."""
         try:
@@ -129,7 +135,7 @@ class Worker:
             return self._failure(job, exc)
         return (lambda: self.queue.finish(job.id, "done", result)), 0.0
 
-    def _failure(self, job: Job, exc: Exception) -> tuple[Callable[[], None], float]:
+    def _failure(self, job: Job, exc: Exception) -> tuple[Callable[[], bool], float]:
         reason = str(exc)
         if is_storage_error(exc):
             attempts = job.attempts + 1
@@ -142,13 +148,15 @@ class Worker:
             log.exception("%s job %s failed", self.kind, job.id)
         return (lambda: self.queue.finish(job.id, "failed", {"counts": {}, "errors": {"*": reason}})), 0.0
 
-    def _record(self, write: Callable[[], None]) -> None:
+    def _record(self, write: Callable[[], bool]) -> None:
         """Record how a job ended, retrying while the store refuses (the job stays `running`
-        meanwhile). On stop it gives up: the job is queued again at the next start, and running
-        it twice is harmless."""
+        meanwhile). On stop it gives up: the job's lease runs out and it runs again, which is
+        harmless. A write that finds the job taken over (this worker's lease ran out) is dropped:
+        the run of the worker that took it over counts."""
         while True:
             try:
-                write()
+                if not write():
+                    log.warning("%s worker: a job it ran was taken over by another worker", self.kind)
                 self._failures = 0
                 return
             except Exception as exc:

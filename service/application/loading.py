@@ -17,7 +17,6 @@ import torch
 
 from indexer.build import BuildConfig, build_artifact
 from indexer.chunking import CHUNKER_VERSION, ChunkingConfig
-from indexer.documents import SqliteDocumentStore
 from indexer.sources import read_corpus
 from ragserve.compute import on_compute, use_compute_thread
 from ragserve.errors import ReaderUnavailableError
@@ -38,14 +37,14 @@ from retriever.version import SearchConfig, VersionRetriever
 from service.application.adapters import AdapterManager
 from service.application.engine import QAEngine
 from service.application.indexes import IndexManager
-from service.application.jobqueue import SqliteJobQueue
 from service.application.jobs import JobPolicy, Jobs
-from service.application.services import Services
+from service.application.replicas import Following, Replica, new_replica_id
+from service.application.services import Services, Serving
+from service.application.store import Store, open_store
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
 
-DOCUMENTS_FILE = "documents.sqlite"
 DEMO_CORPUS = Path(str(files("indexer").joinpath("data", "demo_corpus.jsonl")))
 
 
@@ -190,24 +189,49 @@ def open_registry(settings: Settings) -> IndexRegistry:
     return IndexRegistry(settings.registry_root, settings.index_name)
 
 
-def load_indexes(settings: Settings, encoder: Encoder) -> tuple[IndexManager, Jobs]:
-    """The registry's serving version and its delta behind a hot-swap retriever, and the job
-    workers (which resume jobs a crash interrupted).
+def load_indexes(settings: Settings, encoder: Encoder) -> Serving:
+    """The serving version (as the store's pointer names it) and its delta behind a hot-swap
+    retriever, the job workers (which take over jobs whose worker died), and this process as a
+    replica that follows the pointer and the change log.
 
-    `index_path` (``serve --index``) is imported into the registry and made the serving version;
-    an empty registry starts with the demo index."""
+    `index_path` (``serve --index``) is imported into the registry and served when the registry
+    does not have it yet, so a restart does not undo a refresh or a rollback; an index with no
+    serving version starts with the demo index. Replicas that start at once agree on one."""
     registry = open_registry(settings)
-    if settings.index_path is not None:
-        registry.set_serving(registry.import_artifact(settings.index_path))
-    elif registry.serving() is None:
-        registry.set_serving(registry.import_artifact(demo_index(settings, lambda: encoder)))
+    replica_id = new_replica_id()
+    store = open_store(settings, registry, replica_id)
+    try:
+        if settings.index_path is not None:
+            known = set(registry.version_ids())
+            version = registry.import_artifact(settings.index_path)
+            if version not in known or store.pointer.get() is None:
+                store.pointer.set(version)
+        elif store.pointer.get() is None:
+            store.pointer.replace(None, registry.import_artifact(demo_index(settings, lambda: encoder)))
+        return _serve(settings, encoder, registry, store, replica_id)
+    except BaseException:
+        store.close()
+        raise
 
-    database = registry.home / DOCUMENTS_FILE  # the document table and the job queue
-    store = SqliteDocumentStore(database)
+
+def _serve(settings: Settings, encoder: Encoder, registry: IndexRegistry, store: Store, replica_id: str) -> Serving:
+    def served_elsewhere() -> set[str]:
+        return {r.version for r in store.replicas.live(settings.replica_timeout_s)}
+
     opener = functools.partial(open_version, settings, encoder=encoder)
-    indexes = IndexManager(registry, opener, store, build_config(settings), settings.keep_versions)
-    queue = SqliteJobQueue(database, settings.max_pending_jobs)
-    return indexes, Jobs(queue, store, indexes, settings.compact_after_chunks, job_policy(settings))
+    indexes = IndexManager(
+        registry,
+        store.pointer,
+        opener,
+        store.documents,
+        build_config(settings),
+        settings.keep_versions,
+        served_elsewhere,
+    )
+    following = Following(settings.follow_poll_s, settings.heartbeat_s, settings.replica_timeout_s)
+    replica = Replica(replica_id, indexes, store.jobs, store.replicas, store.signals, following)
+    jobs = Jobs(store.jobs, store.documents, indexes, settings.compact_after_chunks, job_policy(settings))
+    return Serving(indexes, jobs, replica, store)
 
 
 def job_policy(settings: Settings) -> JobPolicy:
@@ -220,14 +244,15 @@ def load_services(settings: Settings, encoder: Encoder | None = None, generator:
     compute = use_compute_thread()
     compute.run(lambda: configure_threads(settings))  # thread counts are per thread in OpenMP
     encoder = encoder or compute.run(lambda: make_encoder(settings))
-    indexes, jobs = load_indexes(settings, encoder)
+    serving = load_indexes(settings, encoder)
+    indexes = serving.indexes
     generator = generator or compute.run(lambda: make_generator(settings))
     retriever: Retriever = indexes.retriever
     if settings.query_batch_max > 1:  # concurrent requests' searches share embedding passes
         # Batches are tasks on the compute thread, between decoding steps.
         retriever = BatchedRetriever(retriever, settings.query_batch_max, settings.query_batch_wait_ms, on=compute)
     engine = make_engine(settings, retriever, generator)
-    return Services(engine=engine, indexes=indexes, jobs=jobs)
+    return Services(engine=engine, serving=serving)
 
 
 def prepare(settings: Settings) -> None:
@@ -236,5 +261,6 @@ def prepare(settings: Settings) -> None:
     if settings.index_path is not None:
         read_manifest(settings.index_path)  # fail now, with a clear message, if it is no artifact
     resolve_generator(settings.generator_model, settings.cache_dir)
-    if settings.index_path is None and open_registry(settings).serving() is None:
+    first = settings.database_url is None and open_registry(settings).serving() is None  # else load_indexes sees
+    if settings.index_path is None and first:
         demo_index(settings, lambda: on_compute(lambda: make_encoder(settings)))

@@ -5,6 +5,7 @@ Who may call them is decided before they run (service/http/auth.py): an admin to
 token configured at all, a loopback client naming a loopback host.
 """
 
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -16,7 +17,7 @@ from service.application.adapters import NO_ADAPTER, AdapterInfo
 from service.application.results import SwitchResult
 from service.http.documents import JobCreated
 from service.http.schemas import AdapterName, StrictModel
-from service.http.state import AdaptersDep, IndexesDep, JobsDep
+from service.http.state import AdaptersDep, IndexesDep, JobsDep, ServicesDep
 
 IndexName = Annotated[str, StringConstraints(max_length=64)]
 
@@ -33,9 +34,24 @@ class RefreshRequest(StrictModel):
     )
 
 
+class ReplicaOut(BaseModel):
+    id: str = Field(description="host-pid-random: unique per process start.")
+    host: str
+    pid: int
+    version: str = Field(description="The index version this replica serves.")
+    state: str = Field(description="serving | draining")
+    delta_seq: int = Field(description="The document change counter its delta index includes.")
+    lag_changes: int = Field(description="Document changes acknowledged that it has not applied yet.")
+    heartbeat_age_s: float = Field(description="Seconds since it last reported (by the store's clock).")
+    this: bool = Field(description="Whether it is the replica that answered this request.")
+
+
 class IndexOut(BaseModel):
     name: str
-    serving: str | None
+    serving: str | None = Field(description="The version the serving pointer names: what every replica follows.")
+    store: str = Field(description="sqlite | postgresql: where documents, jobs, pointer and replicas live.")
+    head_seq: int = Field(description="The document change counter of the latest acknowledged change.")
+    replicas: list[ReplicaOut]
     versions: list[VersionInfo]
 
 
@@ -75,10 +91,35 @@ def build_admin_router() -> APIRouter:
     router = APIRouter(prefix="/admin", tags=["admin"])
 
     @router.get("/indexes", response_model=IndexList)
-    def list_indexes(indexes: IndexesDep) -> IndexList:
+    def list_indexes(services: ServicesDep) -> IndexList:
+        """The index, its versions, and every live replica with the version it serves and how
+        far its delta lags behind the change log."""
+        indexes, replica = services.indexes, services.replica
         name = indexes.registry.name
-        versions = indexes.versions(name)
-        return IndexList(indexes=[IndexOut(name=name, serving=indexes.registry.serving(), versions=versions)])
+        head, live, now = indexes.store.head(), replica.live(), time.time()
+        replicas = [
+            ReplicaOut(
+                id=r.id,
+                host=r.host,
+                pid=r.pid,
+                version=r.version,
+                state=r.state,
+                delta_seq=r.seq,
+                lag_changes=max(0, head - r.seq),
+                heartbeat_age_s=round(max(0.0, now - r.heartbeat_at), 3),
+                this=r.id == replica.id,
+            )
+            for r in live
+        ]
+        out = IndexOut(
+            name=name,
+            serving=indexes.pointer.get(),
+            store=services.serving.store.kind,
+            head_seq=head,
+            replicas=replicas,
+            versions=indexes.versions(name),
+        )
+        return IndexList(indexes=[out])
 
     @router.post("/indexes/{name}/refresh", status_code=202, response_model=JobCreated)
     def refresh(name: IndexName, jobs: JobsDep, body: RefreshRequest | None = None) -> JobCreated:

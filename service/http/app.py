@@ -61,7 +61,7 @@ def create_app(settings: Settings, loader: Loader = _default_loader) -> FastAPI:
         yield
         if state.services is not None:  # let a batch in progress finish its transaction, within the grace
             left = settings.shutdown_grace_s if state.drain_ends is None else state.drain_ends - time.monotonic()
-            state.services.jobs.stop(max(0.1, left))
+            state.services.serving.stop(max(0.1, left))
 
     app = FastAPI(
         title="ragserve",

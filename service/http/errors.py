@@ -24,6 +24,7 @@ from ragserve.errors import (
     RagserveError,
     ReaderUnavailableError,
     StorageUnavailableError,
+    SupersededError,
     TooManyJobsError,
     UnauthorizedError,
     UnknownAdapterError,
@@ -52,6 +53,7 @@ STATUS: dict[type[RagserveError], tuple[int, str]] = {
     DrainingError: (503, "draining"),
     NotReadyError: (503, "not_ready"),
     StorageUnavailableError: (503, "storage_unavailable"),
+    SupersededError: (409, "superseded"),
     ModelNotFoundError: (503, "model_unavailable"),  # a server-side configuration problem
     DeadlineExceededError: (504, "deadline_exceeded"),
     ClientGoneError: (499, "client_disconnected"),  # nobody reads it; nginx's code, for the logs

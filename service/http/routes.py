@@ -74,12 +74,13 @@ def build_router(settings: Settings) -> APIRouter:
             status = "failed" if state.load_error else "loading"
             body: dict[str, Any] = {"status": status, "error": state.load_error}
             return JSONResponse(body, status_code=503)
-        engine, workers = state.services.engine, state.services.jobs.health()
+        engine, workers, replica = state.services.engine, state.services.jobs.health(), state.services.replica
         alive = all(w["alive"] for w in workers.values())
         status = "draining" if state.draining else "ready" if alive else "worker_dead"
         body = {
             "status": status,
             "workers": workers,
+            "replica": {"id": replica.id, "store": state.services.serving.store.kind, "last_error": replica.last_error},
             "index_version": engine.index_version,
             "readers": sorted(engine.readers),
             "default_reader": engine.default_reader,

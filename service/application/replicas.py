@@ -1,0 +1,279 @@
+"""Replicas that agree: every process serving an index follows one serving pointer and one change
+log, and says what it serves.
+
+- The **serving pointer** (`ServingPointer`: index -> version) is the one truth of what serves: a
+  switch, refresh or rollback on any replica changes it, and every replica follows it. With SQLite
+  it is the registry's `serving.json` (`FilePointer`); with PostgreSQL a row changed in a
+  transaction (service/application/pg_replicas.py).
+- The **change log** is the document table (indexer/documents.py): a replica's delta index
+  follows it, so a document acknowledged on any replica is searchable on every replica.
+- The **replica list** (`ReplicaBoard`): each replica writes a heartbeat with the version it
+  serves and the change counter its delta includes; `/admin/indexes` lists the live ones.
+
+`Replica` runs this for one process: a follower thread wakes on a notification (PostgreSQL's
+LISTEN) or every `follow_poll_s` (the fallback, and SQLite's only way), switches to the pointer's
+version when it changed and applies the changes the delta lacks; a heartbeat thread writes the
+replica's state every `heartbeat_s` and renews the leases of the jobs it runs.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+from ragserve.sqlite import create, session
+from retriever.registry import IndexRegistry
+
+if TYPE_CHECKING:
+    from service.application.indexes import IndexManager
+    from service.application.jobqueue import JobQueue
+
+log = logging.getLogger(__name__)
+
+SERVING, DRAINING = "serving", "draining"
+FORGET_AFTER_S = 3_600.0  # rows of replicas silent this long are deleted
+
+
+def new_replica_id() -> str:
+    """Unique per process start: host, pid and a random part (a pid is reused after a restart)."""
+    return f"{socket.gethostname()[:40]}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaState:
+    """What one replica reports of itself."""
+
+    id: str
+    host: str
+    pid: int
+    version: str  # the index version it serves
+    seq: int  # the document change counter its delta includes
+    state: str  # serving | draining
+    started_at: float  # Unix time
+    heartbeat_at: float = 0.0  # Unix time, by the store's clock; set by the board
+
+
+class ServingPointer(Protocol):
+    def get(self) -> str | None:
+        """The version that serves; None before the first one."""
+
+    def set(self, version: str) -> None:
+        """Serve `version` from now on (a switch, a rollback)."""
+
+    def replace(self, expected: str | None, version: str) -> bool:
+        """Serve `version` if `expected` still serves (a refresh built from it); whether it did."""
+
+
+class ReplicaBoard(Protocol):
+    def beat(self, replica: ReplicaState) -> None:
+        """Record the replica's state now."""
+
+    def live(self, within_s: float) -> list[ReplicaState]:
+        """The replicas heard from in the last `within_s` seconds, oldest first."""
+
+    def leave(self, replica_id: str) -> None:
+        """Remove a replica that stops."""
+
+
+class Signals(Protocol):
+    def wait(self, timeout_s: float) -> bool:
+        """Block until the pointer or the change log may have changed, or `timeout_s`; whether
+        a notification came."""
+
+    def close(self) -> None: ...
+
+
+class FilePointer:
+    """The registry's serving.json; a lock file orders compare-and-set writers of all processes."""
+
+    def __init__(self, registry: IndexRegistry) -> None:
+        self.registry = registry
+        self._lock = registry.home / ".pointer.lock"
+
+    def get(self) -> str | None:
+        return self.registry.serving()
+
+    def set(self, version: str) -> None:
+        with self._locked():
+            self.registry.set_serving(version)
+
+    def replace(self, expected: str | None, version: str) -> bool:
+        with self._locked():
+            if self.registry.serving() != expected:
+                return False
+            self.registry.set_serving(version)
+            return True
+
+    def _locked(self) -> _FileLock:
+        return _FileLock(self._lock)
+
+
+class _FileLock:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __enter__(self) -> None:
+        self._fh = self.path.open("a")
+        fcntl.flock(self._fh, fcntl.LOCK_EX)
+
+    def __exit__(self, *_: object) -> None:
+        fcntl.flock(self._fh, fcntl.LOCK_UN)
+        self._fh.close()
+
+
+REPLICAS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS replicas (
+    id TEXT PRIMARY KEY,
+    host TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    version TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    started_at REAL NOT NULL,
+    heartbeat_at REAL NOT NULL
+);
+"""
+
+
+class SqliteReplicaBoard:
+    """The replica list in the registry's database file (processes on one machine)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        create(path, REPLICAS_SCHEMA, "replicas", {}, "")
+
+    def beat(self, replica: ReplicaState) -> None:
+        now = time.time()
+        with session(self.path, write=True) as db:
+            db.execute(
+                "INSERT OR REPLACE INTO replicas VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (*_fields(replica), now),
+            )
+            db.execute("DELETE FROM replicas WHERE heartbeat_at < ?", (now - FORGET_AFTER_S,))
+
+    def live(self, within_s: float) -> list[ReplicaState]:
+        with session(self.path) as db:
+            rows = db.execute(
+                "SELECT * FROM replicas WHERE heartbeat_at >= ? ORDER BY started_at", (time.time() - within_s,)
+            ).fetchall()
+        return [ReplicaState(*row) for row in rows]
+
+    def leave(self, replica_id: str) -> None:
+        with session(self.path) as db:
+            db.execute("DELETE FROM replicas WHERE id = ?", (replica_id,))
+
+
+def _fields(r: ReplicaState) -> tuple[str, str, int, str, int, str, float]:
+    return r.id, r.host, r.pid, r.version, r.seq, r.state, r.started_at
+
+
+@dataclass(frozen=True, slots=True)
+class Following:
+    """How a replica follows the others (from the settings)."""
+
+    poll_s: float  # the fallback: look at the pointer and the change log at least this often
+    heartbeat_s: float  # write the replica's state and renew its job leases this often
+    timeout_s: float  # a replica silent this long is not listed (and its job leases run out)
+
+
+class Replica:
+    """This process as a replica of its index: follows, heartbeats, renews its job leases."""
+
+    def __init__(
+        self,
+        replica_id: str,
+        indexes: IndexManager,
+        queue: JobQueue,
+        board: ReplicaBoard,
+        signals: Signals | None,
+        following: Following,
+    ) -> None:
+        self.id = replica_id
+        self.indexes = indexes
+        self.queue = queue
+        self.board = board
+        self.signals = signals
+        self.following = following
+        self.state = SERVING
+        self.started_at = time.time()
+        self.last_error: str | None = None
+        self._stop = threading.Event()
+        self._try(self._beat)  # listed before it serves a request
+        self._threads = [
+            threading.Thread(target=self._follow_loop, name="ragserve-follow", daemon=True),
+            threading.Thread(target=self._heartbeat_loop, name="ragserve-heartbeat", daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def describe(self) -> ReplicaState:
+        return ReplicaState(
+            self.id,
+            socket.gethostname(),
+            os.getpid(),
+            self.indexes.serving_version,
+            self.indexes.delta_seq,
+            self.state,
+            self.started_at,
+        )
+
+    def live(self) -> list[ReplicaState]:
+        """Every live replica of the index, this one included even when its last beat failed."""
+        others = [r for r in self.board.live(self.following.timeout_s) if r.id != self.id]
+        return sorted([*others, replace(self.describe(), heartbeat_at=time.time())], key=lambda r: r.started_at)
+
+    def follow_once(self) -> None:
+        """Serve the pointer's version if it changed; apply the changes the delta lacks."""
+        self.indexes.follow()
+        self.indexes.catch_up()
+
+    def drain(self) -> None:
+        """Listed as draining from now on (a load balancer may still send it requests)."""
+        self.state = DRAINING
+        self._try(self._beat)
+
+    def stop(self) -> None:
+        """Stop following and heartbeating, hand back the jobs it held, leave the list."""
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=10)
+        self._try(self.queue.release)
+        self._try(lambda: self.board.leave(self.id))
+        if self.signals is not None:
+            self.signals.close()
+
+    def _follow_loop(self) -> None:
+        while not self._stop.is_set():
+            if self.signals is not None:
+                self.signals.wait(self.following.poll_s)
+            else:
+                self._stop.wait(self.following.poll_s)
+            if not self._stop.is_set():
+                self._try(self.follow_once)
+
+    def _heartbeat_loop(self) -> None:
+        while not self._stop.wait(self.following.heartbeat_s):
+            self._try(self._beat)
+
+    def _beat(self) -> None:
+        self.board.beat(self.describe())
+        self.queue.renew()
+
+    def _try(self, work: Callable[[], object]) -> None:
+        """Run `work`; a failure (the store is down) is logged and kept, and the next round retries."""
+        try:
+            work()
+            self.last_error = None
+        except Exception as exc:
+            if self.last_error is None:
+                log.warning("replica %s: %s", self.id, exc)
+            self.last_error = f"{type(exc).__name__}: {exc}"
