@@ -51,24 +51,31 @@ class PostgresServer:
         self.port = port
         self.data = root / "data"
         self.url = f"postgresql://{USER}@127.0.0.1:{port}/{USER}"
+        self._databases = 0
 
     def start(self) -> None:
         if os.geteuid() == 0:
             shutil.chown(self.root, "postgres")
-        run = _as_server_user
         subprocess.run(
-            run([pg_bin("initdb"), "-D", str(self.data), "-A", "trust", "-U", USER, "-E", "UTF8", "--no-sync"]),
+            _as_server_user(
+                [pg_bin("initdb"), "-D", str(self.data), "-A", "trust", "-U", USER, "-E", "UTF8", "--no-sync"]
+            ),
             check=True,
             capture_output=True,
         )
+        self.start_again()
+        subprocess.run(
+            [pg_bin("createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", USER, USER],
+            check=True,
+            capture_output=True,
+        )
+
+    def start_again(self) -> None:
+        """Start the server on its existing data directory (after `stop`)."""
+        run = _as_server_user
         options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"
         subprocess.run(
             run([pg_bin("pg_ctl"), "-D", str(self.data), "-o", options, "-l", str(self.root / "log"), "-w", "start"]),
-            check=True,
-            capture_output=True,
-        )
-        subprocess.run(
-            [pg_bin("createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", USER, USER],
             check=True,
             capture_output=True,
         )
@@ -79,13 +86,15 @@ class PostgresServer:
             capture_output=True,
         )
 
-    def reset(self) -> None:
-        """Drop every ragserve table: the next store starts on an empty database."""
+    def new_database(self) -> str:
+        """A new, empty database on this server; its URL."""
         import psycopg
 
+        self._databases += 1
+        name = f"ragserve_{self._databases}"
         with psycopg.connect(self.url, autocommit=True) as conn:
-            conn.execute("DROP SCHEMA public CASCADE")
-            conn.execute("CREATE SCHEMA public")
+            conn.execute(f"CREATE DATABASE {name}")
+        return f"postgresql://{USER}@127.0.0.1:{self.port}/{name}"
 
 
 @contextmanager

@@ -134,3 +134,33 @@ def client(app: FastAPI) -> Iterator[TestClient]:
     with local_client(app) as c:
         wait_ready(c)
         yield c
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Any]:
+    """A real PostgreSQL server for the session (bench/pgserver.py). Where its binaries are missing
+    the tests that need it are skipped, unless RAGSERVE_REQUIRE_POSTGRES=1 (as .ci/run sets)."""
+    from bench import pgserver
+
+    if not pgserver.available():
+        if os.environ.get("RAGSERVE_REQUIRE_POSTGRES") == "1":
+            pytest.fail("PostgreSQL binaries (initdb, pg_ctl) not found, and RAGSERVE_REQUIRE_POSTGRES=1")
+        pytest.skip("PostgreSQL binaries (initdb, pg_ctl) not found")
+    with pgserver.postgres_server() as server:
+        yield server
+
+
+@pytest.fixture()
+def database_url(postgres: Any) -> str:
+    """A new, empty database on the session's server: one per test."""
+    url: str = postgres.new_database()
+    return url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest) -> str | None:
+    """Each test that takes it runs on both stores: None (SQLite in the registry) or a PostgreSQL URL."""
+    if request.param == "sqlite":
+        return None
+    url: str = request.getfixturevalue("database_url")
+    return url

@@ -97,9 +97,7 @@ def test_documents_jobs_and_deletes_survive_a_restart(
     # a job acknowledged (queued) while the service is down is processed after the restart
     registry_home = IndexRegistry(ingest_settings.registry_root, "default").home
     harbour = Document("harbour", "Ost Lenning", "The harbour of Ost Lenning freezes every January.")
-    pending = sqlite_queue(registry_home / "documents.sqlite").enqueue(
-        DOCUMENTS_JOB, documents_payload([harbour], [])
-    )
+    pending = sqlite_queue(registry_home / "documents.sqlite").enqueue(DOCUMENTS_JOB, documents_payload([harbour], []))
     with make_app(ingest_settings, encoder, generator) as c:
         wait_ready(c)
         assert wait_job(c, pending)["state"] == "done"

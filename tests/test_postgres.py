@@ -1,0 +1,78 @@
+"""What only the PostgreSQL store does: migrations that replicas starting at once apply exactly
+once, a database of a newer ragserve refused, and a server that goes away counted as the storage
+failing (retried, answered 503), not as a bad request."""
+
+import threading
+from typing import Any
+
+import pytest
+
+from ragserve.postgres import Database, SchemaTooNewError, redacted
+from ragserve.storage import is_storage_error
+from service.application.jobqueue import DOCUMENTS_JOB, documents_payload
+from service.application.store import postgres_store
+from service.settings import Settings
+
+
+def test_replicas_starting_at_once_migrate_each_step_exactly_once(database_url: str) -> None:
+    settings = Settings(database_url=database_url)
+    stores: list[Any] = []
+    errors: list[BaseException] = []
+
+    def start(owner: str) -> None:
+        try:
+            stores.append(postgres_store(settings, "default", owner))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=start, args=(f"r{i}",)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    try:
+        assert errors == [] and len(stores) == 4
+        with stores[0].database.transaction() as conn:
+            rows = conn.execute("SELECT component, version FROM ragserve_migrations ORDER BY 1, 2").fetchall()
+        assert rows == [("documents", 1), ("jobs", 1), ("replicas", 1)]
+    finally:
+        for store in stores:
+            store.close()
+
+
+def test_a_database_migrated_by_a_newer_ragserve_is_refused(database_url: str) -> None:
+    db = Database(database_url, 2)
+    try:
+        db.migrate("documents", ["CREATE TABLE a (x int)", "CREATE TABLE b (x int)"])
+        assert db.migrate("documents", ["CREATE TABLE a (x int)", "CREATE TABLE b (x int)"]) == []  # idempotent
+        with pytest.raises(SchemaTooNewError, match="schema version 2, newer than this ragserve knows"):
+            db.migrate("documents", ["CREATE TABLE a (x int)"])
+    finally:
+        db.close()
+
+
+def test_the_password_never_shows_in_what_is_logged() -> None:
+    assert "s3cret" not in redacted("postgresql://user:s3cret@db:5432/ragserve")
+    assert "s3cret" not in repr(Settings(database_url="postgresql://user:s3cret@db:5432/ragserve"))
+
+
+def test_settings_refuse_a_url_that_is_not_postgresql() -> None:
+    with pytest.raises(ValueError, match="database_url"):
+        Settings(database_url="mysql://db/ragserve")
+    with pytest.raises(ValueError, match="at least 3 heartbeats"):
+        Settings(heartbeat_s=2, replica_timeout_s=3)
+
+
+def test_a_server_that_goes_away_is_a_storage_error() -> None:
+    from bench.pgserver import postgres_server
+
+    with postgres_server() as server:
+        store = postgres_store(Settings(database_url=server.url), "default", "r1")
+        store.jobs.enqueue(DOCUMENTS_JOB, documents_payload([], ["x"]))
+        server.stop()
+        with pytest.raises(Exception) as caught:
+            store.jobs.enqueue(DOCUMENTS_JOB, documents_payload([], ["y"]))
+        assert is_storage_error(caught.value), repr(caught.value)
+        server.start_again()
+        assert store.jobs.enqueue(DOCUMENTS_JOB, documents_payload([], ["z"]))  # the pool reconnects
+        store.close()
