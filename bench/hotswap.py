@@ -142,8 +142,10 @@ def run_load(port: int, versions: list[str], clients: int, steady: float, swappi
     return report
 
 
-def start_server(index: Path, registry: Path, port: int) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAGSERVE_REGISTRY_DIR": str(registry)}
+def start_server(
+    index: Path, registry: Path, port: int, extra_env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAGSERVE_REGISTRY_DIR": str(registry), **(extra_env or {})}
     cmd = [sys.executable, "-m", "service.cli", "--log-level", "warning", "serve", "--index", str(index)]
     server = subprocess.Popen([*cmd, "--port", str(port)], env=env)
     wait_ready(f"http://127.0.0.1:{port}", server)

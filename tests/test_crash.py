@@ -16,6 +16,8 @@ from retriever.artifact import verify_artifact
 from retriever.encoder import Encoder
 from retriever.registry import VERSION_ID, IndexRegistry
 from service.application.loading import DEMO_CORPUS, load_indexes
+from service.application.replicas import POINTER_LOCK
+from service.application.store import open_store
 from service.settings import Settings
 from tests.defaults import BUILD
 
@@ -44,7 +46,9 @@ def check_registry(root: Path) -> list[str]:
     assert serving is None or serving in names
     # at most a pointer temp file of a switch killed mid-write (removed once a minute old)
     assert not [
-        p for p in registry.home.iterdir() if p.name.startswith(".") and not p.name.startswith(".staging-serving.json-")
+        p
+        for p in registry.home.iterdir()
+        if p.name.startswith(".") and not p.name.startswith(".staging-serving.json-") and p.name != POINTER_LOCK
     ]
     return names
 
@@ -96,10 +100,10 @@ from ragserve.types import Document
 from retriever.encoder import Encoder
 from service.application.loading import load_indexes
 from service.settings import Settings
-from tests.test_crash import record_text
+from tests.test_crash import FAST, record_text
 
-root, first = Path(sys.argv[1]), int(sys.argv[2])
-settings = Settings(registry_dir=root, compact_after_chunks=0, heartbeat_s=0.2, replica_timeout_s=1.0)
+root, first, url = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3] or None
+settings = Settings(registry_dir=root, database_url=url, **FAST)
 jobs = load_indexes(settings, Encoder("all-MiniLM-L6-v2", "fp32")).jobs
 print("ready", flush=True)
 
@@ -120,6 +124,7 @@ for i in range(first, first + 1000):
         wait(jobs.submit_refresh("default", None))
 """
 
+FAST = {"compact_after_chunks": 0, "heartbeat_s": 0.2, "replica_timeout_s": 1.0}  # a killed worker's jobs resume soon
 WORDS = ["amber", "basalt", "cedar", "dune", "ember", "fjord", "garnet", "heron", "iris", "juniper", "kelp", "lichen"]
 
 
@@ -156,17 +161,26 @@ class Acknowledged:
         self.in_flight = set()
 
 
-def test_sigkill_during_ingestion_and_refresh_loses_no_acknowledged_document(tmp_path: Path, encoder: Encoder) -> None:
+def test_sigkill_during_ingestion_and_refresh_loses_no_acknowledged_document(
+    tmp_path: Path, encoder: Encoder, store_url: str | None
+) -> None:
     root = tmp_path / "registry"
     registry = IndexRegistry(root, "default")
     base = list(read_corpus([DEMO_CORPUS]))[:80]
-    registry.set_serving(registry.add(lambda out: build_artifact(base, out, encoder, BUILD, progress=False)))
+    version = registry.add(lambda out: build_artifact(base, out, encoder, BUILD, progress=False))
+    settings = Settings(registry_dir=root, database_url=store_url, **FAST)  # type: ignore[arg-type]
+    store = open_store(settings, registry, "setup")
+    store.pointer.set(version)
+    store.close()
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     rng = random.Random(11)
     acks = Acknowledged()
     for cycle in range(6):
         worker = subprocess.Popen(
-            [sys.executable, "-c", JOBS_LOOP, str(root), str(acks.next)], env=env, stdout=subprocess.PIPE, text=True
+            [sys.executable, "-c", JOBS_LOOP, str(root), str(acks.next), store_url or ""],
+            env=env,
+            stdout=subprocess.PIPE,
+            text=True,
         )
         assert worker.stdout is not None and worker.stdout.readline().strip() == "ready"
         in_refresh = cycle % 2 == 0  # every other kill lands inside a refresh (compaction) job
@@ -183,7 +197,6 @@ def test_sigkill_during_ingestion_and_refresh_loses_no_acknowledged_document(tmp
         acks.killed()
         check_registry(root)
 
-    settings = Settings(registry_dir=root, compact_after_chunks=0, heartbeat_s=0.2, replica_timeout_s=1.0)
     serving = load_indexes(settings, encoder)
     indexes, jobs = serving.indexes, serving.jobs
     try:

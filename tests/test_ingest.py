@@ -13,11 +13,11 @@ from retriever.encoder import Encoder
 from retriever.registry import IndexRegistry
 from service.application.jobqueue import DOCUMENTS_JOB, documents_payload
 from service.application.loading import load_services
+from service.application.store import open_store
 from service.http.app import create_app
 from service.http.auth import new_token
 from service.settings import Settings
 from tests.conftest import local_client, wait_job, wait_ready
-from tests.defaults import sqlite_queue
 
 LIGHTHOUSE = {"id": "lighthouse", "title": "Marrow Point", "text": "The Marrow Point lighthouse was automated in 1994."}
 
@@ -37,8 +37,9 @@ def make_app(settings: Settings, encoder: Encoder, generator: Generator) -> Test
 
 
 @pytest.fixture()
-def ingest_settings(tmp_path: Path, tiny_index: Path, cache_home: Path) -> Settings:
-    return Settings(home=cache_home, index_path=tiny_index, registry_dir=tmp_path / "registry")
+def ingest_settings(tmp_path: Path, tiny_index: Path, cache_home: Path, store_url: str | None) -> Settings:
+    """On both stores: SQLite in the registry, and PostgreSQL."""
+    return Settings(home=cache_home, index_path=tiny_index, registry_dir=tmp_path / "registry", database_url=store_url)
 
 
 @pytest.fixture()
@@ -95,9 +96,10 @@ def test_documents_jobs_and_deletes_survive_a_restart(
         wait_ready(c)
         ingest(c, {"upsert": [LIGHTHOUSE], "delete": ["bridge"]})
     # a job acknowledged (queued) while the service is down is processed after the restart
-    registry_home = IndexRegistry(ingest_settings.registry_root, "default").home
+    store = open_store(ingest_settings, IndexRegistry(ingest_settings.registry_root, "default"), "cli")
     harbour = Document("harbour", "Ost Lenning", "The harbour of Ost Lenning freezes every January.")
-    pending = sqlite_queue(registry_home / "documents.sqlite").enqueue(DOCUMENTS_JOB, documents_payload([harbour], []))
+    pending = store.jobs.enqueue(DOCUMENTS_JOB, documents_payload([harbour], []))
+    store.close()
     with make_app(ingest_settings, encoder, generator) as c:
         wait_ready(c)
         assert wait_job(c, pending)["state"] == "done"

@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 
 SERVING, DRAINING = "serving", "draining"
 FORGET_AFTER_S = 3_600.0  # rows of replicas silent this long are deleted
+POINTER_LOCK = ".pointer.lock"  # beside serving.json: orders the pointer's compare-and-set writers
 
 
 def new_replica_id() -> str:
@@ -97,7 +98,7 @@ class FilePointer:
 
     def __init__(self, registry: IndexRegistry) -> None:
         self.registry = registry
-        self._lock = registry.home / ".pointer.lock"
+        self._lock = registry.home / POINTER_LOCK
 
     def get(self) -> str | None:
         return self.registry.serving()
