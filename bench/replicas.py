@@ -29,6 +29,7 @@ and small parameters, for tests.
 from __future__ import annotations
 
 import argparse
+import functools
 import http.client
 import json
 import math
@@ -44,7 +45,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from bench.cluster import Node, replica_env, serving_versions, start_node, wait_nodes
 from bench.common import header, percentile
@@ -53,6 +54,7 @@ from bench.latency import QUESTIONS
 from bench.pgserver import PostgresServer, postgres_server
 
 POSTGRES, SQLITE = "postgresql", "sqlite"
+_T = TypeVar("_T")
 PARTS = ("freshness", "roll", "throughput")
 MISS_AFTER_S = 10.0
 POLL_S = 0.01
@@ -151,6 +153,7 @@ class Miss:
 @dataclass
 class FreshnessReport:
     store: str
+    replicas: int  # 1: searched on the replica that received it (the baseline)
     documents: int  # ingests sent
     seconds: list[float] = field(default_factory=list)  # 202 -> found on the other replica, found ones
     misses: list[Miss] = field(default_factory=list)
@@ -170,10 +173,11 @@ def measure_freshness(
     store: str = "",
 ) -> FreshnessReport:
     """`documents` single-document ingests, one at a time; ingest i goes to nodes[i % n] and is
-    searched for on nodes[(i + 1) % n] (its own text, top 3) every `poll_s` from the `202` until
-    found or `miss_after_s`. Stops after `max_misses` misses (each costs `miss_after_s`)."""
+    searched for on nodes[(i + 1) % n] (the same node when n is 1) by its own text, top 3, every
+    `poll_s` from the `202` until found or `miss_after_s`. Stops after `max_misses` misses (each
+    costs `miss_after_s`)."""
     rng = random.Random(tag)
-    report = FreshnessReport(store, 0)
+    report = FreshnessReport(store, len(nodes), 0)
     conns = [_connect(n) for n in nodes]
     try:
         for i in range(documents):
@@ -350,7 +354,9 @@ def run_roll(
     with load(nodes, clients) as results:
         time.sleep(pause_s)
         for r in range(rolls):
-            jobs = [ingest(nodes[(r + j) % len(nodes)], f"{tag}-{r}-{j}", distinct_text(rng, j)) for j in range(ingests)]
+            jobs = [
+                ingest(nodes[(r + j) % len(nodes)], f"{tag}-{r}-{j}", distinct_text(rng, j)) for j in range(ingests)
+            ]
             for job_id in jobs:
                 job = wait_job(nodes[0], job_id)
                 if job["state"] != "done":
@@ -426,10 +432,26 @@ class Throughput:
     server_cpu_s: float  # the replica processes
     store_cpu_s: float | None  # the PostgreSQL server (None: SQLite, inside the replicas)
     client_cpu_s: float  # this process (the load generator), on the same cores
+    round_rps: list[float] = field(default_factory=list)  # requests/s of each round (`measure_rounds`)
 
     @property
     def rps(self) -> float:
         return self.requests / self.seconds
+
+    def __add__(self, other: Throughput) -> Throughput:
+        """Two measurements of one setup as one (the rounds of `measure_rounds`)."""
+        store = None if self.store_cpu_s is None or other.store_cpu_s is None else self.store_cpu_s + other.store_cpu_s
+        return Throughput(
+            self.label,
+            self.replicas,
+            self.requests + other.requests,
+            self.non_2xx + other.non_2xx,
+            self.seconds + other.seconds,
+            self.server_cpu_s + other.server_cpu_s,
+            store,
+            self.client_cpu_s + other.client_cpu_s,
+            [*(self.round_rps or [self.rps]), *(other.round_rps or [other.rps])],
+        )
 
     def per_request_ms(self, cpu: float | None) -> float:
         return math.nan if cpu is None else cpu / max(1, self.requests) * 1000
@@ -467,6 +489,33 @@ def measure_throughput(
     )
 
 
+@dataclass(frozen=True)
+class Setup:
+    """What one throughput figure loads: these nodes, whose store is `label`."""
+
+    label: str
+    nodes: Sequence[Node]
+    store_cpu: Callable[[], float] | None = None
+
+
+def measure_rounds(
+    setups: Sequence[Setup], clients: int = 16, seconds: float = 10.0, rounds: int = 3, warmup_s: float = 1.0
+) -> list[Throughput]:
+    """`measure_throughput` of every setup in turn, `rounds` times (`seconds` / `rounds` each), so
+    that load from elsewhere on the machine falls on all of them alike; one sum per setup. Setups
+    not measured at a moment stay up, idle."""
+    totals: list[Throughput | None] = [None] * len(setups)
+    for r in range(rounds):
+        for k, setup in enumerate(setups):
+            one = measure_throughput(
+                setup.nodes, clients, seconds / rounds, warmup_s * (2 if r == 0 else 1), setup.label, setup.store_cpu
+            )
+            one.round_rps = [one.rps]
+            before = totals[k]
+            totals[k] = one if before is None else before + one
+    return [t for t in totals if t is not None]
+
+
 # --- clusters that grow and shrink ----------------------------------------------------------------
 
 
@@ -474,13 +523,21 @@ class Cluster:
     """Replicas of one store on a registry of their own (a copy of `template`), grown and shrunk
     between parts; stopped (drained) at the end."""
 
-    def __init__(self, store: str, template: Path, index_version: str, root: Path, pg: PostgresServer | None) -> None:
+    def __init__(
+        self,
+        store: str,
+        template: Path,
+        index_version: str,
+        root: Path,
+        pg: PostgresServer | None,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
         self.store = store
         self.registry = root / store
         shutil.copytree(template, self.registry)
         self.index = self.registry / "default" / "versions" / index_version
         self.database_url = pg.new_database() if store == POSTGRES and pg is not None else None
-        self.env = replica_env(self.registry, self.database_url)
+        self.env = replica_env(self.registry, self.database_url, extra_env)
         self.nodes: list[Node] = []
 
     def size(self, n: int) -> list[Node]:
@@ -519,61 +576,91 @@ def _progress(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
+def _timed(out: Results, name: str, work: Callable[[], _T]) -> _T:
+    _progress(name)
+    started = time.perf_counter()
+    try:
+        return work()
+    finally:
+        out.took_s[name] = time.perf_counter() - started
+
+
 def run(args: argparse.Namespace, parts: set[str]) -> Results:
+    """The parts asked for: throughput first, with 3 PostgreSQL replicas and 1 SQLite replica up
+    (setups of 1, 2 and 3 PostgreSQL replicas and the SQLite baseline measured in turns); the roll
+    (3 PostgreSQL replicas; before freshness there: a rollback re-applies every document ingested
+    since); freshness on PostgreSQL (2 replicas); freshness on SQLite (1 replica, the baseline,
+    then 2)."""
     out = Results()
     started = time.perf_counter()
+    env = {"RAGSERVE_TORCH_THREADS": str(args.torch_threads)} if args.torch_threads else {}
     with tempfile.TemporaryDirectory(prefix="ragserve-bench-replicas-") as tmp, postgres_server() as pg:
         root = Path(tmp)
         first, _ = make_versions(root / "template")
         template = root / "template"
-        pg_cluster = Cluster(POSTGRES, template, first.name, root, pg)
+        pg_cluster = Cluster(POSTGRES, template, first.name, root, pg, env)
+        sqlite_cluster = Cluster(SQLITE, template, first.name, root, None, env)
         try:
             if "throughput" in parts:
-                for n in (1, 2, 3):
-                    _progress(f"throughput, PostgreSQL, {n} replica(s)")
-                    nodes = pg_cluster.size(n)
-                    out.throughput.append(
-                        measure_throughput(
-                            nodes, args.clients, args.seconds, label=POSTGRES, store_cpu=lambda: postgres_cpu_s(pg)
-                        )
-                    )
-            if "freshness" in parts:
-                _progress(f"freshness, PostgreSQL, {args.documents} documents over 2 replicas")
-                t = time.perf_counter()
-                out.freshness.append(
-                    measure_freshness(pg_cluster.size(2), args.documents, tag="fresh-pg", store=POSTGRES)
+                _progress("starting 3 PostgreSQL replicas and 1 SQLite replica")
+                pg_nodes, sqlite_nodes = pg_cluster.size(3), sqlite_cluster.size(1)
+                pg_cpu = functools.partial(postgres_cpu_s, pg)
+                setups = [Setup(SQLITE, sqlite_nodes), *(Setup(POSTGRES, pg_nodes[:n], pg_cpu) for n in (1, 2, 3))]
+                out.throughput = _timed(
+                    out,
+                    f"throughput: 4 setups x {args.rounds} rounds",
+                    lambda: measure_rounds(setups, args.clients, args.seconds, args.rounds),
                 )
-                out.took_s["freshness, PostgreSQL"] = time.perf_counter() - t
+                sqlite_cluster.close()  # started again for freshness: no idle process beside the PostgreSQL parts
             if "roll" in parts:
-                _progress(f"roll: {args.rolls} refresh + rollback, 3 replicas, {args.clients} clients")
-                t = time.perf_counter()
-                out.roll = run_roll(pg_cluster.size(3), args.clients, args.rolls)
-                out.took_s["roll"] = time.perf_counter() - t
-        finally:
-            pg_cluster.close()
-        if parts & {"throughput", "freshness"}:
-            sqlite_cluster = Cluster(SQLITE, template, first.name, root, None)
-            try:
-                if "throughput" in parts:
-                    _progress("throughput, SQLite, 1 replica (baseline)")
-                    out.throughput.insert(0, measure_throughput(sqlite_cluster.size(1), args.clients, args.seconds, label=SQLITE))
-                if "freshness" in parts:
-                    _progress(f"freshness, SQLite, {args.documents} documents over 2 processes")
-                    t = time.perf_counter()
-                    out.freshness.append(
-                        measure_freshness(sqlite_cluster.size(2), args.documents, tag="fresh-sqlite", store=SQLITE)
+                nodes = pg_cluster.size(3)
+                out.roll = _timed(
+                    out,
+                    f"roll: {args.rolls} x (refresh, rollback), 3 replicas, {args.clients} clients",
+                    lambda: run_roll(nodes, args.clients, args.rolls),
+                )
+            if "freshness" in parts:
+                nodes = pg_cluster.size(2)
+                out.freshness.append(
+                    _timed(
+                        out,
+                        f"freshness, PostgreSQL, {args.documents} documents, 2 replicas",
+                        lambda: measure_freshness(nodes, args.documents, tag="fresh-pg", store=POSTGRES),
                     )
-                    out.took_s["freshness, SQLite"] = time.perf_counter() - t
-            finally:
-                sqlite_cluster.close()
-    out.took_s["all (with starts and stops)"] = time.perf_counter() - started
+                )
+            pg_cluster.close()
+            if "freshness" in parts:
+                nodes = sqlite_cluster.size(1)
+                baseline = max(1, args.documents // 4)
+                out.freshness.insert(
+                    0,
+                    _timed(
+                        out,
+                        f"freshness, SQLite, {baseline} documents, 1 replica (baseline)",
+                        lambda: measure_freshness(nodes, baseline, tag="fresh-one", store=SQLITE),
+                    ),
+                )
+                nodes = sqlite_cluster.size(2)
+                out.freshness.insert(
+                    1,
+                    _timed(
+                        out,
+                        f"freshness, SQLite, {args.documents} documents, 2 processes",
+                        lambda: measure_freshness(nodes, args.documents, tag="fresh-sqlite", store=SQLITE),
+                    ),
+                )
+        finally:
+            sqlite_cluster.close()
+            pg_cluster.close()
+    out.took_s["all, with starts and stops"] = time.perf_counter() - started
     return out
 
 
 def _part_command(args: argparse.Namespace, part: str) -> str:
     flags = {"freshness": f"--documents {args.documents}", "roll": f"--clients {args.clients} --rolls {args.rolls}"}
-    flags["throughput"] = f"--clients {args.clients} --seconds {args.seconds:g}"
-    return f"python -m bench.replicas --only {part} {flags[part]}"
+    flags["throughput"] = f"--clients {args.clients} --seconds {args.seconds:g} --rounds {args.rounds}"
+    threads = f" --torch-threads {args.torch_threads}" if args.torch_threads else ""
+    return f"python -m bench.replicas --only {part} {flags[part]}{threads}"
 
 
 def print_freshness(args: argparse.Namespace, reports: list[FreshnessReport]) -> None:
@@ -581,22 +668,25 @@ def print_freshness(args: argparse.Namespace, reports: list[FreshnessReport]) ->
     print(f"part: `{_part_command(args, 'freshness')}`")
     print(
         "single-document ingests one at a time, alternating the receiving replica; the other one polled "
-        f"every {POLL_S * 1000:.0f} ms (/v1/retrieve, top 3, the document's text); a miss: not found in {MISS_AFTER_S:g} s"
+        f"every {POLL_S * 1000:.0f} ms (/v1/retrieve, top 3, the document's text); "
+        f"a miss: not found in {MISS_AFTER_S:g} s"
     )
-    print("| store | replicas | documents | p50 | p99 | max | misses | goal |")
-    print("|---|---:|---:|---:|---:|---:|---:|---|")
+    print("| store | replicas | searched on | documents | p50 | p99 | mean | max | misses | goal |")
+    print("|---|---:|---|---:|---:|---:|---:|---:|---:|---|")
     for r in reports:
-        label = "PostgreSQL" if r.store == POSTGRES else "SQLite (2 processes, one machine)"
+        label = "PostgreSQL" if r.store == POSTGRES else "SQLite" + (" (processes of one machine)" * (r.replicas > 1))
+        where, goal = ("the other replica", "p99 <= 1 s, misses 0") if r.replicas > 1 else ("the same one", "baseline")
         worst = max(r.seconds) * 1000 if r.seconds else math.nan
+        mean = statistics.fmean(r.seconds) * 1000 if r.seconds else math.nan
         print(
-            f"| {label} | 2 | {r.documents} | {r.ms(50):.0f} ms | {r.ms(99):.0f} ms | {worst:.0f} ms | "
-            f"{len(r.misses)} | p99 <= 1 s, misses 0 |"
+            f"| {label} | {r.replicas} | {where} | {r.documents} | {r.ms(50):.0f} ms | {r.ms(99):.0f} ms | "
+            f"{mean:.0f} ms | {worst:.0f} ms | {len(r.misses)} | {goal} |"
         )
-        if r.seconds:
-            print(f"|  mean {statistics.fmean(r.seconds) * 1000:.0f} ms |||||||")
     for r in reports:
         for m in r.misses:
-            print(f"MISS {r.store} {m.doc_id} (sent to node {m.received_by}, searched on {m.searched_on}): {m.diagnosis}")
+            print(
+                f"MISS {r.store} {m.doc_id} (sent to node {m.received_by}, searched on {m.searched_on}): {m.diagnosis}"
+            )
         if r.stopped_early:
             print(f"{r.store}: stopped after {len(r.misses)} misses")
 
@@ -639,16 +729,17 @@ def print_throughput(args: argparse.Namespace, results: list[Throughput]) -> Non
     print(f"part: `{_part_command(args, 'throughput')}`")
     cores = os.cpu_count()
     print(
-        f"{args.clients} closed-loop clients round robin over the replicas, {args.seconds:g} s measured after 2 s "
-        f"of warm-up; CPU: utime+stime from /proc of the replica processes; the clients and PostgreSQL "
-        f"run on the same {cores} cores"
+        f"{args.clients} closed-loop clients round robin over the replicas of a setup; the 4 setups measured in "
+        f"turns, {args.rounds} rounds of {args.seconds / args.rounds:.3g} s each ({args.seconds:g} s per setup) "
+        "after 1 s of warm-up (2 s in the first round), all 4 replica processes up throughout; CPU: utime+stime "
+        f"from /proc of the setup's replica processes; the clients and PostgreSQL run on the same {cores} cores"
     )
     base = next((t for t in results if t.label == SQLITE), None)
     print(
         "| store | replicas | requests/s | vs baseline | replica CPU per request | vs baseline "
-        "| PostgreSQL CPU per request | client CPU per request | non-2xx |"
+        "| PostgreSQL CPU per request | client CPU per request | non-2xx | requests/s per round |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     for t in results:
         cpu = t.per_request_ms(t.server_cpu_s)
         rps_ratio = f"{t.rps / base.rps:.2f}x" if base else "-"
@@ -657,7 +748,7 @@ def print_throughput(args: argparse.Namespace, results: list[Throughput]) -> Non
         label = "SQLite (baseline)" if t.label == SQLITE else "PostgreSQL"
         print(
             f"| {label} | {t.replicas} | {t.rps:.1f} | {rps_ratio} | {cpu:.2f} ms | {cpu_ratio} | {store} | "
-            f"{t.per_request_ms(t.client_cpu_s):.2f} ms | {t.non_2xx} |"
+            f"{t.per_request_ms(t.client_cpu_s):.2f} ms | {t.non_2xx} | {' / '.join(f'{r:.0f}' for r in t.round_rps)} |"
         )
     print(
         f"On {cores} cores this shows the overhead, not the speed-up: every replica, the clients and "
@@ -673,7 +764,11 @@ def main() -> None:
     ap.add_argument("--documents", type=int, help="freshness: ingests per store (default 200, quick 30)")
     ap.add_argument("--clients", type=int, default=16)
     ap.add_argument("--seconds", type=float, help="throughput: seconds measured per setup (default 10, quick 3)")
+    ap.add_argument("--rounds", type=int, default=3, help="throughput: turns over the setups")
     ap.add_argument("--rolls", type=int, help="roll: refresh + rollback pairs (default 2, quick 1)")
+    ap.add_argument(
+        "--torch-threads", type=int, help="RAGSERVE_TORCH_THREADS of every replica (default: the setting's)"
+    )
     args = ap.parse_args()
     parts = {p.strip() for p in args.only.split(",") if p.strip()}
     if unknown := parts - set(PARTS):

@@ -84,7 +84,7 @@ def test_two_processes_on_one_sqlite_registry_follow_one_pointer(tmp_path: Path,
         assert new != first
         wait_until(lambda: serving_versions([a, b]) == [new, new], FRESH_S)
         assert index_listing(b)["serving"] == new
-        assert {r["version"] for r in index_listing(b)["replicas"]} == {new}  # type: ignore[attr-defined]
+        wait_until(lambda: {r["version"] for r in index_listing(b)["replicas"]} == {new}, 3)  # type: ignore[attr-defined]
         assert b.post("/v1/retrieve", {"query": "Locker 2", "top_k": 1})[1]["index_version"] == new
         status, body = b.post("/admin/indexes/default/rollback", {"version": first})
         assert status == 200, body
@@ -127,7 +127,7 @@ def test_refresh_and_rollback_roll_to_three_replicas_under_concurrent_queries(
         assert set(statuses) == {200}, statuses
         assert {version for _, version in answers} <= {first, new}  # no version nobody served
         assert len(answers) > 50
-        assert top(nodes[1], "Locker 5 Quarry depot spanners")[0] == "note-5"
+        assert top(nodes[1], doc(5)["text"])[0] == "note-5"  # the rollback keeps the documents
 
 
 def owner_of(database_url: str, job_id: str) -> tuple[str | None, str]:
@@ -175,7 +175,7 @@ def test_sigkill_of_the_replica_holding_the_build_lease_mid_refresh(
         assert isinstance(listed, list)
         for i in acknowledged[:: max(1, len(acknowledged) // 40)] + acknowledged[-3:]:  # nothing acknowledged lost
             for node in survivors:
-                assert top(node, f"Locker {i} of the Quarry depot holds {i * 7} spanners.")[0] == f"note-{i}"
+                assert top(node, doc(i)["text"])[0] == f"note-{i}"
         after = wait_job(survivors[1], ingest(survivors[1], [doc(99_999)]))
         assert after["state"] == "done"
 

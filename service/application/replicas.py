@@ -233,9 +233,12 @@ class Replica:
         return sorted([*others, replace(self.describe(), heartbeat_at=time.time())], key=lambda r: r.started_at)
 
     def follow_once(self) -> None:
-        """Serve the pointer's version if it changed; apply the changes the delta lacks."""
-        self.indexes.follow()
+        """Serve the pointer's version if it changed (and say so at once); apply the changes the
+        delta lacks."""
+        switched = self.indexes.follow()
         self.indexes.catch_up()
+        if switched is not None:
+            self._beat()
 
     def drain(self) -> None:
         """Listed as draining from now on (a load balancer may still send it requests)."""

@@ -4,6 +4,7 @@ Heavy imports (torch, transformers, faiss) happen inside the commands, so `--hel
 """
 
 import argparse
+import importlib.util
 import json
 import logging
 import os
@@ -11,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ragserve.errors import InvalidInputError, RagserveError
 from ragserve.types import RetrievalMode
 from service.settings import Settings
 
@@ -37,8 +39,30 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings(index_path=args.index, host=args.host, port=args.port)
     if settings.index_path is not None:
         read_manifest(settings.index_path)  # a path that is no artifact fails now, before the port opens
+    if args.replicas < 1:
+        raise InvalidInputError(f"--replicas must be at least 1, not {args.replicas}")
+    if args.engine == "ray":
+        return _serve_on_ray(args, settings)
+    if args.replicas != 1:
+        raise InvalidInputError("--replicas needs --engine ray (a uvicorn server is one replica: start more of them)")
     use_compute_thread()  # every model runs on one thread, from the demo index build on (ragserve/compute.py)
     serve(settings, args.log_level)  # the port opens now; models load (and first convert) behind it
+    return 0
+
+
+def _serve_on_ray(args: argparse.Namespace, settings: Settings) -> int:
+    """`serve --engine ray`: the replicas load the models, this process only deploys them
+    (service/rayserve/engine.py); Ray is imported only here."""
+    if importlib.util.find_spec("ray") is None:
+        raise InvalidInputError("--engine ray needs Ray Serve: pip install 'ragserve[ray]'")
+    from service.rayserve.engine import serve_replicas
+
+    given = {"index_path": args.index.resolve() if args.index else None, "host": args.host, "port": args.port}
+    overrides = {k: str(v) if isinstance(v, Path) else v for k, v in given.items() if v is not None}
+    try:
+        serve_replicas(settings, overrides, args.replicas, args.log_level)
+    except (RuntimeError, TimeoutError) as exc:  # a deploy that failed: Serve's message says why
+        raise RagserveError(str(exc)) from None
     return 0
 
 

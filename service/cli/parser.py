@@ -33,6 +33,14 @@ def _serve(sub: Sub) -> None:
     )
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
+    serve.add_argument(
+        "--engine",
+        choices=["uvicorn", "ray"],
+        default="uvicorn",
+        help="uvicorn: this process serves (default); ray: --replicas replicas on Ray Serve behind its proxy "
+        "(pip install 'ragserve[ray]'; deploy/ray/README.md)",
+    )
+    serve.add_argument("--replicas", type=int, default=1, help="with --engine ray: how many (default: %(default)s)")
     serve.set_defaults(func=commands.cmd_serve)
 
 

@@ -1,0 +1,7 @@
+"""Ray Serve: N replicas of the same app (`ragserve serve --engine ray --replicas N`, or
+`serve run deploy/ray/serve.yaml`); see deploy/ray/README.md.
+
+Ray is an optional extra (`pip install 'ragserve[ray]'`): only `deployment` and `engine` import it,
+and nothing outside this package imports them at module level. `live` (the settings a
+`user_config` changes in place) does not import Ray.
+"""
