@@ -16,7 +16,7 @@ from retriever.artifact import verify_artifact
 from retriever.encoder import Encoder
 from retriever.registry import VERSION_ID, IndexRegistry
 from service.application.loading import DEMO_CORPUS, load_indexes
-from service.application.replicas import POINTER_LOCK
+from service.application.pointer import POINTER_LOCK
 from service.application.store import open_store
 from service.settings import Settings
 from tests.defaults import BUILD

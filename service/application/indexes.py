@@ -39,7 +39,7 @@ if TYPE_CHECKING:  # imported where used: the HTTP layer imports this module, an
     from indexer.documents import DocumentStore
     from retriever.delta import FreshRetriever
     from retriever.version import VersionRetriever
-    from service.application.replicas import ServingPointer
+    from service.application.pointer import ServingPointer
 
 WARM_UP_QUERY = "warm-up"
 

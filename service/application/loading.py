@@ -189,6 +189,15 @@ def open_registry(settings: Settings) -> IndexRegistry:
     return IndexRegistry(settings.registry_root, settings.index_name)
 
 
+def serving_version(settings: Settings, registry: IndexRegistry) -> str | None:
+    """The version the store's pointer names for `registry`'s index (serving.json, or PostgreSQL)."""
+    store = open_store(settings, registry, f"cli-{new_replica_id()}")
+    try:
+        return store.pointer.get()
+    finally:
+        store.close()
+
+
 def load_indexes(settings: Settings, encoder: Encoder) -> Serving:
     """The serving version (as the store's pointer names it) and its delta behind a hot-swap
     retriever, the job workers (which take over jobs whose worker died), and this process as a

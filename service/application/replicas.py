@@ -1,10 +1,8 @@
 """Replicas that agree: every process serving an index follows one serving pointer and one change
 log, and says what it serves.
 
-- The **serving pointer** (`ServingPointer`: index -> version) is the one truth of what serves: a
-  switch, refresh or rollback on any replica changes it, and every replica follows it. With SQLite
-  it is the registry's `serving.json` (`FilePointer`); with PostgreSQL a row changed in a
-  transaction (service/application/pg_replicas.py).
+- The **serving pointer** (service/application/pointer.py: index -> version) is the one truth of
+  what serves: a switch, refresh or rollback on any replica changes it, and every replica follows it.
 - The **change log** is the document table (indexer/documents.py): a replica's delta index
   follows it, so a document acknowledged on any replica is searchable on every replica.
 - The **replica list** (`ReplicaBoard`): each replica writes a heartbeat with the version it
@@ -18,7 +16,6 @@ replica's state every `heartbeat_s` and renews the leases of the jobs it runs.
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import socket
@@ -31,7 +28,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from ragserve.sqlite import create, session
-from retriever.registry import IndexRegistry
 
 if TYPE_CHECKING:
     from service.application.indexes import IndexManager
@@ -41,7 +37,6 @@ log = logging.getLogger(__name__)
 
 SERVING, DRAINING = "serving", "draining"
 FORGET_AFTER_S = 3_600.0  # rows of replicas silent this long are deleted
-POINTER_LOCK = ".pointer.lock"  # beside serving.json: orders the pointer's compare-and-set writers
 
 
 def new_replica_id() -> str:
@@ -63,17 +58,6 @@ class ReplicaState:
     heartbeat_at: float = 0.0  # Unix time, by the store's clock; set by the board
 
 
-class ServingPointer(Protocol):
-    def get(self) -> str | None:
-        """The version that serves; None before the first one."""
-
-    def set(self, version: str) -> None:
-        """Serve `version` from now on (a switch, a rollback)."""
-
-    def replace(self, expected: str | None, version: str) -> bool:
-        """Serve `version` if `expected` still serves (a refresh built from it); whether it did."""
-
-
 class ReplicaBoard(Protocol):
     def beat(self, replica: ReplicaState) -> None:
         """Record the replica's state now."""
@@ -91,44 +75,6 @@ class Signals(Protocol):
         a notification came."""
 
     def close(self) -> None: ...
-
-
-class FilePointer:
-    """The registry's serving.json; a lock file orders compare-and-set writers of all processes."""
-
-    def __init__(self, registry: IndexRegistry) -> None:
-        self.registry = registry
-        self._lock = registry.home / POINTER_LOCK
-
-    def get(self) -> str | None:
-        return self.registry.serving()
-
-    def set(self, version: str) -> None:
-        with self._locked():
-            self.registry.set_serving(version)
-
-    def replace(self, expected: str | None, version: str) -> bool:
-        with self._locked():
-            if self.registry.serving() != expected:
-                return False
-            self.registry.set_serving(version)
-            return True
-
-    def _locked(self) -> _FileLock:
-        return _FileLock(self._lock)
-
-
-class _FileLock:
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def __enter__(self) -> None:
-        self._fh = self.path.open("a")
-        fcntl.flock(self._fh, fcntl.LOCK_EX)
-
-    def __exit__(self, *_: object) -> None:
-        fcntl.flock(self._fh, fcntl.LOCK_UN)
-        self._fh.close()
 
 
 REPLICAS_SCHEMA = """

@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING
 from indexer.documents import DocumentStore, SqliteDocumentStore
 from retriever.registry import IndexRegistry
 from service.application.jobqueue import JobQueue, SqliteJobQueue
-from service.application.replicas import FilePointer, ReplicaBoard, ServingPointer, Signals, SqliteReplicaBoard
+from service.application.pointer import FilePointer, ServingPointer
+from service.application.replicas import ReplicaBoard, Signals, SqliteReplicaBoard
 
 if TYPE_CHECKING:
     from ragserve.postgres import Database

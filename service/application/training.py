@@ -113,7 +113,7 @@ def training_retriever(settings: Settings, data: Path, index: str | None, progre
     """The retriever whose passages the examples get: an artifact folder, a registry index's
     serving version, or (for SQuAD files, by default) the evaluation's index of their paragraphs."""
     from service.application.evaluation import squad_retriever
-    from service.application.loading import make_encoder, open_registry, open_version
+    from service.application.loading import make_encoder, open_registry, open_version, serving_version
 
     if index is None:
         if not is_squad(data):
@@ -122,8 +122,9 @@ def training_retriever(settings: Settings, data: Path, index: str | None, progre
     encoder = make_encoder(settings)
     if Path(index).is_dir():
         return open_version(settings, Path(index), encoder)
-    registry = open_registry(settings.model_copy(update={"index_name": index}))
-    version = registry.serving()
+    named = settings.model_copy(update={"index_name": index})
+    registry = open_registry(named)
+    version = serving_version(named, registry)
     if version is None:
         raise UnknownIndexError(f"index {index!r} is neither an artifact folder nor a registry index with a version")
     return open_version(settings, registry.path_of(version), encoder)
@@ -171,11 +172,17 @@ def run_train_retro(settings: Settings, config: "RetroTrainConfig", out: Path | 
     from reader.generator import Generator
     from reader.retro import default_weights_path
     from reader.retro_train import train
-    from service.application.loading import configure_threads, make_encoder, open_registry, open_version
+    from service.application.loading import (
+        configure_threads,
+        make_encoder,
+        open_registry,
+        open_version,
+        serving_version,
+    )
 
     configure_threads(settings)
     registry = open_registry(settings)
-    version = registry.serving()
+    version = serving_version(settings, registry)
     if version is None:
         raise UnknownIndexError(
             f"index {settings.index_name!r} has no serving version (build one with `ragserve index build`)"
