@@ -76,3 +76,33 @@ def test_a_server_that_goes_away_is_a_storage_error() -> None:
         server.start_again()
         assert store.jobs.enqueue(DOCUMENTS_JOB, documents_payload([], ["z"]))  # the pool reconnects
         store.close()
+
+
+def test_while_the_database_is_down_queries_go_on_and_writes_answer_503(
+    tmp_path: Any, tiny_index: Any, cache_home: Any, encoder: Any, generator: Any
+) -> None:
+    from bench.pgserver import postgres_server
+    from service.application.loading import load_services
+    from service.http.app import create_app
+    from tests.conftest import local_client, wait_job, wait_ready
+
+    with postgres_server() as server:
+        settings = Settings(
+            home=cache_home, index_path=tiny_index, registry_dir=tmp_path / "registry", database_url=server.url
+        )
+        app = create_app(settings, loader=lambda s: load_services(s, encoder=encoder, generator=generator))
+        with local_client(app) as client:
+            wait_ready(client)
+            body = {"upsert": [{"id": "mill", "text": "The Saltmere mill grinds barley on Tuesdays."}]}
+            assert wait_job(client, client.post("/v1/documents", json=body).json()["job_id"])["state"] == "done"
+            server.stop()
+            found = client.post("/v1/retrieve", json={"query": "When does the Saltmere mill grind?", "top_k": 1})
+            assert found.status_code == 200 and found.json()["passages"][0]["doc_id"] == "mill"  # from memory
+            for response in (client.get("/admin/indexes"), client.post("/v1/documents", json=body)):
+                assert response.status_code == 503, response.text
+                assert response.json()["error"]["code"] == "storage_unavailable"
+                assert response.headers["retry-after"]
+            server.start_again()
+            assert client.get("/admin/indexes").status_code == 200  # the pool reconnects
+            body = {"upsert": [{"id": "weir", "text": "The Saltmere weir was rebuilt in 1902."}]}
+            assert wait_job(client, client.post("/v1/documents", json=body).json()["job_id"])["state"] == "done"

@@ -154,6 +154,7 @@ class Replica:
         self.started_at = time.time()
         self.last_error: str | None = None
         self._stop = threading.Event()
+        self._beat_now = threading.Event()
         self._try(self._beat)  # listed before it serves a request
         self._threads = [
             threading.Thread(target=self._follow_loop, name="ragserve-follow", daemon=True),
@@ -187,13 +188,15 @@ class Replica:
             self._beat()
 
     def drain(self) -> None:
-        """Listed as draining from now on (a load balancer may still send it requests)."""
+        """Listed as draining from the next heartbeat on, which comes at once (without waiting for
+        the store here: this runs in the signal handler)."""
         self.state = DRAINING
-        self._try(self._beat)
+        self._beat_now.set()
 
     def stop(self) -> None:
         """Stop following and heartbeating, hand back the jobs it held, leave the list."""
         self._stop.set()
+        self._beat_now.set()
         for thread in self._threads:
             thread.join(timeout=10)
         self._try(self.queue.release)
@@ -211,8 +214,11 @@ class Replica:
                 self._try(self.follow_once)
 
     def _heartbeat_loop(self) -> None:
-        while not self._stop.wait(self.following.heartbeat_s):
-            self._try(self._beat)
+        while not self._stop.is_set():
+            self._beat_now.wait(self.following.heartbeat_s)
+            self._beat_now.clear()
+            if not self._stop.is_set():
+                self._try(self._beat)
 
     def _beat(self) -> None:
         self.board.beat(self.describe())

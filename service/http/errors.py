@@ -2,6 +2,7 @@
 
 import json
 import logging
+import sqlite3
 
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
@@ -33,6 +34,7 @@ from ragserve.errors import (
     UnknownReaderError,
     UnknownVersionError,
 )
+from ragserve.storage import is_storage_error
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +125,27 @@ def _http_error(_: Request, exc: Exception) -> JSONResponse:
     )
 
 
-def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+def _storage_error(request: Request, exc: Exception) -> JSONResponse:
+    """The store is down (PostgreSQL restarting, a full disk): 503, retry; nothing is wrong with
+    the request. Other errors of these classes are bugs (500)."""
+    if not is_storage_error(exc):
+        return _unexpected(request, exc)
+    log.warning("%s %s: the store failed: %s", request.method, request.url.path, exc)
+    unavailable = StorageUnavailableError(f"the store failed ({type(exc).__name__}); retry later")
+    return _domain_error(request, unavailable)
+
+
+def storage_error_classes() -> list[type[Exception]]:
+    """What a failing store raises (ragserve/storage.py); psycopg's only where it is installed."""
+    classes: list[type[Exception]] = [sqlite3.DatabaseError, OSError]
+    try:
+        import psycopg
+    except ImportError:
+        return classes
+    return [*classes, psycopg.OperationalError, psycopg.InterfaceError]
+
+
+def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error", exc_info=exc)
     return JSONResponse(error_body("internal_error", "internal error"), status_code=500)
 
@@ -132,4 +154,6 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RagserveError, _domain_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    for storage in storage_error_classes():
+        app.add_exception_handler(storage, _storage_error)
     app.add_exception_handler(Exception, _unexpected)

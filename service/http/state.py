@@ -35,6 +35,8 @@ class ServiceState:
     def begin_drain(self, grace_s: float) -> None:
         if not self.draining:
             self.draining, self.drain_ends = True, time.monotonic() + grace_s
+            if self.services is not None:
+                self.services.replica.drain()  # the replica list says so too
 
     @property
     def in_flight(self) -> int:
