@@ -120,7 +120,12 @@ class IndexRegistry:
                     raise ArtifactError(f"the artifact's manifest names version {version!r}, not a version id")
                 target = self.versions_dir / version
                 if not target.exists():  # else the very same content is already a version
-                    publish(incoming, target)
+                    try:
+                        publish(incoming, target)
+                    except OSError:
+                        if not (target / "manifest.json").is_file():
+                            raise
+                        # another process (a replica starting at once) filed the same version first
         finally:
             shutil.rmtree(work, ignore_errors=True)
         return version

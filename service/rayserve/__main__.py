@@ -8,6 +8,7 @@ running on this machine, as `ragserve serve --engine ray` starts it). `show` pri
 
 import argparse
 import json
+import logging
 import os
 import sys
 
@@ -34,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from service.rayserve.engine import APP_NAME, deployed_config, update_user_config
 
-    ray.init(address=os.environ.get("RAY_ADDRESS", "auto"), logging_level="warning")
+    ray.init(address=os.environ.get("RAY_ADDRESS", "auto"), logging_level=logging.WARNING)
     try:
         if args.action == "show":
             app = next((a for a in deployed_config() if a["name"] == APP_NAME), {})

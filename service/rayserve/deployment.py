@@ -6,7 +6,8 @@ the shared store and registry of the settings (docs: deploy/ray/README.md).
   in, so Serve counts the replica as started, and routes to it, only once it is ready (what
   /readyz calls `ready`). A replica whose loading fails, or takes more than `READY_TIMEOUT_S`,
   fails to start with the loader's error, and Serve starts another. Replicas load one at a time
-  per registry (`_one_at_a_time`): two that import the same artifact at once would race.
+  per registry (`_one_at_a_time`): on one machine they would otherwise load models and build the
+  demo index at once, each slowing the others.
 - **Health.** `check_health` runs every `health_check_period_s` and raises unless the replica is
   ready by /readyz's rule (models and index in, job workers alive); after 3 failures in a row
   Serve replaces the replica. Draining is not unhealthy: it only happens while the replica stops.
@@ -34,7 +35,7 @@ from typing import Any
 from fastapi import FastAPI
 from pydantic import ValidationError
 from ray import serve
-from ray.serve import Application
+from ray.serve import Application, Deployment
 
 from service.application.services import Services
 from service.http.app import create_app
@@ -110,19 +111,15 @@ def load_one_at_a_time(settings: Settings) -> Services:
         return load_services(settings)
 
 
-@serve.deployment(
-    name=DEPLOYMENT_NAME,
-    ray_actor_options={"num_cpus": 1},
-    health_check_period_s=HEALTH_PERIOD_S,
-    health_check_timeout_s=HEALTH_TIMEOUT_S,
-    graceful_shutdown_wait_loop_s=WAIT_LOOP_S,
-)
-@serve.ingress()
-class Ragserve:
+@serve.ingress()  # no app yet: Serve calls `__serve_build_asgi_app__` in the replica, after __init__
+class Replica:
     """One replica. `overrides`: settings besides the RAGSERVE_* variables of its environment."""
 
     def __init__(self, overrides: Mapping[str, Any] | None = None) -> None:
         os.environ.setdefault("GOMP_SPINCOUNT", SPINCOUNT)  # read once, when torch loads (in the loader)
+        # ragserve's loggers write to the actor's stderr (Ray's worker log, and the driver's
+        # output); their level is the user_config's log_level (service/rayserve/live.py).
+        logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         self.settings = Settings(**dict(overrides or {}))
         self.state: ServiceState | None = None
 
@@ -146,6 +143,15 @@ class Ragserve:
             raise RuntimeError("reconfigure before the app was built")
         values = apply_live(self.state, config)
         log.info("live settings: %s", values)
+
+
+Ragserve: Deployment = serve.deployment(
+    name=DEPLOYMENT_NAME,
+    ray_actor_options={"num_cpus": 1},
+    health_check_period_s=HEALTH_PERIOD_S,
+    health_check_timeout_s=HEALTH_TIMEOUT_S,
+    graceful_shutdown_wait_loop_s=WAIT_LOOP_S,
+)(Replica)
 
 
 def deployment_options(settings: Settings) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from typing import Any
 
 import ray
 from ray import serve
+from ray.serve._private.client import ServeControllerClient
 from ray.serve.context import _get_global_client
 from ray.serve.schema import ServeDeploySchema
 
@@ -38,6 +39,14 @@ IMPORT_PATH = "service.rayserve.deployment:app_builder"
 FORWARDED_PREFIXES = ("RAGSERVE_",)
 FORWARDED = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "TOKENIZERS_PARALLELISM", "GOMP_SPINCOUNT", "HF_HOME")
 POLL_S = 0.5
+
+
+def _client() -> ServeControllerClient:
+    """Serve's controller client (the one `serve run CONFIG` deploys with)."""
+    client = _get_global_client()
+    if client is None:
+        raise RuntimeError("Serve is not running on this Ray cluster")
+    return client
 
 
 def forwarded_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -70,22 +79,25 @@ def application_config(
     }
 
 
-def deploy(applications: list[dict[str, Any]], timeout_s: float = READY_TIMEOUT_S) -> None:
+def deploy(
+    applications: list[dict[str, Any]], timeout_s: float = READY_TIMEOUT_S, stop: threading.Event | None = None
+) -> None:
     """Deploy a Serve config's applications (all of the Serve instance: one it does not name is
-    deleted), and wait until they run."""
+    deleted), and wait until they run (or `stop` is set)."""
     for app in applications:
         for deployment in app.get("deployments", []):
             if deployment.get("name") == DEPLOYMENT_NAME:
                 validate_live(deployment.get("user_config"))  # a replica refusing it would be stopped
-    _get_global_client().deploy_apps(ServeDeploySchema.model_validate({"applications": applications}))
+    _client().deploy_apps(ServeDeploySchema.model_validate({"applications": applications}))
     for app in applications:
-        wait_running(app["name"], timeout_s)
+        wait_running(app["name"], timeout_s, stop)
 
 
-def wait_running(name: str = APP_NAME, timeout_s: float = READY_TIMEOUT_S) -> None:
-    """Until the application runs; RuntimeError with Serve's message if its deploy failed."""
+def wait_running(name: str = APP_NAME, timeout_s: float = READY_TIMEOUT_S, stop: threading.Event | None = None) -> None:
+    """Until the application runs (or `stop` is set); RuntimeError with Serve's message if its
+    deploy failed."""
     deadline = time.monotonic() + timeout_s
-    while True:
+    while stop is None or not stop.is_set():
         status = serve.status().applications.get(name)
         if status is not None and status.status == "RUNNING":
             return
@@ -96,14 +108,14 @@ def wait_running(name: str = APP_NAME, timeout_s: float = READY_TIMEOUT_S) -> No
         time.sleep(POLL_S)
 
 
-def deploy_one(app: dict[str, Any], timeout_s: float = READY_TIMEOUT_S) -> None:
+def deploy_one(app: dict[str, Any], timeout_s: float = READY_TIMEOUT_S, stop: threading.Event | None = None) -> None:
     """Deploy (or replace) one application, keeping the others of the Serve instance."""
-    deploy([*(a for a in deployed_config() if a["name"] != app["name"]), app], timeout_s)
+    deploy([*(a for a in deployed_config() if a["name"] != app["name"]), app], timeout_s, stop)
 
 
 def deployed_config() -> list[dict[str, Any]]:
     """The applications as last deployed (their Serve config), for a change of one of them."""
-    details = _get_global_client().get_serve_details()
+    details = _client().get_serve_details()
     apps: list[dict[str, Any]] = []
     for name, app in details.get("applications", {}).items():
         config = app.get("deployed_app_config")
@@ -134,8 +146,8 @@ def update_user_config(
     return dict(deployment["user_config"])
 
 
-def _until_signalled() -> None:
-    """Block until SIGTERM or SIGINT (a second one is logged and ignored: the stop is bounded)."""
+def _stop_on_signals() -> threading.Event:
+    """An event SIGTERM and SIGINT set (a second one is logged: the stop is bounded anyway)."""
     stop = threading.Event()
 
     def handle(signum: int, _: FrameType | None) -> None:
@@ -144,9 +156,8 @@ def _until_signalled() -> None:
         stop.set()
 
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, handle)
-    while not stop.wait(1.0):
-        pass
+        signal.signal(sig, handle)  # in place of Ray's, which exits at once
+    return stop
 
 
 def serve_replicas(settings: Settings, overrides: Mapping[str, Any], replicas: int, log_level: str) -> None:
@@ -171,17 +182,20 @@ def serve_replicas(settings: Settings, overrides: Mapping[str, Any], replicas: i
         num_cpus = min(1.0, cpus / replicas)  # every replica fits on this machine
         if "RAGSERVE_TORCH_THREADS" not in os.environ:  # the replicas share the cores
             overrides.setdefault("torch_threads", max(1, cpus // replicas))
+    stop = _stop_on_signals()
     try:
         serve.start(http_options={"host": settings.host, "port": settings.port})
         app = application_config(overrides, replicas, num_cpus, forwarded_env(), {"log_level": log_level})
-        deploy_one(app)
-        log.info("%d replica(s) ready behind http://%s:%d", replicas, settings.host, settings.port)
-        _until_signalled()
+        deploy_one(app, stop=stop)
+        if not stop.is_set():
+            log.info("%d replica(s) ready behind http://%s:%d", replicas, settings.host, settings.port)
+        while not stop.wait(1.0):
+            pass
         log.info("stopping: the replicas drain, hand their jobs back and leave the replica list")
     finally:
         try:
             serve.delete(APP_NAME)  # graceful: every replica's stop runs (and is waited for)
         finally:
             if not address:
-                serve.shutdown()
+                serve.shutdown()  # type: ignore[no-untyped-call]
                 ray.shutdown()
