@@ -51,6 +51,9 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.overload --honor-retry-after
 	$(BIN)/python -m bench.auth_body
 	$(BIN)/python -m bench.faults
+	$(BIN)/python -m bench.replicas
+	$(BIN)/python -m bench.replicas --only throughput --torch-threads 1
+	$(BIN)/python -m bench.ray_replicas
 
 ## The long ones: every reader on 500 SQuAD questions (about 45 minutes), RETRO bits per byte,
 ## free vs extractive answers and the generator's number formats on the held-out articles (~10 min).
