@@ -14,10 +14,10 @@ import hashlib
 import json
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from ragserve.sqlite import create, session
 from ragserve.types import Document
@@ -62,6 +62,23 @@ class Changes:
     live: list[Document]  # upserted (their current content)
     deleted: list[str]  # deleted
     seq: int  # the highest counter value included
+
+
+CHANGE_COLUMNS = "id, title, text, metadata, deleted, seq"  # what `changes_of` reads, in this order
+
+
+def changes_of(rows: Iterable[Sequence[Any]], seq: int) -> Changes:
+    """The changes after counter value `seq` from rows of CHANGE_COLUMNS in counter order (both stores)."""
+    live: list[Document] = []
+    deleted: list[str] = []
+    last = seq
+    for doc_id, title, text, metadata, gone, row_seq in rows:
+        if gone:
+            deleted.append(doc_id)
+        else:
+            live.append(Document(doc_id, title, text, json.loads(metadata)))
+        last = row_seq
+    return Changes(live, deleted, last)
 
 
 class DocumentStore(Protocol):
@@ -114,19 +131,9 @@ class SqliteDocumentStore:
         return Applied(changed, removed, counts)
 
     def changes_since(self, seq: int) -> Changes:
-        live: list[Document] = []
-        deleted: list[str] = []
-        last = seq
         with session(self.path) as db:
-            for doc_id, title, text, metadata, gone, row_seq in db.execute(
-                "SELECT id, title, text, metadata, deleted, seq FROM documents WHERE seq > ? ORDER BY seq", (seq,)
-            ):
-                if gone:
-                    deleted.append(doc_id)
-                else:
-                    live.append(Document(doc_id, title, text, json.loads(metadata)))
-                last = row_seq
-        return Changes(live, deleted, last)
+            rows = db.execute(f"SELECT {CHANGE_COLUMNS} FROM documents WHERE seq > ? ORDER BY seq", (seq,))
+            return changes_of(rows, seq)
 
     def head(self) -> int:
         with session(self.path) as db:

@@ -13,7 +13,7 @@ import json
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from indexer.documents import Applied, Changes, content_sha256
+from indexer.documents import CHANGE_COLUMNS, Applied, Changes, changes_of, content_sha256
 from ragserve.postgres import CHANNEL, DOCUMENTS_LOCK, NOW, Database
 from ragserve.types import Document
 
@@ -92,22 +92,12 @@ class PostgresDocumentStore:
         return Applied(changed, removed, counts)
 
     def changes_since(self, seq: int) -> Changes:
-        live: list[Document] = []
-        deleted: list[str] = []
-        last = seq
         with self.db.transaction() as conn:
             rows = conn.execute(
-                "SELECT id, title, text, metadata, deleted, seq FROM ragserve_documents "
-                "WHERE index_name = %s AND seq > %s ORDER BY seq",
+                f"SELECT {CHANGE_COLUMNS} FROM ragserve_documents WHERE index_name = %s AND seq > %s ORDER BY seq",
                 (self.index_name, seq),
             )
-            for doc_id, title, text, metadata, gone, row_seq in rows:
-                if gone:
-                    deleted.append(doc_id)
-                else:
-                    live.append(Document(doc_id, title, text, json.loads(metadata)))
-                last = row_seq
-        return Changes(live, deleted, last)
+            return changes_of(rows, seq)
 
     def head(self) -> int:
         with self.db.transaction() as conn:

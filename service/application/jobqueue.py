@@ -94,6 +94,17 @@ class Job:
         return list(self.payload.get("delete", []))
 
 
+JOB_COLUMNS = "id, kind, state, result, upserts, deletes, attempts"  # what `job_of` reads, in this order
+
+
+def job_of(row: Sequence[Any] | None) -> Job | None:
+    """A job (without its payload) from a row of JOB_COLUMNS (both stores)."""
+    if row is None:
+        return None
+    found, kind, state, result, upserts, deletes, attempts = row
+    return Job(found, kind, state, {}, json.loads(result), upserts, deletes, attempts)
+
+
 def documents_payload(upsert: Sequence[Document], delete: Sequence[str]) -> dict[str, Any]:
     return {"upsert": [[d.id, d.title, d.text, d.metadata] for d in upsert], "delete": list(delete)}
 
@@ -157,13 +168,7 @@ class SqliteJobQueue:
 
     def job(self, job_id: str) -> Job | None:
         with session(self.path) as db:
-            row = db.execute(
-                "SELECT id, kind, state, result, upserts, deletes, attempts FROM jobs WHERE id = ?", (job_id,)
-            ).fetchone()
-        if row is None:
-            return None
-        found, kind, state, result, upserts, deletes, attempts = row
-        return Job(found, kind, state, {}, json.loads(result), upserts, deletes, attempts)
+            return job_of(db.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone())
 
     def pending(self, kind: str) -> bool:
         with session(self.path) as db:

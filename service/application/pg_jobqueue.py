@@ -14,7 +14,7 @@ import uuid
 from typing import Any
 
 from ragserve.postgres import JOBS_LOCK, NOW, Database
-from service.application.jobqueue import EMPTY_PAYLOAD, FINISHED, PENDING, Job, check_room
+from service.application.jobqueue import EMPTY_PAYLOAD, FINISHED, JOB_COLUMNS, PENDING, Job, check_room, job_of
 
 MIGRATIONS = [
     """
@@ -69,15 +69,8 @@ class PostgresJobQueue:
 
     def job(self, job_id: str) -> Job | None:
         with self.db.transaction() as conn:
-            row = conn.execute(
-                "SELECT id, kind, state, result, upserts, deletes, attempts FROM ragserve_jobs "
-                "WHERE id = %s AND index_name = %s",
-                (job_id, self.index_name),
-            ).fetchone()
-        if row is None:
-            return None
-        found, kind, state, result, upserts, deletes, attempts = row
-        return Job(found, kind, state, {}, json.loads(result), upserts, deletes, attempts)
+            query = f"SELECT {JOB_COLUMNS} FROM ragserve_jobs WHERE id = %s AND index_name = %s"
+            return job_of(conn.execute(query, (job_id, self.index_name)).fetchone())
 
     def pending(self, kind: str) -> bool:
         return self.count_pending(kind) > 0
