@@ -33,6 +33,7 @@ MIGRATION_LOCK = 0x72616773  # the advisory lock migrations run under ('rags')
 DOCUMENTS_LOCK = 1
 JOBS_LOCK = 2
 CONNECT_TIMEOUT_S = 10
+POOL_WAIT_S = 5.0  # the longest a request waits for a connection before it is answered 503
 
 MIGRATIONS_TABLE = """
 CREATE TABLE IF NOT EXISTS ragserve_migrations (
@@ -70,7 +71,10 @@ class Database:
             min_size=1,
             max_size=pool_max,
             kwargs={"connect_timeout": CONNECT_TIMEOUT_S, "application_name": "ragserve"},
-            timeout=30,  # waiting for a free connection
+            timeout=POOL_WAIT_S,  # for a free connection, or a new one: a server that is down fails fast
+            # a connection the server dropped (a restart, a failover) is replaced before it is
+            # handed out, instead of failing the first request after the server is back
+            check=ConnectionPool.check_connection,
             open=False,
             name="ragserve",
         )

@@ -103,6 +103,6 @@ def test_while_the_database_is_down_queries_go_on_and_writes_answer_503(
                 assert response.json()["error"]["code"] == "storage_unavailable"
                 assert response.headers["retry-after"]
             server.start_again()
-            assert client.get("/admin/indexes").status_code == 200  # the pool reconnects
+            assert client.get("/admin/indexes").status_code == 200  # the pool replaces dropped connections
             body = {"upsert": [{"id": "weir", "text": "The Saltmere weir was rebuilt in 1902."}]}
             assert wait_job(client, client.post("/v1/documents", json=body).json()["job_id"])["state"] == "done"
