@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 SERVING, DRAINING = "serving", "draining"
 FORGET_AFTER_S = 3_600.0  # rows of replicas silent this long are deleted
+FOLLOW_BACKOFF_MAX_S = 30.0  # after failed follows the waits double from the poll interval up to this
 
 
 def new_replica_id() -> str:
@@ -152,10 +153,10 @@ class Replica:
         self.following = following
         self.state = SERVING
         self.started_at = time.time()
-        self.last_error: str | None = None
+        self._errors: dict[str, str] = {}  # what failed last, per activity (following, heartbeat, ...)
         self._stop = threading.Event()
         self._beat_now = threading.Event()
-        self._try(self._beat)  # listed before it serves a request
+        self._try("heartbeat", self._beat)  # listed before it serves a request
         self._threads = [
             threading.Thread(target=self._follow_loop, name="ragserve-follow", daemon=True),
             threading.Thread(target=self._heartbeat_loop, name="ragserve-heartbeat", daemon=True),
@@ -199,37 +200,49 @@ class Replica:
         self._beat_now.set()
         for thread in self._threads:
             thread.join(timeout=10)
-        self._try(self.queue.release)
-        self._try(lambda: self.board.leave(self.id))
+        self._try("handing jobs back", self.queue.release)
+        self._try("leaving the list", lambda: self.board.leave(self.id))
         if self.signals is not None:
             self.signals.close()
 
     def _follow_loop(self) -> None:
+        failures = 0  # in a row: a version that does not load (or a store that is down) is not retried at once
         while not self._stop.is_set():
-            if self.signals is not None:
+            if failures:
+                self._stop.wait(min(FOLLOW_BACKOFF_MAX_S, self.following.poll_s * 2 ** min(failures, 20)))
+            elif self.signals is not None:
                 self.signals.wait(self.following.poll_s)
             else:
                 self._stop.wait(self.following.poll_s)
             if not self._stop.is_set():
-                self._try(self.follow_once)
+                failures = 0 if self._try("following", self.follow_once) else failures + 1
 
     def _heartbeat_loop(self) -> None:
         while not self._stop.is_set():
             self._beat_now.wait(self.following.heartbeat_s)
             self._beat_now.clear()
             if not self._stop.is_set():
-                self._try(self._beat)
+                self._try("heartbeat", self._beat)
 
     def _beat(self) -> None:
         self.board.beat(self.describe())
         self.queue.renew()
 
-    def _try(self, work: Callable[[], object]) -> None:
-        """Run `work`; a failure (the store is down) is logged and kept, and the next round retries."""
+    @property
+    def last_error(self) -> str | None:
+        """What is failing now (following the pointer, the heartbeat), for /readyz; None: nothing."""
+        return "; ".join(f"{what}: {error}" for what, error in self._errors.items()) or None
+
+    def _try(self, what: str, work: Callable[[], object]) -> bool:
+        """Run `work`; whether it succeeded. A failure (the store is down, a version that fails
+        verification) is logged once and kept for /readyz until `what` succeeds again; a later
+        round retries."""
         try:
             work()
-            self.last_error = None
+            self._errors.pop(what, None)
+            return True
         except Exception as exc:
-            if self.last_error is None:
-                log.warning("replica %s: %s", self.id, exc)
-            self.last_error = f"{type(exc).__name__}: {exc}"
+            if what not in self._errors:
+                log.warning("replica %s: %s failed: %s", self.id, what, exc)
+            self._errors[what] = f"{type(exc).__name__}: {exc}"
+            return False
