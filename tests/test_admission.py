@@ -173,3 +173,29 @@ def test_the_answer_decoder_drops_cancelled_requests_and_keeps_the_others(genera
         assert decoder.greedy(prompt, 12) == alone  # the decoder goes on
     finally:
         decoder.close()
+
+
+def test_a_gate_resized_while_requests_wait_admits_or_drains_to_the_new_limit() -> None:
+    import asyncio
+
+    from service.http.admission import Gate
+
+    async def scenario() -> None:
+        gate = Gate("/v1/retrieve", limit=1, queue=8)
+        await gate.enter(1.0)
+        waiters = [asyncio.ensure_future(gate.enter(5.0)) for _ in range(3)]
+        await asyncio.sleep(0.01)
+        assert (gate.in_service, len(gate.waiting)) == (1, 3)
+        gate.resize(3)  # two of the waiting requests get in at once
+        await asyncio.sleep(0.01)
+        assert (gate.in_service, len(gate.waiting), sum(w.done() for w in waiters)) == (3, 1, 2)
+        gate.resize(1)  # lowered: applies as requests leave, the waiting one waits for it
+        gate.leave()
+        gate.leave()
+        await asyncio.sleep(0.01)
+        assert (gate.in_service, len(gate.waiting)) == (1, 1)
+        gate.leave()  # now at the limit: the place is handed over
+        await asyncio.sleep(0.01)
+        assert (gate.in_service, len(gate.waiting)) == (1, 0) and all(w.done() for w in waiters)
+
+    asyncio.run(scenario())

@@ -66,14 +66,27 @@ class Gate:
                 self.waiting.remove(place)
             raise
 
+    def resize(self, limit: int) -> None:
+        """A new limit of requests in service, at once: a higher one admits requests waiting now;
+        a lower one takes effect as requests leave (none is cut short)."""
+        self.limit = limit
+        while self.in_service < self.limit and self._hand_over():
+            self.in_service += 1
+
     def leave(self) -> None:
-        """Give the place to the longest waiting request, or free it."""
+        """Give the place to the longest waiting request, or free it (and free it for good while
+        more are in service than a lowered limit allows)."""
+        if self.in_service > self.limit or not self._hand_over():
+            self.in_service -= 1
+
+    def _hand_over(self) -> bool:
+        """Give a place to the longest waiting request; whether one was waiting."""
         while self.waiting:
             place = self.waiting.popleft()
             if not place.done():
-                place.set_result(None)  # in_service is unchanged: the place changes hands
-                return
-        self.in_service -= 1
+                place.set_result(None)
+                return True
+        return False
 
 
 @dataclass

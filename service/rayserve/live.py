@@ -11,11 +11,12 @@ admission middleware its deadline and refusal delay) and changes through the app
 | `default_reader` | the reader of /v1/ask requests that name none (a reader this server runs) |
 | `adapter` | the default reader adapter: a loaded name, `none` (the base model), `auto` (the bundled one) |
 | `ask_max_queue`, `retrieve_max_queue` | requests that may wait for admission before a 429 |
+| `ask_max_in_service`, `retrieve_max_in_service` | requests answered at once (a higher limit admits waiting ones now) |
+
+Serve's own `max_ongoing_requests` per replica stays what the start-up limits made it.
 
 The `user_config` is declarative: a key it leaves out takes the replica's start value (its
-settings), so removing a key undoes it. The limits of requests *in service* are not live: a freed
-place is handed to the next request waiting (service/http/admission.py, `Gate.leave`), so a lower
-limit would not take effect while a queue persists.
+settings), so removing a key undoes it.
 
 Nothing here imports Ray: the values are checked the same way before a deploy and in a replica.
 """
@@ -35,7 +36,8 @@ from service.settings import Settings
 
 LOGGERS = ("ragserve", "indexer", "retriever", "reader", "service")  # the project's packages
 QUEUES = {"ask_max_queue": "/v1/ask", "retrieve_max_queue": "/v1/retrieve"}  # key -> admission gate
-SETTINGS_KEYS = ("default_reader", "adapter", *QUEUES)
+IN_SERVICE = {"ask_max_in_service": "/v1/ask", "retrieve_max_in_service": "/v1/retrieve"}
+SETTINGS_KEYS = ("default_reader", "adapter", *QUEUES, *IN_SERVICE)
 LIVE_KEYS = ("log_level", *SETTINGS_KEYS)
 LogLevel = Literal["debug", "info", "warning", "error"]
 
@@ -109,4 +111,7 @@ def apply_live(state: ServiceState, config: object) -> dict[str, Any]:
     for key, path in QUEUES.items():
         if path in state.gates:
             state.gates[path].queue = values[key]
+    for key, path in IN_SERVICE.items():
+        if path in state.gates:
+            state.gates[path].resize(values[key])
     return values
