@@ -105,6 +105,17 @@ def job_of(row: Sequence[Any] | None) -> Job | None:
     return Job(found, kind, state, {}, json.loads(result), upserts, deletes, attempts)
 
 
+TAKE_COLUMNS = "id, payload, upserts, deletes, attempts, state"  # what `taken` reads, in this order
+
+
+def taken(kind: str, row: Sequence[Any]) -> Job:
+    """The job a row of TAKE_COLUMNS becomes once taken (both stores): running, with its payload;
+    `interrupted`, and one more attempt counted, when it was running already (its lease ran out)."""
+    job_id, payload, upserts, deletes, attempts, state = row
+    interrupted = state == "running"
+    return Job(job_id, kind, "running", json.loads(payload), {}, upserts, deletes, attempts + interrupted, interrupted)
+
+
 def documents_payload(upsert: Sequence[Document], delete: Sequence[str]) -> dict[str, Any]:
     return {"upsert": [[d.id, d.title, d.text, d.metadata] for d in upsert], "delete": list(delete)}
 
@@ -187,21 +198,17 @@ class SqliteJobQueue:
             if db.execute(held, (kind, now)).fetchone() is not None:
                 return None  # one job of a kind at a time, across processes
             row = db.execute(
-                "SELECT id, payload, upserts, deletes, attempts, state FROM jobs "
-                f"WHERE kind = ? AND {PENDING} ORDER BY seq LIMIT 1",
-                (kind,),
+                f"SELECT {TAKE_COLUMNS} FROM jobs WHERE kind = ? AND {PENDING} ORDER BY seq LIMIT 1", (kind,)
             ).fetchone()
             if row is None:
                 return None
-            job_id, payload, upserts, deletes, attempts, state = row
-            interrupted = state == "running"  # its lease ran out
-            attempts += interrupted
+            job = taken(kind, row)
             db.execute(
                 "UPDATE jobs SET state = 'running', owner = ?, lease_until = ?, attempts = ?, updated_at = ? "
                 "WHERE id = ?",
-                (self.owner, now + self.lease_s, attempts, now, job_id),
+                (self.owner, now + self.lease_s, job.attempts, now, job.id),
             )
-        return Job(job_id, kind, "running", json.loads(payload), {}, upserts, deletes, attempts, interrupted)
+        return job
 
     def finish(self, job_id: str, state: str, result: dict[str, Any]) -> bool:
         with self._write, session(self.path) as db:

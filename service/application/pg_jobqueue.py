@@ -14,7 +14,17 @@ import uuid
 from typing import Any
 
 from ragserve.postgres import JOBS_LOCK, NOW, Database
-from service.application.jobqueue import EMPTY_PAYLOAD, FINISHED, JOB_COLUMNS, PENDING, Job, check_room, job_of
+from service.application.jobqueue import (
+    EMPTY_PAYLOAD,
+    FINISHED,
+    JOB_COLUMNS,
+    PENDING,
+    TAKE_COLUMNS,
+    Job,
+    check_room,
+    job_of,
+    taken,
+)
 
 MIGRATIONS = [
     """
@@ -94,21 +104,19 @@ class PostgresJobQueue:
             if held is not None:
                 return None  # one job of a kind at a time, across replicas
             row = conn.execute(
-                "SELECT id, payload, upserts, deletes, attempts, state FROM ragserve_jobs "
-                f"WHERE index_name = %s AND kind = %s AND {PENDING} ORDER BY seq LIMIT 1 FOR UPDATE SKIP LOCKED",
+                f"SELECT {TAKE_COLUMNS} FROM ragserve_jobs WHERE index_name = %s AND kind = %s AND {PENDING} "
+                "ORDER BY seq LIMIT 1 FOR UPDATE SKIP LOCKED",
                 (self.index_name, kind),
             ).fetchone()
             if row is None:
                 return None
-            job_id, payload, upserts, deletes, attempts, state = row
-            interrupted = state == "running"  # its lease ran out
-            attempts += interrupted
+            job = taken(kind, row)
             conn.execute(
                 f"UPDATE ragserve_jobs SET state = 'running', owner = %s, lease_until = {NOW} + %s, "
                 f"attempts = %s, updated_at = {NOW} WHERE id = %s",
-                (self.owner, self.lease_s, attempts, job_id),
+                (self.owner, self.lease_s, job.attempts, job.id),
             )
-        return Job(job_id, kind, "running", json.loads(payload), {}, upserts, deletes, attempts, interrupted)
+        return job
 
     def finish(self, job_id: str, state: str, result: dict[str, Any]) -> bool:
         return self._update(
