@@ -5,7 +5,7 @@ of the index did.
 What serves is a *generation*: one index version plus the delta index of the document changes
 after it. A switch or a refresh loads, verifies and warms the new generation while the old one
 keeps answering, brings its delta up to date, and swaps it in with one reference assignment;
-the serving pointer (service/application/replicas.py) is changed first, and old versions that no
+the serving pointer (service/application/pointer.py) is changed first, and old versions that no
 request and no live replica holds any more are pruned.
 
 The pointer is the one truth of what serves. A replica that finds it naming another version
