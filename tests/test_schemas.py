@@ -23,6 +23,8 @@ def test_defaults_come_from_settings(models) -> None:  # type: ignore[no-untyped
     [
         {"question": "x" * 21},
         {"question": ""},
+        {"question": "\x1f"},  # a separator Python's strip removes, pydantic's does not
+        {"question": " \x1c\x1d "},
         {"question": "ok", "top_k": 4},
         {"question": "ok", "top_k": True},
         {"question": "ok", "reader": "Bad Name"},

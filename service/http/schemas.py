@@ -5,7 +5,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
 from ragserve.types import Passage, RetrievalMode
 from reader.base import Evidence
@@ -124,11 +124,21 @@ class RequestModels:
     retrieve: type[RetrieveRequestBase]
 
 
+def _not_blank(text: str) -> str:
+    """Refuse text of separators and control characters alone (e.g. U+001F), which the
+    whitespace strip above keeps but Python's `str.strip` and the tokenizer treat as nothing."""
+    if not text.strip():
+        raise ValueError("must contain a visible character")
+    return text
+
+
 def request_models(settings: Settings) -> RequestModels:
     """Request models whose constraints are this server's settings."""
     retrieval_help = f"dense, sparse (BM25) or hybrid; default {settings.retrieval.value!r}."
     Text = Annotated[
-        str, StringConstraints(strip_whitespace=True, min_length=1, max_length=settings.max_question_chars)
+        str,
+        StringConstraints(strip_whitespace=True, min_length=1, max_length=settings.max_question_chars),
+        AfterValidator(_not_blank),
     ]
 
     class AskRequest(AskRequestBase):
