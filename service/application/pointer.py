@@ -9,7 +9,8 @@ serves, so a rollback made meanwhile on another replica is not undone.
 from __future__ import annotations
 
 import fcntl
-from pathlib import Path
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Protocol
 
 from retriever.registry import IndexRegistry
@@ -49,18 +50,8 @@ class FilePointer:
             self.registry.set_serving(version)
             return True
 
-    def _locked(self) -> _FileLock:
-        return _FileLock(self._lock)
-
-
-class _FileLock:
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def __enter__(self) -> None:
-        self._fh = self.path.open("a")
-        fcntl.flock(self._fh, fcntl.LOCK_EX)
-
-    def __exit__(self, *_: object) -> None:
-        fcntl.flock(self._fh, fcntl.LOCK_UN)
-        self._fh.close()
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        with self._lock.open("a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file closes (or the process dies)
+            yield

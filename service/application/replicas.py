@@ -201,9 +201,7 @@ class Replica:
         for thread in self._threads:
             thread.join(timeout=10)
         self._try("handing jobs back", self.queue.release)
-        self._try("leaving the list", lambda: self.board.leave(self.id))
-        if self.signals is not None:
-            self.signals.close()
+        self._try("leaving the list", lambda: self.board.leave(self.id))  # the store closes the signals
 
     def _follow_loop(self) -> None:
         failures = 0  # in a row: a version that does not load (or a store that is down) is not retried at once
