@@ -32,6 +32,7 @@ from retriever import faiss_index
 from retriever.artifact import DOCSTORE_FILE, INDEX_FILE
 from retriever.docstore import Docstore, StoredChunk
 from retriever.encoder import Encoder
+from retriever.writer import ModelInfo
 from service.application.evaluation import load_squad, spread_sample
 from service.application.loading import build_config, cached_index_path, ensure_index, make_encoder
 from service.settings import Settings
@@ -64,7 +65,7 @@ def scaled_index(settings: Settings, encoder: Encoder, copies: int) -> Path:
     clean_stale(out)
     started = time.perf_counter()
     with staged_directory(out) as staging:
-        writer = artifact_writer(staging, encoder, build_config(settings))
+        writer = artifact_writer(staging, ModelInfo.of(encoder), build_config(settings))
         writer.add(chunks, vectors)
         for copy in range(1, copies):
             moved = vectors + noise.normal(0, SIGMA, vectors.shape).astype(np.float32)  # (n, dim)

@@ -6,8 +6,10 @@ embedded in length-sorted windows and handed to the writer, which spools vectors
 
 from __future__ import annotations
 
+import os
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -20,7 +22,7 @@ from ragserve.atomic import clean_stale, staged_directory
 from ragserve.errors import ArtifactError
 from ragserve.types import Document
 from retriever.artifact import Manifest
-from retriever.writer import ArtifactWriter
+from retriever.writer import ArtifactWriter, Finished, Layout, ModelInfo, ShardedArtifactWriter
 
 if TYPE_CHECKING:
     from retriever.encoder import Encoder
@@ -37,10 +39,25 @@ class BuildConfig:
     doc_batch: int = 256  # documents tokenized together
     embed_window: int = 2_048  # chunks sorted by length and embedded together
     embed_batch: int | None = None  # None: the encoder's own (see retriever/encoder.py)
+    shards: int = 1  # > 1: a sharded artifact (retriever/writer.py ShardedArtifactWriter)
+
+    @property
+    def layout(self) -> Layout:
+        return Layout(self.index_factory, self.exact_below)
 
 
-def artifact_writer(staging: Path, encoder: Encoder, config: BuildConfig) -> ArtifactWriter:
-    return ArtifactWriter(staging, encoder, config.chunking.manifest(), config.index_factory, config.exact_below)
+def artifact_writer(staging: Path, model: ModelInfo, config: BuildConfig) -> ArtifactWriter | ShardedArtifactWriter:
+    """The writer of an artifact as `config` shapes it: sharded ones fill their shards in parallel
+    threads (FAISS releases the GIL while it adds vectors)."""
+    chunking = config.chunking.manifest()
+    if config.shards == 1:
+        return ArtifactWriter(staging, model, chunking, config.layout)
+    return ShardedArtifactWriter(staging, model, chunking, config.layout, config.shards, run=_threads)
+
+
+def _threads(fill: Callable[[int], Finished], shards: Sequence[int]) -> list[Finished]:
+    with ThreadPoolExecutor(max_workers=min(len(shards), os.cpu_count() or 1)) as pool:
+        return list(pool.map(fill, shards))
 
 
 def build_artifact(
@@ -57,7 +74,7 @@ def build_artifact(
         raise ArtifactError(f"{out} already exists: artifacts are immutable, choose a new --out")
     started = time.perf_counter()
     with staged_directory(out) as staging:
-        writer = artifact_writer(staging, encoder, config)
+        writer = artifact_writer(staging, ModelInfo.of(encoder), config)
         counts = {"documents": 0, "empty_documents": 0, "tokens": 0}
         bar = tqdm(desc="indexing", unit=" chunks", disable=not progress)
         pending: list[Chunk] = []

@@ -1,5 +1,10 @@
 """Index artifacts: one immutable directory = FAISS file + BM25 files + SQLite docstore + manifest.json.
 
+A sharded artifact (format 2) holds those files once per shard, in `shard-000/` ... (partitioned
+by retriever/shards.py), plus the corpus-wide BM25 statistics at the top; its one manifest lists
+every file of every shard with its checksum, so a sharded version is published, verified, copied
+and pruned exactly like an unsharded one.
+
 The manifest records what built the index (retriever name and weights digest, chunking, index
 type) and the sha256 of every other file. Artifacts are written into a staging directory beside
 the destination and published with one rename when complete (ragserve/atomic.py), so a reader
@@ -9,6 +14,7 @@ removes. The writer is retriever/writer.py; this module reads and verifies.
 
 import hashlib
 import json
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -16,10 +22,12 @@ from typing import Any
 
 from ragserve.errors import ArtifactError, IntegrityError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 1  # one set of index files
+SHARDED_FORMAT = 2  # a set per shard, in shard folders
 MANIFEST = "manifest.json"
 INDEX_FILE = "index.faiss"
 DOCSTORE_FILE = "docstore.sqlite"
+SHARD_FOLDER = re.compile(r"shard-\d{3}")  # retriever/shards.py shard_name
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +51,15 @@ class Manifest:
     sparse_analyzer: int = 0
     # Number format the passages were embedded in (ragserve/types.py Precision; fp32 before it was recorded).
     embedding_precision: str = "fp32"
+    # Sharded artifacts: per shard {"name": folder, "chunks": rows, "id_base": first FAISS id}, in
+    # shard order, and the corpus-wide BM25 totals (sparse.CorpusStatistics.manifest). Empty: unsharded.
+    shards: list[dict[str, Any]] = field(default_factory=list)
+    bm25_statistics: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def shard_count(self) -> int:
+        """1 for an unsharded artifact."""
+        return len(self.shards) or 1
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
@@ -50,7 +67,7 @@ class Manifest:
     @classmethod
     def from_json(cls, text: str) -> "Manifest":
         data = json.loads(text)
-        if data.get("format_version") != FORMAT_VERSION:
+        if data.get("format_version") not in (FORMAT_VERSION, SHARDED_FORMAT):
             raise ArtifactError(f"unsupported artifact format {data.get('format_version')!r}")
         return cls(**data)
 
@@ -73,8 +90,12 @@ def write_manifest(staging: Path, manifest_fields: dict[str, Any]) -> Manifest:
     """Checksum every file of a finished staging directory and write its manifest there; the
     caller publishes the directory (ragserve/atomic.py)."""
     files = {
-        p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size} for p in sorted(staging.iterdir()) if p.is_file()
+        p.relative_to(staging).as_posix(): {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+        for p in sorted(staging.rglob("*"))
+        if p.is_file() and p.name != MANIFEST
     }
+    if manifest_fields.get("shards"):
+        manifest_fields = {**manifest_fields, "format_version": SHARDED_FORMAT}
     manifest = Manifest(version=new_version_id(files), files=files, **manifest_fields)
     (staging / MANIFEST).write_text(manifest.to_json(), encoding="utf-8")
     return manifest
@@ -93,13 +114,24 @@ def read_manifest(path: Path) -> Manifest:
 def verify_artifact(path: Path) -> Manifest:
     """The manifest, after checking that every listed file exists and matches its sha256."""
     manifest = read_manifest(path)
-    for required in (INDEX_FILE, DOCSTORE_FILE):
-        if required not in manifest.files:
-            raise ArtifactError(f"{path}: manifest lists no {required}")
+    for folder in shard_folders(manifest):
+        for required in (INDEX_FILE, DOCSTORE_FILE):
+            if f"{folder}{required}" not in manifest.files:
+                raise ArtifactError(f"{path}: manifest lists no {folder}{required}")
     for name, info in manifest.files.items():
+        if name.startswith("/") or ".." in Path(name).parts:
+            raise ArtifactError(f"{path}: manifest names a file outside the artifact: {name!r}")
         file = path / name
         if not file.is_file():
             raise IntegrityError(f"{path}: {name} is missing")
         if sha256_file(file) != info["sha256"]:
             raise IntegrityError(f"{path}: {name} does not match its sha256 in the manifest (tampered or corrupt)")
     return manifest
+
+
+def shard_folders(manifest: Manifest) -> list[str]:
+    """The folder prefix of each shard's files ("shard-000/", ...), or [""] for an unsharded artifact."""
+    names = [shard.get("name") for shard in manifest.shards]
+    if any(not isinstance(n, str) or not SHARD_FOLDER.fullmatch(n) for n in names):
+        raise ArtifactError(f"malformed shard names in the manifest: {names!r}")
+    return [f"{name}/" for name in names] or [""]

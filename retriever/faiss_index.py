@@ -25,9 +25,30 @@ def default_factory(n_vectors: int, exact_below: int) -> str:
     return "Flat" if n_vectors < exact_below else "HNSW32"
 
 
-def build(vectors: np.ndarray, factory: str) -> faiss.Index:
+def is_ivf(index: faiss.Index) -> bool:
+    return faiss.try_extract_index_ivf(index) is not None
+
+
+def train(sample: np.ndarray, factory: str) -> faiss.Index | None:
+    """A trained, empty index of `factory` from (n, dim) sample vectors; None if it needs no training."""
+    index = faiss.index_factory(sample.shape[1], factory, faiss.METRIC_INNER_PRODUCT)
+    if index.is_trained:
+        return None
+    index.train(np.ascontiguousarray(sample, dtype=np.float32))
+    return index
+
+
+def build(vectors: np.ndarray, factory: str, trained: faiss.Index | None = None, id_base: int = 0) -> faiss.Index:
     """Index (n, dim) float32 vectors; trains on a sample when the index type needs it."""
     n, dim = vectors.shape
+    if trained is not None:
+        index = faiss.clone_index(trained)
+        assert id_base == 0 or is_ivf(index), "only IVF indexes take ids"
+        for start in range(0, n, ADD_BATCH):
+            batch = np.ascontiguousarray(vectors[start : start + ADD_BATCH], dtype=np.float32)
+            ids = np.arange(id_base + start, id_base + start + batch.shape[0], dtype=np.int64)
+            index.add_with_ids(batch, ids) if is_ivf(index) else index.add(batch)
+        return index
     index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
     work = _to_gpu(index)
     if not work.is_trained:
@@ -92,5 +113,14 @@ def load(path: Path, ef_search: int, nprobe: int) -> faiss.Index:
     ivf = faiss.try_extract_index_ivf(index)
     if ivf is not None:
         ivf.nprobe = nprobe
-        ivf.make_direct_map()  # so hybrid search can score any candidate (see `reconstruct`)
+        _direct_map(ivf)  # so hybrid search can score any candidate (see `reconstruct`)
     return _to_gpu(index)
+
+
+def _direct_map(ivf: faiss.IndexIVF) -> None:
+    """An id -> list position map: an array for ids 0..n-1, a hash table for the disjoint id ranges
+    of IVF shards that share one quantizer (retriever/writer.py id_bases)."""
+    try:
+        ivf.make_direct_map()
+    except RuntimeError:
+        ivf.set_direct_map_type(faiss.DirectMap.Hashtable)  # type: ignore[attr-defined]

@@ -31,6 +31,8 @@ import scipy.sparse as sp
 
 SPARSE_FILE = "sparse.npz"
 VOCAB_FILE = "sparse_vocab.json"
+CORPUS_VOCAB_FILE = "corpus_vocab.json"
+CORPUS_DF_FILE = "corpus_df.npy"
 ANALYZER_VERSION = 1  # bump when `terms` changes: artifacts record it
 
 _WORD = re.compile(r"\w+")
@@ -103,51 +105,144 @@ class SparseIndexWriter:
     def rows(self) -> int:
         return len(self._lengths)
 
-    def lengths(self) -> np.ndarray:
-        return np.frombuffer(self._lengths, np.int32)  # (chunks,) words after stop words
-
-    def matrix(self) -> sp.csr_matrix:
-        shape = (self.rows, len(self.vocab))
-        return sp.csr_matrix((np.frombuffer(self._counts, np.int32), self._indices, self._indptr), shape=shape)
-
-    def write(self, directory: Path) -> None:
-        np.savez(
-            directory / SPARSE_FILE,
-            indptr=np.frombuffer(self._indptr, np.int64),
-            indices=np.frombuffer(self._indices, np.int32),
-            counts=np.frombuffer(self._counts, np.int32),
-            lengths=self.lengths(),
+    def counts(self) -> TermCounts:
+        """What was added, over the vocabulary in sorted order: artifacts store it so, and a
+        query's terms are summed in that order whichever shard or build holds a chunk."""
+        words = sorted(self.vocab)
+        sorted_id = np.empty(len(words), np.int32)  # first-seen id -> sorted id
+        sorted_id[[self.vocab[w] for w in words]] = np.arange(len(words), dtype=np.int32)
+        indices = sorted_id[np.frombuffer(self._indices, np.int32)]  # (nnz,)
+        shape = (self.rows, len(words))
+        tf = sp.csr_matrix(
+            (np.frombuffer(self._counts, np.int32), indices, np.frombuffer(self._indptr, np.int64)), shape
         )
-        words = sorted(self.vocab, key=self.vocab.__getitem__)
-        (directory / VOCAB_FILE).write_text(json.dumps(words, ensure_ascii=False), encoding="utf-8")
+        tf.sort_indices()
+        return TermCounts(words, tf, np.frombuffer(self._lengths, np.int32).copy())
+
+    def write(self, directory: Path) -> TermCounts:
+        counts = self.counts()
+        counts.write(directory)
+        return counts
 
 
-class SparseIndex:
-    """BM25 search over a (chunks x terms) term-frequency matrix."""
+@dataclass(frozen=True, slots=True)
+class TermCounts:
+    """The term frequencies of consecutive chunks over their own vocabulary, as an artifact (or a
+    shard of one) stores them: `sparse.npz` and `sparse_vocab.json`."""
 
-    def __init__(self, vocab: dict[str, int], tf: sp.csr_matrix, lengths: np.ndarray, params: BM25Params) -> None:
-        assert tf.shape == (lengths.shape[0], len(vocab)), "one row per chunk, one column per term"
-        self.vocab = vocab
-        self.params = params
-        self.rows = int(tf.shape[0])
-        df = np.bincount(tf.indices, minlength=len(vocab))  # (terms,) chunks containing each term
-        self.avg_length = float(lengths.mean()) if self.rows else 1.0
-        self.idf = np.log1p((self.rows - df + 0.5) / (df + 0.5)).astype(np.float32)  # (terms,)
-        self.postings = Postings(np.arange(len(vocab)), self.weigh(tf, lengths).T.tocsr())  # (terms, chunks)
+    words: list[str]  # ascending
+    tf: sp.csr_matrix  # (chunks, words) int32
+    lengths: np.ndarray  # (chunks,) words after stop words
 
     @classmethod
-    def load(cls, directory: Path, params: BM25Params) -> SparseIndex:
+    def load(cls, directory: Path) -> TermCounts:
         words = json.loads((directory / VOCAB_FILE).read_text(encoding="utf-8"))
         with np.load(directory / SPARSE_FILE, allow_pickle=False) as f:
             lengths = f["lengths"]
             tf = sp.csr_matrix((f["counts"], f["indices"], f["indptr"]), shape=(lengths.shape[0], len(words)))
-        return cls({w: i for i, w in enumerate(words)}, tf, lengths, params)
+        if any(a >= b for a, b in itertools.pairwise(words)):  # written before vocabularies were sorted
+            order = sorted(range(len(words)), key=words.__getitem__)
+            tf = tf[:, order]  # (chunks, words) columns in ascending word order
+            words = [words[i] for i in order]
+        return cls(words, tf, lengths)
+
+    def write(self, directory: Path) -> None:
+        tf = self.tf
+        np.savez(
+            directory / SPARSE_FILE,
+            indptr=tf.indptr.astype(np.int64),
+            indices=tf.indices,
+            counts=tf.data,
+            lengths=self.lengths,
+        )
+        (directory / VOCAB_FILE).write_text(json.dumps(self.words, ensure_ascii=False), encoding="utf-8")
+
+    def statistics(self) -> CorpusStatistics:
+        """These chunks' own statistics (of a shard: to be merged with the other shards')."""
+        df = np.bincount(self.tf.indices, minlength=len(self.words)).astype(np.int64)  # (words,)
+        return CorpusStatistics(self.words, df, int(self.tf.shape[0]), int(self.lengths.sum(dtype=np.int64)))
+
+    def over(self, vocab: dict[str, int]) -> sp.csr_matrix:
+        """The frequencies over `vocab`'s ids (a superset of these words) -> (chunks, len(vocab))."""
+        if len(vocab) == len(self.words):
+            return self.tf  # the same vocabulary: both ascending, the same ids
+        ids = np.array([vocab[w] for w in self.words], np.int32)  # (words,) ascending too
+        return sp.csr_matrix((self.tf.data, ids[self.tf.indices], self.tf.indptr), shape=(self.tf.shape[0], len(vocab)))
+
+
+@dataclass(frozen=True, slots=True)
+class CorpusStatistics:
+    """What BM25 needs of the whole corpus, however it is split into shards: each term's document
+    frequency, the number of chunks and their total length. A sharded artifact records them
+    (`corpus_df.npy`, `corpus_vocab.json`), so a replica serving some shards scores every chunk
+    exactly as an unsharded index would."""
+
+    words: list[str]  # ascending: vocabulary id = position
+    df: np.ndarray  # (words,) int64
+    chunks: int
+    total_length: int
+
+    @classmethod
+    def merge(cls, parts: Sequence[CorpusStatistics]) -> CorpusStatistics:
+        """The statistics of the union of disjoint sets of chunks (the shards of a corpus)."""
+        if len(parts) == 1:
+            return parts[0]
+        words = sorted(set().union(*(p.words for p in parts)))
+        at = {w: i for i, w in enumerate(words)}
+        df = np.zeros(len(words), np.int64)
+        for part in parts:
+            np.add.at(df, np.array([at[w] for w in part.words], np.int64), part.df)
+        return cls(words, df, sum(p.chunks for p in parts), sum(p.total_length for p in parts))
+
+    @classmethod
+    def load(cls, directory: Path, chunks: int, total_length: int) -> CorpusStatistics:
+        words = json.loads((directory / CORPUS_VOCAB_FILE).read_text(encoding="utf-8"))
+        df = np.load(directory / CORPUS_DF_FILE, allow_pickle=False)
+        assert df.shape == (len(words),), "one document frequency per term"
+        return cls(words, df, chunks, total_length)
+
+    def write(self, directory: Path) -> None:
+        (directory / CORPUS_VOCAB_FILE).write_text(json.dumps(self.words, ensure_ascii=False), encoding="utf-8")
+        np.save(directory / CORPUS_DF_FILE, self.df, allow_pickle=False)
+
+    def manifest(self) -> dict[str, int]:
+        """What the manifest records beside the files (the totals BM25's length norm needs)."""
+        return {"chunks": self.chunks, "total_length": self.total_length, "terms": len(self.words)}
+
+
+class SparseIndex:
+    """BM25 under one corpus's statistics: it turns texts into weights and queries into terms,
+    and searches the term counts it was given (`blocks`: one per shard; none for statistics only)."""
+
+    def __init__(self, statistics: CorpusStatistics, params: BM25Params, counts: Sequence[TermCounts] = ()) -> None:
+        self.vocab = {w: i for i, w in enumerate(statistics.words)}
+        self.params = params
+        self.rows = statistics.chunks
+        self.avg_length = statistics.total_length / statistics.chunks if statistics.chunks else 1.0
+        df = statistics.df
+        self.idf = np.log1p((self.rows - df + 0.5) / (df + 0.5)).astype(np.float32)  # (terms,)
+        self.blocks = tuple(Postings.of(self.weigh(c.over(self.vocab), c.lengths)) for c in counts)
+
+    @classmethod
+    def of(cls, counts: TermCounts, params: BM25Params) -> SparseIndex:
+        """The index of one artifact's (or one shard's whole-corpus) counts, under their own statistics."""
+        return cls(counts.statistics(), params, [counts])
+
+    @classmethod
+    def load(cls, directory: Path, params: BM25Params) -> SparseIndex:
+        return cls.of(TermCounts.load(directory), params)
 
     @classmethod
     def from_texts(cls, texts: Iterable[str], params: BM25Params) -> SparseIndex:
         writer = SparseIndexWriter()
         writer.add(texts)
-        return cls(writer.vocab, writer.matrix(), writer.lengths(), params)
+        return cls.of(writer.counts(), params)
+
+    @property
+    def postings(self) -> Postings:
+        """The one block of an index over a single set of counts."""
+        assert len(self.blocks) == 1, "an index of one artifact has one block"
+        return self.blocks[0]
 
     def weigh(self, tf: sp.csr_matrix, lengths: np.ndarray) -> sp.csr_matrix:
         """BM25 weights of (chunks x terms) frequencies under this index's statistics, (chunks x terms):
@@ -196,7 +291,7 @@ class SparseIndex:
     def search(self, queries: Sequence[str], top_k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-k rows per query -> scores (Q, k) float32 and rows (Q, k) int64; row -1 = no hit
         (chunks sharing no term with the query are never returned)."""
-        return SparseHits.of([self.postings], *self.query_matrix(queries)).top(top_k)
+        return SparseHits.of(self.blocks, *self.query_matrix(queries)).top(top_k)
 
 
 @dataclass(frozen=True, slots=True)

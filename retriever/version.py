@@ -3,24 +3,36 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import faiss
 import numpy as np
 import scipy.sparse as sp
 
 from ragserve.errors import ArtifactError, ModelMismatchError
 from ragserve.types import ChunkRecord, RetrievalMode, SearchResult
 from retriever import faiss_index
-from retriever.artifact import DOCSTORE_FILE, INDEX_FILE, Manifest, verify_artifact
+from retriever.artifact import DOCSTORE_FILE, INDEX_FILE, Manifest, shard_folders, verify_artifact
 from retriever.base import Retriever
 from retriever.docstore import Docstore
 from retriever.hybrid import FusionWeights
 from retriever.search import search
-from retriever.sparse import ANALYZER_VERSION, BM25Params, SparseHits, SparseIndex, indexed_text
+from retriever.sparse import (
+    ANALYZER_VERSION,
+    BM25Params,
+    CorpusStatistics,
+    SparseHits,
+    SparseIndex,
+    SparseIndexWriter,
+    TermCounts,
+    indexed_text,
+)
 
 if TYPE_CHECKING:
     from retriever.encoder import Encoder
@@ -37,10 +49,34 @@ class SearchConfig:
     nprobe: int  # IVF
     bm25: BM25Params
     fusion: FusionWeights
+    shard_threads: int = 0  # threads searching the shards of a sharded version; 0: one per shard, up to the CPUs
+
+
+@dataclass(frozen=True, slots=True)
+class Shard:
+    """One set of index files of a version (the whole of an unsharded one): FAISS ids are
+    `id_base` + row (IVF shards sharing a quantizer have disjoint ids), rows are docstore rows."""
+
+    number: int
+    index: faiss.Index
+    docstore: Docstore
+    counts: TermCounts
+    id_base: int
+
+    @property
+    def rows(self) -> int:
+        return int(self.counts.tf.shape[0])
 
 
 class VersionRetriever(Retriever):
-    def __init__(self, path: Path, encoder: Encoder, config: SearchConfig) -> None:
+    """Search over a version, or over `shards` of a sharded one (all by default).
+
+    The served shards are one search space (retriever/search.py): their rows are numbered one
+    after the other, dense search asks every shard for its k best (in parallel threads) and keeps
+    the k best of those, BM25 scores every shard's postings under the corpus-wide statistics the
+    manifest records, so a search over all shards returns what the unsharded index would."""
+
+    def __init__(self, path: Path, encoder: Encoder, config: SearchConfig, shards: Sequence[int] | None = None) -> None:
         self.path = path
         self.manifest: Manifest = verify_artifact(path)
         if self.manifest.retriever_weights_sha256 != encoder.weights_sha256:
@@ -53,17 +89,55 @@ class VersionRetriever(Retriever):
         self.encoder = encoder
         self.mode = config.mode
         self.fusion = config.fusion
-        self.index = faiss_index.load(path / INDEX_FILE, ef_search=config.ef_search, nprobe=config.nprobe)
-        self.docstore = Docstore(path / DOCSTORE_FILE)
-        self.sparse = self._open_sparse(config.bm25)
+        folders = shard_folders(self.manifest)
+        served = list(range(len(folders))) if shards is None else sorted(set(shards))
+        if not served or served[0] < 0 or served[-1] >= len(folders):
+            raise ArtifactError(f"{path} has {len(folders)} shard(s); cannot serve shards {list(shards or [])}")
+        self.shard_numbers = tuple(served)
+        self.shards = [self._open_shard(i, folders[i], config) for i in served]
+        self.sparse = SparseIndex(self._statistics(), config.bm25, [s.counts for s in self.shards])
+        self._bases = np.cumsum([0] + [s.rows for s in self.shards])  # (shards + 1,) first row of each
+        threads = config.shard_threads or min(len(self.shards), os.cpu_count() or 1)
+        self._pool = ThreadPoolExecutor(threads, "shard-search") if len(self.shards) > 1 and threads > 1 else None
 
-    def _open_sparse(self, params: BM25Params) -> SparseIndex:
+    def _open_shard(self, number: int, folder: str, config: SearchConfig) -> Shard:
+        where = self.path / folder
+        index = faiss_index.load(where / INDEX_FILE, ef_search=config.ef_search, nprobe=config.nprobe)
+        docstore = Docstore(where / DOCSTORE_FILE)
+        id_base = int(self.manifest.shards[number]["id_base"]) if self.manifest.shards else 0
+        return Shard(number, index, docstore, self._term_counts(where, docstore), id_base)
+
+    def _term_counts(self, where: Path, docstore: Docstore) -> TermCounts:
         if self.manifest.sparse_analyzer == ANALYZER_VERSION:
-            return SparseIndex.load(self.path, params)
-        # An artifact from before sparse indexes (or another analyzer): build one in memory.
-        log.info("%s has no current BM25 index; building one from its docstore", self.path)
-        texts = (indexed_text(c.title, c.text) for batch in self.docstore.scan() for c in batch)
-        return SparseIndex.from_texts(texts, params)
+            return TermCounts.load(where)
+        # An artifact from before sparse indexes (or another analyzer): counted from the docstore.
+        log.info("%s has no current BM25 index; building one from its docstore", where)
+        writer = SparseIndexWriter()
+        writer.add(indexed_text(c.title, c.text) for batch in docstore.scan() for c in batch)
+        return writer.counts()
+
+    def _statistics(self) -> CorpusStatistics:
+        """The corpus-wide BM25 statistics: recorded by a sharded artifact, an unsharded one's own."""
+        if not self.manifest.shards:
+            return self.shards[0].counts.statistics()
+        totals = self.manifest.bm25_statistics
+        return CorpusStatistics.load(self.path, totals["chunks"], totals["total_length"])
+
+    @property
+    def index(self) -> faiss.Index:
+        """The FAISS index of an unsharded version."""
+        assert len(self.shards) == 1, "a sharded version has an index per shard"
+        return self.shards[0].index
+
+    @property
+    def docstore(self) -> Docstore:
+        """The docstore of an unsharded version."""
+        assert len(self.shards) == 1, "a sharded version has a docstore per shard"
+        return self.shards[0].docstore
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)
 
     @property
     def index_version(self) -> str:
@@ -89,25 +163,52 @@ class VersionRetriever(Retriever):
         timings = {"embed": embed_ms / per_query, "search": (time.perf_counter() - started) * 1000 / per_query}
         return [SearchResult(passages, self.index_version, dict(timings)) for passages in found]
 
-    # --- the version as a search space (retriever/search.py) ---------------------------------------
+    # --- the served shards as one search space (retriever/search.py) -------------------------------
 
     @property
     def size(self) -> int:
-        return int(self.index.ntotal)
+        return int(self._bases[-1])
 
     def dense_top(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        scores, rows = self.index.search(vectors, k)  # (Q, k) each; row -1 where the index has fewer
-        return scores, rows
+        def one(shard: Shard) -> tuple[np.ndarray, np.ndarray]:
+            scores, ids = shard.index.search(vectors, k)  # (Q, k) each; id -1 where the shard has fewer
+            return scores, np.where(ids >= 0, ids - shard.id_base, -1)
+
+        if len(self.shards) == 1:
+            return one(self.shards[0])
+        parts = list(self._pool.map(one, self.shards)) if self._pool else [one(s) for s in self.shards]
+        scores = np.hstack([s for s, _ in parts])  # (Q, shards * k)
+        rows = np.hstack([np.where(r >= 0, r + base, -1) for (_, r), base in zip(parts, self._bases, strict=False)])
+        scores = np.where(rows >= 0, scores, -np.inf)
+        best = np.argsort(-scores, axis=1, kind="stable")[:, :k]  # (Q, k) the k best of all shards
+        return np.take_along_axis(scores, best, axis=1), np.take_along_axis(rows, best, axis=1)
 
     def dense_scores(self, vector: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        stored = faiss_index.reconstruct(self.index, rows)  # (n, dim) or None
-        if stored is None:
-            raise ArtifactError(f"{self.path}: index type {self.manifest.index_factory} cannot give back vectors")
-        scores: np.ndarray = (stored @ vector).astype(np.float32)  # (n,)
+        scores = np.empty(rows.shape[0], np.float32)  # (n,)
+        for i, at, local in self._by_shard(rows):
+            shard = self.shards[i]
+            stored = faiss_index.reconstruct(shard.index, local + shard.id_base)  # (m, dim) or None
+            if stored is None:
+                raise ArtifactError(f"{self.path}: index type {self.manifest.index_factory} cannot give back vectors")
+            scores[at] = stored @ vector
         return scores
 
     def sparse_hits(self, queries: sp.csr_matrix, ceiling: np.ndarray) -> SparseHits:
-        return SparseHits.of([self.sparse.postings], queries, ceiling)
+        return SparseHits.of(self.sparse.blocks, queries, ceiling)  # the shards' rows side by side
 
     def records(self, rows: Sequence[int]) -> Mapping[int, ChunkRecord]:
-        return self.docstore.get(rows)
+        found: dict[int, ChunkRecord] = {}
+        for i, _, local in self._by_shard(np.asarray(rows, np.int64)):
+            got = self.shards[i].docstore.get(local.tolist())
+            base = int(self._bases[i])
+            found.update({base + row: chunk for row, chunk in got.items()})
+        return found
+
+    def _by_shard(self, rows: np.ndarray) -> list[tuple[int, np.ndarray, np.ndarray]]:
+        """Rows (n,) of the space grouped by shard: (its place in `shards`, positions in `rows`, its own rows)."""
+        owner = np.searchsorted(self._bases, rows, side="right") - 1  # (n,)
+        groups = []
+        for i in np.unique(owner).tolist():
+            at = np.flatnonzero(owner == i)
+            groups.append((i, at, rows[at] - self._bases[i]))
+        return groups

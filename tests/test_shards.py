@@ -1,0 +1,193 @@
+"""Sharded artifacts: documents partitioned by a stable hash of their id, searched as one space
+(dense, BM25 and hybrid equal to the unsharded index for exact index types), compacted shard by
+shard, verified like any artifact."""
+
+import random
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from indexer.build import build_artifact
+from indexer.compact import compact_artifact
+from indexer.delta import DeltaFeed
+from ragserve.errors import ArtifactError, IntegrityError
+from ragserve.types import Document, Passage, RetrievalMode
+from retriever.artifact import read_manifest, verify_artifact
+from retriever.delta import DeltaIndex
+from retriever.encoder import Encoder
+from retriever.shards import shard_of
+from retriever.version import VersionRetriever
+from tests.defaults import BUILD, SEARCH, build
+
+TOPICS = ["harbour", "glacier", "violin", "orchard", "comet", "bakery", "railway", "falcon", "copper", "lantern"]
+WORDS = [
+    "ancient",
+    "modern",
+    "river",
+    "stone",
+    "market",
+    "winter",
+    "summer",
+    "music",
+    "painting",
+    "engine",
+    "garden",
+    "tower",
+    "bridge",
+    "school",
+]
+
+
+def corpus(n: int, seed: int = 0) -> list[Document]:
+    rng = random.Random(seed)
+    docs = []
+    for i in range(n):
+        topic = TOPICS[i % len(TOPICS)]
+        sentences = [
+            f"The {topic} of {rng.choice(WORDS)} {rng.choice(WORDS)} was known in {1800 + rng.randrange(200)}."
+            for _ in range(rng.randrange(2, 9))
+        ]
+        docs.append(Document(f"doc-{i}", f"{topic.title()} {i}", " ".join(sentences)))
+    return docs
+
+
+QUERIES = [f"when was the {t} of {w} known" for t in TOPICS for w in WORDS[:3]] + ["copper lantern", "violin 1850"]
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory: pytest.TempPathFactory, encoder: Encoder) -> dict[int, Path]:
+    root = tmp_path_factory.mktemp("shards")
+    docs = corpus(60)
+    built = {}
+    for shards in (1, 2, 4):
+        built[shards] = root / f"s{shards}"
+        build_artifact(docs, built[shards], encoder, build(index_factory="Flat", shards=shards), progress=False)
+    return built
+
+
+def ranked(passages: list[Passage]) -> list[tuple[str, float]]:
+    return [(p.chunk_id, p.score) for p in passages]
+
+
+def assert_same(got: list[Passage], want: list[Passage]) -> None:
+    """The same scores in the same order, and the same chunks at each score (chunks that tie may
+    come in another order: ties go by row, and rows are numbered shard by shard); at the last score
+    the cut between tied chunks may fall elsewhere."""
+    np.testing.assert_allclose([p.score for p in got], [p.score for p in want], rtol=0, atol=1e-5)
+    last = want[-1].score if want else 0.0
+    for score in {round(p.score, 4) for p in want if p.score > last + 1e-5}:
+        assert {p.chunk_id for p in got if round(p.score, 4) == score} == {
+            p.chunk_id for p in want if round(p.score, 4) == score
+        }
+
+
+@pytest.mark.parametrize("shards", [2, 4])
+@pytest.mark.parametrize("mode", list(RetrievalMode))
+def test_all_shards_search_like_the_unsharded_index(
+    artifacts: dict[int, Path], encoder: Encoder, shards: int, mode: RetrievalMode
+) -> None:
+    whole = VersionRetriever(artifacts[1], encoder, SEARCH)
+    sharded = VersionRetriever(artifacts[shards], encoder, SEARCH)
+    assert sharded.size == whole.size and len(sharded.shards) == shards
+    for got, want in zip(sharded.search_batch(QUERIES, 8, mode), whole.search_batch(QUERIES, 8, mode), strict=True):
+        assert_same(got.passages, want.passages)
+
+
+def test_one_shard_at_a_time_in_one_thread_searches_the_same(artifacts: dict[int, Path], encoder: Encoder) -> None:
+    threaded = VersionRetriever(artifacts[4], encoder, SEARCH)
+    serial = VersionRetriever(artifacts[4], encoder, replace(SEARCH, shard_threads=1))
+    for mode in RetrievalMode:
+        for got, want in zip(
+            serial.search_batch(QUERIES, 5, mode), threaded.search_batch(QUERIES, 5, mode), strict=True
+        ):
+            assert ranked(got.passages) == ranked(want.passages)
+
+
+def test_a_subset_of_shards_finds_their_documents_alone_with_the_corpus_wide_scores(
+    artifacts: dict[int, Path], encoder: Encoder
+) -> None:
+    everything = VersionRetriever(artifacts[4], encoder, SEARCH)
+    subset = VersionRetriever(artifacts[4], encoder, SEARCH, shards=[1, 3])
+    assert subset.shard_numbers == (1, 3)
+    for mode in (RetrievalMode.DENSE, RetrievalMode.SPARSE):
+        for got, full in zip(
+            subset.search_batch(QUERIES, 5, mode), everything.search_batch(QUERIES, 60, mode), strict=True
+        ):
+            assert got.passages and all(shard_of(p.doc_id, 4) in (1, 3) for p in got.passages)
+            expected = [p for p in full.passages if shard_of(p.doc_id, 4) in (1, 3)][:5]
+            assert_same(got.passages, expected)
+    with pytest.raises(ArtifactError, match="4 shard"):
+        VersionRetriever(artifacts[4], encoder, SEARCH, shards=[4])
+
+
+def test_a_document_id_always_hashes_to_the_same_shard() -> None:
+    # Pinned: artifacts on disk depend on it, so the hash must never change between releases.
+    assert [shard_of(f"doc-{i}", 4) for i in range(8)] == [shard_of(f"doc-{i}", 4) for i in range(8)]
+    assert shard_of("doc-0", 4) == int.from_bytes(__import__("hashlib").sha256(b"doc-0").digest()[:8], "big") % 4
+    counts = np.bincount([shard_of(f"doc-{i}", 4) for i in range(4000)], minlength=4)
+    assert counts.min() > 900  # spread evenly
+
+
+def test_the_manifest_lists_and_checks_every_shard_file(artifacts: dict[int, Path], tmp_path: Path) -> None:
+    manifest = read_manifest(artifacts[2])
+    assert manifest.format_version == 2 and [s["name"] for s in manifest.shards] == ["shard-000", "shard-001"]
+    assert {"shard-000/index.faiss", "shard-001/docstore.sqlite", "corpus_df.npy", "corpus_vocab.json"} <= set(
+        manifest.files
+    )
+    assert manifest.bm25_statistics["chunks"] == manifest.counts["chunks"] == sum(s["chunks"] for s in manifest.shards)
+    copy = tmp_path / "copy"
+    shutil.copytree(artifacts[2], copy)
+    with (copy / "shard-001" / "sparse.npz").open("ab") as fh:
+        fh.write(b"x")
+    with pytest.raises(IntegrityError, match=r"shard-001/sparse\.npz"):
+        verify_artifact(copy)
+
+
+CHANGED = Document("doc-7", "Falcon 7", "The falcon of copper glass was known in 1911 and painted gold.")
+NEW = Document("doc-new", "Comet new", "A brand new comet of winter ice was found in 2020.")
+
+
+def test_compaction_rewrites_only_the_changed_shards_and_equals_a_fresh_build(
+    artifacts: dict[int, Path], encoder: Encoder, tmp_path: Path
+) -> None:
+    base = artifacts[4]
+    delta = DeltaIndex(encoder.dimension, VersionRetriever(base, encoder, SEARCH).sparse)
+    DeltaFeed(delta, encoder, BUILD.chunking).apply([CHANGED, NEW], ["doc-3"], seq=5)
+    out = tmp_path / "compacted"
+    manifest = compact_artifact(base, delta.contents(), out, encoder, BUILD)
+    assert manifest.documents_seq == 5 and manifest.shard_count == 4
+    before = read_manifest(base).files
+    touched = {shard_of(d, 4) for d in ("doc-7", "doc-new", "doc-3")}
+    for shard in range(4):
+        name = f"shard-{shard:03d}/index.faiss"
+        assert (manifest.files[name] == before[name]) == (shard not in touched)
+
+    docs = [d for d in corpus(60) if d.id not in ("doc-3", "doc-7")] + [CHANGED, NEW]
+    fresh = tmp_path / "fresh"
+    build_artifact(docs, fresh, encoder, build(index_factory="Flat"), progress=False)
+    got_r, want_r = VersionRetriever(out, encoder, SEARCH), VersionRetriever(fresh, encoder, SEARCH)
+    for mode in RetrievalMode:
+        for got, want in zip(got_r.search_batch(QUERIES, 6, mode), want_r.search_batch(QUERIES, 6, mode), strict=True):
+            assert_same(got.passages, want.passages)
+
+
+def test_ivf_shards_share_one_quantizer_and_search_like_the_unsharded_index(encoder: Encoder, tmp_path: Path) -> None:
+    docs = corpus(60, seed=3)
+    build_artifact(docs, tmp_path / "one", encoder, build(index_factory="IVF4,Flat"), progress=False)
+    build_artifact(docs, tmp_path / "three", encoder, build(index_factory="IVF4,Flat", shards=3), progress=False)
+    manifest = read_manifest(tmp_path / "three")
+    assert "quantizer.faiss" in manifest.files
+    assert [s["id_base"] for s in manifest.shards] == [
+        0,
+        manifest.shards[0]["chunks"],
+        manifest.shards[0]["chunks"] + manifest.shards[1]["chunks"],
+    ]
+    every_list = replace(SEARCH, nprobe=4)  # all lists probed: exact
+    whole = VersionRetriever(tmp_path / "one", encoder, every_list)
+    sharded = VersionRetriever(tmp_path / "three", encoder, every_list)
+    for mode in RetrievalMode:
+        for got, want in zip(sharded.search_batch(QUERIES, 5, mode), whole.search_batch(QUERIES, 5, mode), strict=True):
+            assert_same(got.passages, want.passages)
