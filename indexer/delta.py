@@ -3,7 +3,7 @@ would (indexer/build.py), then handed to the serving version's delta index (retr
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from indexer.chunking import ChunkingConfig, chunk_document
@@ -16,17 +16,27 @@ if TYPE_CHECKING:
 NO_TEXT = "no text to index: the document is stored but cannot be retrieved"
 
 
-class DeltaFeed:
-    """Feeds one delta index, with the encoder and the chunking of the version it belongs to."""
+def _every(doc_id: str) -> bool:
+    return True
 
-    def __init__(self, delta: DeltaIndex, encoder: Encoder, chunking: ChunkingConfig) -> None:
+
+class DeltaFeed:
+    """Feeds one delta index, with the encoder and the chunking of the version it belongs to.
+    `owns` says which documents it holds: all, or those of the shards a replica serves."""
+
+    def __init__(
+        self, delta: DeltaIndex, encoder: Encoder, chunking: ChunkingConfig, owns: Callable[[str], bool] = _every
+    ) -> None:
         self.delta = delta
         self.encoder = encoder
         self.chunking = chunking
+        self.owns = owns
 
     def apply(self, changed: Sequence[Document], removed: Sequence[str], seq: int) -> dict[str, str]:
         """Index `changed`, drop `removed`, note that changes up to `seq` are in; returns
-        {doc id: problem} for documents with no text."""
+        {doc id: problem} for documents with no text (of those it holds)."""
+        changed = [d for d in changed if self.owns(d.id)]
+        removed = [doc_id for doc_id in removed if self.owns(doc_id)]
         problems: dict[str, str] = {}
         embedded: dict[str, Embedded] = {}
         tokenized = self.encoder.tokenize([d.text for d in changed]) if changed else []

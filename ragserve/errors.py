@@ -97,5 +97,9 @@ class StorageUnavailableError(RagserveError):
     """The server's storage failed (disk full, I/O error): nothing was acknowledged; retry later."""
 
 
+class PartialReplicaError(RagserveError):
+    """The operation needs every shard of the index, and this replica serves some of them."""
+
+
 class SupersededError(RagserveError):
     """Another replica changed what serves while this change was being made; it was not applied."""

@@ -56,6 +56,7 @@ class VersionInfo:
     chunks: int
     bytes: int
     serving: bool
+    shards: int = 1
 
 
 class IndexRegistry:
@@ -155,6 +156,7 @@ class IndexRegistry:
                     chunks=manifest.counts.get("chunks", 0),
                     bytes=sum(int(f["bytes"]) for f in manifest.files.values()),
                     serving=version == serving,
+                    shards=manifest.shard_count,
                 )
             )
         return infos

@@ -23,8 +23,11 @@ from retriever.base import Retriever
 from retriever.docstore import Docstore
 from retriever.hybrid import FusionWeights
 from retriever.search import search
+from retriever.shards import shard_of
 from retriever.sparse import (
     ANALYZER_VERSION,
+    SPARSE_FILE,
+    VOCAB_FILE,
     BM25Params,
     CorpusStatistics,
     SparseHits,
@@ -76,7 +79,14 @@ class VersionRetriever(Retriever):
     the k best of those, BM25 scores every shard's postings under the corpus-wide statistics the
     manifest records, so a search over all shards returns what the unsharded index would."""
 
-    def __init__(self, path: Path, encoder: Encoder, config: SearchConfig, shards: Sequence[int] | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        encoder: Encoder,
+        config: SearchConfig,
+        shards: Sequence[int] | None = None,
+        reuse: VersionRetriever | None = None,
+    ) -> None:
         self.path = path
         self.manifest: Manifest = verify_artifact(path)
         if self.manifest.retriever_weights_sha256 != encoder.weights_sha256:
@@ -94,18 +104,38 @@ class VersionRetriever(Retriever):
         if not served or served[0] < 0 or served[-1] >= len(folders):
             raise ArtifactError(f"{path} has {len(folders)} shard(s); cannot serve shards {list(shards or [])}")
         self.shard_numbers = tuple(served)
-        self.shards = [self._open_shard(i, folders[i], config) for i in served]
+        kept = {shard.number: shard for shard in reuse.shards} if reuse is not None else {}
+        self.shards: list[Shard] = [self._open_shard(i, folders[i], config, kept.get(i), reuse) for i in served]
         self.sparse = SparseIndex(self._statistics(), config.bm25, [s.counts for s in self.shards])
         self._bases = np.cumsum([0] + [s.rows for s in self.shards])  # (shards + 1,) first row of each
         threads = config.shard_threads or min(len(self.shards), os.cpu_count() or 1)
         self._pool = ThreadPoolExecutor(threads, "shard-search") if len(self.shards) > 1 and threads > 1 else None
 
-    def _open_shard(self, number: int, folder: str, config: SearchConfig) -> Shard:
+    def _open_shard(
+        self, number: int, folder: str, config: SearchConfig, old: Shard | None, old_version: VersionRetriever | None
+    ) -> Shard:
+        """Shard `number` from the files in `folder`; its index and term counts are `old`'s (the same
+        shard of the version serving now) when their files are the same (a compaction links the
+        shards it did not change), so a switch reads only the shards that changed."""
         where = self.path / folder
-        index = faiss_index.load(where / INDEX_FILE, ef_search=config.ef_search, nprobe=config.nprobe)
         docstore = Docstore(where / DOCSTORE_FILE)
         id_base = int(self.manifest.shards[number]["id_base"]) if self.manifest.shards else 0
-        return Shard(number, index, docstore, self._term_counts(where, docstore), id_base)
+
+        def same(name: str) -> bool:
+            return old_version is not None and _digest(old_version.manifest, name) == _digest(self.manifest, name)
+
+        if old is not None and old.id_base == id_base and same(f"{folder}{INDEX_FILE}"):
+            index = old.index
+        else:
+            index = faiss_index.load(where / INDEX_FILE, ef_search=config.ef_search, nprobe=config.nprobe)
+        reused = old is not None and same(f"{folder}{SPARSE_FILE}") and same(f"{folder}{VOCAB_FILE}")
+        counts = old.counts if old is not None and reused else self._term_counts(where, docstore)
+        return Shard(number, index, docstore, counts, id_base)
+
+    def owns(self, doc_id: str) -> bool:
+        """Whether document `doc_id` belongs to the shards served here (always, unsharded)."""
+        count = self.manifest.shard_count
+        return count == 1 or len(self.shard_numbers) == count or shard_of(doc_id, count) in self.shard_numbers
 
     def _term_counts(self, where: Path, docstore: Docstore) -> TermCounts:
         if self.manifest.sparse_analyzer == ANALYZER_VERSION:
@@ -212,3 +242,8 @@ class VersionRetriever(Retriever):
             at = np.flatnonzero(owner == i)
             groups.append((i, at, rows[at] - self._bases[i]))
         return groups
+
+
+def _digest(manifest: Manifest, name: str) -> str | None:
+    info = manifest.files.get(name)
+    return None if info is None else str(info["sha256"])

@@ -14,6 +14,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from ragserve.types import Precision, RetrievalMode
 from retriever.registry import INDEX_NAME
+from retriever.shards import MAX_SHARDS
 from service.application.adapters import ADAPTER_NAME
 
 
@@ -82,6 +83,20 @@ class Settings(BaseSettings):
     overlap_tokens: Annotated[int, Field(ge=0, le=512)] = 40
     index_factory: str | None = Field(None, description="FAISS factory string; default chosen by corpus size.")
     exact_search_below: Annotated[int, Field(ge=1)] = 50_000
+    index_shards: Annotated[int, Field(ge=1, le=MAX_SHARDS)] = Field(
+        1,
+        description="Shards a build writes (documents split by a hash of their id; retriever/shards.py); "
+        "1: one unsharded index.",
+    )
+    serve_shards: list[Annotated[int, Field(ge=0, lt=MAX_SHARDS)]] | None = Field(
+        None,
+        description="The shards of a sharded version this replica serves, e.g. [0, 2] (JSON list); "
+        "None: all. A replica serving some shards takes no refresh (it holds only their changes).",
+    )
+    shard_search_threads: Annotated[int, Field(ge=0, le=MAX_SHARDS)] = Field(
+        0,
+        description="Threads searching the shards of a sharded version in parallel; 0: one per shard, up to the CPUs.",
+    )
     hnsw_ef_search: Annotated[int, Field(ge=1, le=4096)] = 128
     ivf_nprobe: Annotated[int, Field(ge=1, le=65_536)] = 16
 

@@ -6,20 +6,27 @@ import random
 import shutil
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+from fastapi.testclient import TestClient
 
 from indexer.build import build_artifact
 from indexer.compact import compact_artifact
 from indexer.delta import DeltaFeed
-from ragserve.errors import ArtifactError, IntegrityError
+from ragserve.errors import ArtifactError, IntegrityError, PartialReplicaError
 from ragserve.types import Document, Passage, RetrievalMode
+from reader.generator import Generator
 from retriever.artifact import read_manifest, verify_artifact
 from retriever.delta import DeltaIndex
 from retriever.encoder import Encoder
 from retriever.shards import shard_of
 from retriever.version import VersionRetriever
+from service.application.loading import load_services
+from service.http.app import create_app
+from service.settings import Settings
+from tests.conftest import local_client, wait_job, wait_ready
 from tests.defaults import BUILD, SEARCH, build
 
 TOPICS = ["harbour", "glacier", "violin", "orchard", "comet", "bakery", "railway", "falcon", "copper", "lantern"]
@@ -191,3 +198,73 @@ def test_ivf_shards_share_one_quantizer_and_search_like_the_unsharded_index(enco
     for mode in RetrievalMode:
         for got, want in zip(sharded.search_batch(QUERIES, 5, mode), whole.search_batch(QUERIES, 5, mode), strict=True):
             assert_same(got.passages, want.passages)
+
+
+# --- a sharded version served: ingestion, refresh shard by shard, a replica serving some shards ----
+
+
+def open_client(settings: Settings, encoder: Encoder, generator: Generator) -> TestClient:
+    return local_client(create_app(settings, loader=lambda s: load_services(s, encoder=encoder, generator=generator)))
+
+
+def run(client: TestClient, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    created = client.post(path, json=body)
+    assert created.status_code == 202, created.text
+    job = wait_job(client, created.json()["job_id"])
+    assert job["state"] == "done", job
+    return job
+
+
+def retrieve(client: TestClient, query: str, k: int = 5) -> tuple[str, list[str]]:
+    body = client.post("/v1/retrieve", json={"query": query, "top_k": k, "retrieval": "dense"}).json()
+    return body["index_version"], [p["doc_id"] for p in body["passages"]]
+
+
+def base_of(client: TestClient) -> VersionRetriever:
+    services = client.app.state.ragserve.services  # type: ignore[attr-defined]
+    base: VersionRetriever = services.indexes.retriever._current.base
+    return base
+
+
+def test_a_sharded_version_serves_takes_changes_and_refreshes_shard_by_shard(
+    artifacts: dict[int, Path], encoder: Encoder, generator: Generator, cache_home: Path, tmp_path: Path
+) -> None:
+    settings = Settings(home=cache_home, index_path=artifacts[4], registry_dir=tmp_path / "registry", keep_versions=10)
+    with open_client(settings, encoder, generator) as client:
+        wait_ready(client)
+        original, _ = retrieve(client, "falcon")
+        before = base_of(client)
+        run(client, "/v1/documents", {"upsert": [{"id": NEW.id, "title": NEW.title, "text": NEW.text}]})
+        _, docs = retrieve(client, "brand new comet of winter ice")
+        assert docs[0] == NEW.id  # from the delta
+        refreshed = run(client, "/admin/indexes/default/refresh", {})["index"]
+        assert refreshed["built"] is True
+        version, docs = retrieve(client, "brand new comet of winter ice")
+        assert version == refreshed["serving"] != original and docs[0] == NEW.id
+        after = base_of(client)
+        changed = shard_of(NEW.id, 4)
+        for old, new in zip(before.shards, after.shards, strict=True):  # unchanged shards were not read again
+            assert (old.index is new.index) == (new.number != changed)
+
+
+def test_a_replica_serving_some_shards_holds_their_changes_alone_and_takes_no_refresh(
+    artifacts: dict[int, Path], encoder: Encoder, generator: Generator, cache_home: Path, tmp_path: Path
+) -> None:
+    mine = [shard_of(NEW.id, 4)]
+    other = next(f"other-{i}" for i in range(100) if shard_of(f"other-{i}", 4) not in mine)
+    settings = Settings(home=cache_home, index_path=artifacts[4], registry_dir=tmp_path / "registry", serve_shards=mine)
+    with open_client(settings, encoder, generator) as client:
+        wait_ready(client)
+        _, docs = retrieve(client, "falcon", 10)
+        assert docs and all(shard_of(d, 4) in mine for d in docs)
+        upsert = [{"id": NEW.id, "title": NEW.title, "text": NEW.text}, {"id": other, "text": NEW.text}]
+        run(client, "/v1/documents", {"upsert": upsert})
+        _, docs = retrieve(client, "brand new comet of winter ice", 10)
+        assert NEW.id in docs and other not in docs
+        refused = client.post("/admin/indexes/default/refresh", json={})
+        assert refused.status_code == 202  # queued for a replica that serves every shard
+        assert set(client.get("/readyz").json()["workers"]) == {"documents"}
+        listing = client.get("/admin/indexes").json()["indexes"][0]
+        assert listing["served_shards"] == mine and listing["versions"][0]["shards"] == 4
+        with pytest.raises(PartialReplicaError, match="serves shards"):
+            client.app.state.ragserve.services.indexes.refresh("default")  # type: ignore[attr-defined]

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from indexer.chunking import ChunkingConfig
-from ragserve.errors import SupersededError, UnknownIndexError
+from ragserve.errors import PartialReplicaError, SupersededError, UnknownIndexError
 from retriever.hotswap import HotSwapRetriever
 from retriever.registry import IndexRegistry, VersionInfo
 from service.application.results import SwitchResult
@@ -61,7 +61,7 @@ class IndexManager:
         self,
         registry: IndexRegistry,
         pointer: ServingPointer,
-        open_version: Callable[[Path], VersionRetriever],
+        open_version: Callable[[Path, VersionRetriever | None], VersionRetriever],
         store: DocumentStore,
         build_config: BuildConfig,
         keep_versions: int,
@@ -92,6 +92,16 @@ class IndexManager:
     @property
     def serving_version(self) -> str:
         return self._serving.index_version
+
+    @property
+    def served_shards(self) -> list[int]:
+        return list(self._serving.retriever.base.shard_numbers)
+
+    @property
+    def partial(self) -> bool:
+        """Whether this replica serves only some shards of a sharded version (no refresh here)."""
+        base = self._serving.retriever.base
+        return len(base.shard_numbers) < base.manifest.shard_count
 
     @property
     def delta_chunks(self) -> int:
@@ -139,6 +149,12 @@ class IndexManager:
         built when the delta is empty. Raises SupersededError when the pointer changed while it
         was built (a rollback on some replica): the new version is kept, but does not serve."""
         self.check(name)
+        if self.partial:
+            shards = list(self._serving.retriever.base.shard_numbers)
+            raise PartialReplicaError(
+                f"this replica serves shards {shards} of {self._serving.retriever.base.manifest.shard_count}: "
+                "a refresh folds in every shard's changes, so it runs on a replica that serves them all"
+            )
         started = time.perf_counter()
         with self._switch_lock:
             self._follow_locked()  # build from what serves everywhere, not from a stale version
@@ -160,9 +176,10 @@ class IndexManager:
         from indexer.delta import DeltaFeed
         from retriever.delta import DeltaIndex, FreshRetriever
 
-        base = self._open(path)
+        current = getattr(self, "_serving", None)
+        base = self._open(path, current.retriever.base if current else None)  # unchanged shards are reused
         delta = DeltaIndex(base.encoder.dimension, base.sparse, since=base.manifest.documents_seq)
-        feed = DeltaFeed(delta, base.encoder, ChunkingConfig.of(base.manifest.chunking))
+        feed = DeltaFeed(delta, base.encoder, ChunkingConfig.of(base.manifest.chunking), base.owns)
         self._catch_up(feed)
         base.search(WARM_UP_QUERY, 1)
         return Generation(FreshRetriever(base, delta), feed)

@@ -208,7 +208,8 @@ class Jobs:
         self.compact_after_chunks = compact_after_chunks
         self.policy = policy
         self._documents = Worker(queue, DOCUMENTS_JOB, self._apply_documents, self.policy)
-        self._refresh = Worker(queue, REFRESH_JOB, self._apply_refresh, self.policy)
+        # A replica serving some shards holds only their changes: refreshes run where all are served.
+        self._refresh = None if indexes.partial else Worker(queue, REFRESH_JOB, self._apply_refresh, self.policy)
 
     def submit_documents(self, upsert: list[Document], delete: list[str]) -> str:
         job_id = self._enqueue(DOCUMENTS_JOB, documents_payload(upsert, delete))
@@ -222,7 +223,8 @@ class Jobs:
         if version is not None:
             self.indexes.registry.path_of(version)
         job_id = self._enqueue(REFRESH_JOB, {"index": name, "version": version})
-        self._refresh.wake.set()
+        if self._refresh is not None:
+            self._refresh.wake.set()
         return job_id
 
     def _enqueue(self, kind: str, payload: dict[str, Any]) -> str:
@@ -256,8 +258,8 @@ class Jobs:
         return all([worker.join(deadline - time.monotonic()) for worker in self._workers])
 
     @property
-    def _workers(self) -> tuple[Worker, Worker]:
-        return self._documents, self._refresh
+    def _workers(self) -> tuple[Worker, ...]:
+        return (self._documents,) if self._refresh is None else (self._documents, self._refresh)
 
     def _apply_documents(self, job: Job) -> dict[str, Any]:
         applied = self.documents.apply(job.upsert, job.delete)

@@ -3,7 +3,6 @@ readers, adapters, jobs) for the server, the CLI and the benchmarks. This is whe
 imported, and the only place component configurations are built from the settings, so every
 default lives in service/settings.py alone."""
 
-import functools
 import hashlib
 import json
 import logging
@@ -73,12 +72,16 @@ def search_config(settings: Settings) -> SearchConfig:
         nprobe=settings.ivf_nprobe,
         bm25=BM25Params(settings.bm25_k1, settings.bm25_b),
         fusion=fusion,
+        shard_threads=settings.shard_search_threads,
     )
 
 
-def open_version(settings: Settings, path: Path, encoder: Encoder) -> VersionRetriever:
-    """One index version, searched the way the settings say."""
-    return VersionRetriever(path, encoder, search_config(settings))
+def open_version(
+    settings: Settings, path: Path, encoder: Encoder, reuse: VersionRetriever | None = None
+) -> VersionRetriever:
+    """One index version (the shards `serve_shards` names of a sharded one), searched the way the
+    settings say; the shards it shares with `reuse` (the version serving now) are not read again."""
+    return VersionRetriever(path, encoder, search_config(settings), settings.serve_shards, reuse)
 
 
 def build_config(settings: Settings, **overrides: Any) -> BuildConfig:
@@ -86,6 +89,7 @@ def build_config(settings: Settings, **overrides: Any) -> BuildConfig:
         chunking=ChunkingConfig(settings.chunk_tokens, settings.overlap_tokens),
         index_factory=settings.index_factory,
         exact_below=settings.exact_search_below,
+        shards=settings.index_shards,
     )
     return replace(config, **overrides)
 
@@ -103,6 +107,7 @@ def cached_index_path(settings: Settings, name: str, source: Path) -> Path:
             CHUNKER_VERSION,
             settings.index_factory,
             settings.exact_search_below,
+            settings.index_shards,
         ]
     )
     return settings.cache_dir / "indexes" / f"{name}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
@@ -227,7 +232,9 @@ def _serve(settings: Settings, encoder: Encoder, registry: IndexRegistry, store:
     def served_elsewhere() -> set[str]:
         return {r.version for r in store.replicas.live(settings.replica_timeout_s)}
 
-    opener = functools.partial(open_version, settings, encoder=encoder)
+    def opener(path: Path, reuse: VersionRetriever | None) -> VersionRetriever:
+        return open_version(settings, path, encoder, reuse)
+
     indexes = IndexManager(
         registry,
         store.pointer,

@@ -76,6 +76,7 @@ def cmd_index_build(args: argparse.Namespace) -> int:
         chunk_tokens=args.chunk_tokens,
         overlap_tokens=args.overlap_tokens,
         index_factory=args.index_factory,
+        index_shards=args.shards,
         encoder_precision=args.precision,
         index_name=args.registry,
     )

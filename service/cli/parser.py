@@ -57,6 +57,9 @@ def _index(sub: Sub) -> None:
     build.add_argument("--overlap-tokens", type=int)
     build.add_argument("--index-factory", help="FAISS factory string, e.g. Flat, HNSW32, IVF1024,Flat")
     build.add_argument(
+        "--shards", type=int, help="shards to write (setting index_shards; default: one unsharded index)"
+    )
+    build.add_argument(
         "--precision", choices=["fp32", "bf16", "auto"], help="retriever number format (setting encoder_precision)"
     )
     build.add_argument("--no-progress", action="store_true")

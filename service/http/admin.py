@@ -52,6 +52,9 @@ class IndexOut(BaseModel):
     store: str = Field(description="sqlite | postgresql: where documents, jobs, pointer and replicas live.")
     head_seq: int = Field(description="The document change counter of the latest acknowledged change.")
     replicas: list[ReplicaOut]
+    served_shards: list[int] = Field(
+        description="The shards of the serving version this replica serves ([0]: unsharded)."
+    )
     versions: list[VersionInfo]
 
 
@@ -117,6 +120,7 @@ def build_admin_router() -> APIRouter:
             store=services.serving.store.kind,
             head_seq=head,
             replicas=replicas,
+            served_shards=indexes.served_shards,
             versions=indexes.versions(name),
         )
         return IndexList(indexes=[out])

@@ -22,6 +22,7 @@ from ragserve.errors import (
     ModelNotFoundError,
     NotReadyError,
     OverloadedError,
+    PartialReplicaError,
     RagserveError,
     ReaderUnavailableError,
     StorageUnavailableError,
@@ -56,6 +57,7 @@ STATUS: dict[type[RagserveError], tuple[int, str]] = {
     NotReadyError: (503, "not_ready"),
     StorageUnavailableError: (503, "storage_unavailable"),
     SupersededError: (409, "superseded"),
+    PartialReplicaError: (409, "partial_replica"),
     ModelNotFoundError: (503, "model_unavailable"),  # a server-side configuration problem
     DeadlineExceededError: (504, "deadline_exceeded"),
     ClientGoneError: (499, "client_disconnected"),  # nobody reads it; nginx's code, for the logs
