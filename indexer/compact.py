@@ -36,7 +36,15 @@ from retriever.delta import DeltaContents
 from retriever.docstore import Docstore, StoredChunk
 from retriever.shards import shard_name, shard_of
 from retriever.sparse import TermCounts
-from retriever.writer import QUANTIZER_FILE, ArtifactWriter, Finished, Layout, ModelInfo, seal_shards
+from retriever.writer import (
+    QUANTIZER_FILE,
+    ArtifactWriter,
+    Finished,
+    Layout,
+    ModelInfo,
+    ShardedArtifactWriter,
+    seal_shards,
+)
 
 if TYPE_CHECKING:
     from retriever.encoder import Encoder
@@ -62,7 +70,7 @@ def compact_artifact(base: Path, delta: DeltaContents, out: Path, encoder: Encod
             return _compact_shards(base, manifest, delta, staging, model, encoder, extra)
         writer = artifact_writer(staging, model, config)
         assert isinstance(writer, ArtifactWriter), "an unsharded base compacts into one set of files"
-        counts = _carry(base, delta.hidden, writer, encoder)
+        counts = carry(base, delta.hidden, writer, encoder)
         counts["delta_chunks"] = len(delta.chunks)
         if delta.chunks:
             writer.add(delta.chunks, delta.vectors)
@@ -102,7 +110,7 @@ def _compact_shards(
             counts["carried_chunks"] += int(shard["chunks"])
             continue
         writer = ArtifactWriter(target, model, manifest.chunking, Layout(manifest.index_factory, 1))
-        shard_counts = _carry(source, delta.hidden, writer, encoder)
+        shard_counts = carry(source, delta.hidden, writer, encoder)
         mine = np.flatnonzero(owner == i)
         if mine.size:
             writer.add([delta.chunks[j] for j in mine.tolist()], delta.vectors[mine])
@@ -118,8 +126,11 @@ def _compact_shards(
     )
 
 
-def _carry(source: Path, hidden: frozenset[str], writer: ArtifactWriter, encoder: Encoder) -> dict[str, int]:
-    """Add the rows of the index files in `source` whose documents are not `hidden`, in row order."""
+def carry(
+    source: Path, hidden: frozenset[str], writer: ArtifactWriter | ShardedArtifactWriter, encoder: Encoder
+) -> dict[str, int]:
+    """Add the rows of the index files in `source` whose documents are not `hidden`, in row order
+    (also for resharding, indexer/reshard.py)."""
     index = faiss_index.read_cpu(source / INDEX_FILE)
     counts = {"documents": 0, "carried_chunks": 0, "dropped_chunks": 0}
     last_doc: str | None = None

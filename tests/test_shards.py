@@ -15,6 +15,7 @@ from fastapi.testclient import TestClient
 from indexer.build import build_artifact
 from indexer.compact import compact_artifact
 from indexer.delta import DeltaFeed
+from indexer.reshard import reshard_artifact
 from ragserve.errors import ArtifactError, IntegrityError, PartialReplicaError
 from ragserve.types import Document, Passage, RetrievalMode
 from reader.generator import Generator
@@ -268,3 +269,20 @@ def test_a_replica_serving_some_shards_holds_their_changes_alone_and_takes_no_re
         assert listing["served_shards"] == mine and listing["versions"][0]["shards"] == 4
         with pytest.raises(PartialReplicaError, match="serves shards"):
             client.app.state.ragserve.services.indexes.refresh("default")  # type: ignore[attr-defined]
+
+
+def test_resharding_carries_vectors_over_and_searches_like_a_sharded_build(
+    artifacts: dict[int, Path], encoder: Encoder, tmp_path: Path
+) -> None:
+    four = reshard_artifact(artifacts[1], tmp_path / "four", 4, encoder)
+    one = reshard_artifact(tmp_path / "four", tmp_path / "one", 1, encoder)
+    assert four.shard_count == 4 and not one.shards
+    assert [s["chunks"] for s in four.shards] == [s["chunks"] for s in read_manifest(artifacts[4]).shards]
+    built = VersionRetriever(artifacts[4], encoder, SEARCH)
+    for path in (tmp_path / "four", tmp_path / "one"):
+        again = VersionRetriever(path, encoder, SEARCH)
+        for mode in RetrievalMode:
+            for got, want in zip(
+                again.search_batch(QUERIES, 6, mode), built.search_batch(QUERIES, 6, mode), strict=True
+            ):
+                assert_same(got.passages, want.passages)

@@ -124,6 +124,26 @@ def cmd_index_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_index_reshard(args: argparse.Namespace) -> int:
+    from indexer.reshard import reshard_artifact
+    from retriever.artifact import read_manifest
+    from service.application.loading import configure_threads, make_encoder, open_registry
+
+    settings = _settings(index_shards=args.shards, index_name=args.registry)  # the bound is the setting's
+    configure_threads(settings)
+    encoder = make_encoder(settings)
+    if args.registry:
+        registry = open_registry(settings)
+        version = registry.add(lambda out: reshard_artifact(args.source, out, settings.index_shards, encoder))
+        artifact = registry.path_of(version)
+    else:
+        artifact = args.out
+        reshard_artifact(args.source, artifact, settings.index_shards, encoder)
+    manifest = read_manifest(artifact)
+    print(json.dumps({"artifact": str(artifact), "version": manifest.version, "shards": manifest.shard_count}))
+    return 0
+
+
 def cmd_eval_squad(args: argparse.Namespace) -> int:
     from service.application.evaluation import run_squad_eval
 

@@ -67,6 +67,13 @@ def _index(sub: Sub) -> None:
     verify = index.add_parser("verify", help="check an artifact's checksums")
     verify.add_argument("path", type=Path)
     verify.set_defaults(func=commands.cmd_index_verify)
+    reshard = index.add_parser("reshard", help="write an artifact again as N shards (1: unsharded), no re-embedding")
+    reshard.add_argument("source", type=Path, help="the artifact folder to reshard")
+    reshard.add_argument("--shards", type=int, required=True)
+    into = reshard.add_mutually_exclusive_group(required=True)
+    into.add_argument("--out", type=Path, help="artifact directory to create (must not exist)")
+    into.add_argument("--registry", metavar="NAME", help="add the result as a new version of this index")
+    reshard.set_defaults(func=commands.cmd_index_reshard)
 
 
 def _eval(sub: Sub) -> None:
