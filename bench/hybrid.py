@@ -21,7 +21,8 @@ import numpy as np
 from bench.common import SQUAD, header
 from ragserve.types import RetrievalMode, SearchResult
 from retriever.hybrid import QueryTerms, lexical_features, union_rows
-from retriever.sparse import BM25Params, SparseHits, SparseIndex, indexed_text
+from retriever.postings import SparseHits
+from retriever.sparse import BM25Params, SparseIndex, indexed_text
 from retriever.version import VersionRetriever
 from service.application.evaluation import Question, load_squad, ranked_docs, spread_sample
 from service.application.squad import select_articles

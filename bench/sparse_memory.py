@@ -21,7 +21,8 @@ import numpy as np
 import scipy.sparse as sp
 
 from bench.common import header
-from retriever.sparse import BM25Params, SparseHits, SparseIndex
+from retriever.postings import SparseHits
+from retriever.sparse import BM25Params, SparseIndex
 from service.settings import Settings
 
 Search = Callable[[SparseIndex, list[str], int], tuple[np.ndarray, np.ndarray]]

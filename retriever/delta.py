@@ -44,8 +44,9 @@ import scipy.sparse as sp
 
 from ragserve.types import ChunkRecord, RetrievalMode, SearchResult
 from retriever.base import Retriever
+from retriever.postings import Postings, SparseHits
 from retriever.search import search
-from retriever.sparse import Postings, SparseHits, SparseIndex, indexed_text
+from retriever.sparse import SparseIndex, indexed_text
 
 if TYPE_CHECKING:
     from retriever.version import VersionRetriever

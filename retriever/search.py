@@ -16,7 +16,8 @@ import scipy.sparse as sp
 
 from ragserve.types import ChunkRecord, Passage, RetrievalMode
 from retriever.hybrid import FusionWeights, QueryTerms, rank, union_rows
-from retriever.sparse import SparseHits, SparseIndex
+from retriever.postings import SparseHits
+from retriever.sparse import SparseIndex
 
 
 class Space(Protocol):

@@ -22,6 +22,7 @@ from retriever.artifact import DOCSTORE_FILE, INDEX_FILE, Manifest, shard_folder
 from retriever.base import Retriever
 from retriever.docstore import Docstore
 from retriever.hybrid import FusionWeights
+from retriever.postings import SparseHits
 from retriever.search import search
 from retriever.shards import shard_of
 from retriever.sparse import (
@@ -30,7 +31,6 @@ from retriever.sparse import (
     VOCAB_FILE,
     BM25Params,
     CorpusStatistics,
-    SparseHits,
     SparseIndex,
     SparseIndexWriter,
     TermCounts,

@@ -21,7 +21,8 @@ from retriever.delta import DeltaIndex, FreshRetriever
 from retriever.docstore import Docstore
 from retriever.encoder import Encoder
 from retriever.hybrid import FusionWeights, QueryTerms, fuse, lexical_features, rank
-from retriever.sparse import SPARSE_FILE, VOCAB_FILE, BM25Params, SparseHits, SparseIndex, terms
+from retriever.postings import SparseHits
+from retriever.sparse import SPARSE_FILE, VOCAB_FILE, BM25Params, SparseIndex, terms
 from retriever.version import VersionRetriever
 from service.application.squad import select_articles
 from tests.defaults import BUILD, SEARCH

@@ -11,8 +11,9 @@ import scipy.sparse as sp
 from ragserve.types import Passage, RetrievalMode
 from retriever.delta import DeltaIndex, DeltaSnapshot
 from retriever.docstore import StoredChunk
+from retriever.postings import Postings, SparseHits
 from retriever.search import search
-from retriever.sparse import BM25Params, Postings, SparseHits, SparseIndex, indexed_text
+from retriever.sparse import BM25Params, SparseIndex, indexed_text
 from tests.defaults import SEARCH
 
 WORDS = ["granite", "bridge", "river", "cheese", "cave", "lantern", "parade", "spring", "town", "mayor", "the", "of"]
