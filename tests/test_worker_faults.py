@@ -204,6 +204,8 @@ def raw_expire(path: Path) -> None:
 class NoIndexes:
     """Just enough of an IndexManager for jobs that never reach it."""
 
+    partial = False
+
     class registry:
         name = "default"
 
