@@ -103,3 +103,13 @@ class PartialReplicaError(RagserveError):
 
 class SupersededError(RagserveError):
     """Another replica changed what serves while this change was being made; it was not applied."""
+
+
+class ShardUnavailableError(RagserveError):
+    """A shard group of the router failed or did not answer in time: no partial answer is given
+    (unless the settings allow one), so a result never silently lacks shards."""
+
+
+class ShardsDisagreeError(RagserveError):
+    """The shard groups answered from different index versions, and still did when asked again
+    (a roll that outlasts the router's wait): results of different versions are not merged."""

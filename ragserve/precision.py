@@ -3,6 +3,7 @@
 import functools
 from pathlib import Path
 
+from ragserve.errors import InvalidInputError
 from ragserve.types import Precision
 
 
@@ -28,7 +29,12 @@ def native_bf16(device: str) -> bool:
 
 
 def resolve_precision(precision: Precision | str, device: str) -> Precision:
+    """The number format a model runs in on `device`. fp16 is refused off CUDA: CPUs have no fast
+    fp16 matrix products (torch would emulate them, slower than fp32), so asking for it there is a
+    configuration mistake, not a wish to honour."""
     precision = Precision(precision)
     if precision is Precision.AUTO:
         return Precision.BF16 if native_bf16(device) else Precision.FP32
+    if precision is Precision.FP16 and not device.startswith("cuda"):
+        raise InvalidInputError(f"precision fp16 runs only on a CUDA device, not on {device!r}: use fp32, bf16 or auto")
     return precision

@@ -16,11 +16,12 @@ class RetrievalMode(StrEnum):
 class Precision(StrEnum):
     """Number format of a model's weights and activations (retriever and generator). `bf16` runs ~3x
     faster where the CPU multiplies bf16 natively (AMX), at costs measured in docs/performance.md;
-    `auto` picks it only there."""
+    `auto` picks it only there (and on CUDA GPUs that support it). `fp16` runs on CUDA only."""
 
     AUTO = "auto"
     FP32 = "fp32"
     BF16 = "bf16"
+    FP16 = "fp16"
 
 
 @dataclass(frozen=True, slots=True)

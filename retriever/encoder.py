@@ -17,7 +17,7 @@ from sentence_transformers import SentenceTransformer
 from tokenizers import Tokenizer
 
 from ragserve.compute import on_compute_thread
-from ragserve.errors import ModelNotFoundError
+from ragserve.errors import InvalidInputError, ModelNotFoundError
 from ragserve.precision import resolve_precision
 from ragserve.types import Precision, TokenizedText
 from retriever.bert import LeanBert
@@ -50,13 +50,27 @@ def resolve_retriever(name_or_path: str) -> Path:
     raise ModelNotFoundError(f"retriever model {name_or_path!r} is not a bundled alias ({known}) nor a local folder")
 
 
-# Passages per forward pass. Measured on SQuAD chunks, 2 threads (bench/index_throughput.py): fp32
-# is fastest in small batches (activations stay in cache), bf16 a little larger.
+# Passages per forward pass on a CPU. Measured on SQuAD chunks, 2 threads (bench/index_throughput.py):
+# fp32 is fastest in small batches (activations stay in cache), bf16 a little larger.
 BATCH_SIZE = {Precision.FP32: 8, Precision.BF16: 16}
+# On a GPU one forward pass of a small batch costs about what a large one does (kernel launches
+# dominate), so batches are as large as the build's embedding window feeds (indexer/build.py).
+CUDA_BATCH_SIZE = 256
 # Batches are padded to a multiple of this many tokens. bf16: fewer distinct shapes, so oneDNN
 # builds fewer kernels (a first bf16 pass over SQuAD took 7.1 s unpadded, 5.0 s padded), and AMX
 # tiles fit. fp32 has no such cost, and padding is pure waste there (unpadded: ~5% faster on SQuAD).
-PAD_MULTIPLE = {Precision.FP32: 1, Precision.BF16: 16}
+# fp16 (CUDA only): tensor cores take tiles of 16 too.
+PAD_MULTIPLE = {Precision.FP32: 1, Precision.BF16: 16, Precision.FP16: 16}
+HALF = {Precision.BF16: torch.bfloat16, Precision.FP16: torch.float16}  # weights cast to these
+
+
+def resolve_device(device: str | None) -> str:
+    """`auto` (or None): CUDA when torch sees a GPU, else the CPU; `cuda` without one is refused."""
+    if device in (None, "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise InvalidInputError(f"retriever device {device!r}: torch sees no CUDA GPU (use auto or cpu)")
+    return device
 
 
 def weights_sha256(model_dir: Path) -> str:
@@ -77,15 +91,17 @@ class Encoder:
     """Wraps a SentenceTransformer for inference only; outputs are L2-normalised float32."""
 
     def __init__(self, name_or_path: str, precision: Precision | str, device: str | None = None) -> None:
+        """`device`: auto (None) | cpu | cuda[:n] (the retriever_device setting)."""
         self.name = name_or_path
         self.path = resolve_retriever(name_or_path)
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device)
-        self.batch_size = BATCH_SIZE[self.precision]
+        on_cuda = self.device.startswith("cuda")
+        self.batch_size = CUDA_BATCH_SIZE if on_cuda else BATCH_SIZE[self.precision]
         self.pad_multiple = PAD_MULTIPLE[self.precision]
         self.model = SentenceTransformer(str(self.path), device=self.device, local_files_only=True)
-        if self.precision is Precision.BF16:
-            self.model.to(torch.bfloat16)
+        if self.precision in HALF:
+            self.model.to(HALF[self.precision])
         self.model.eval()
         self._lean = LeanBert.of(self.model)  # None: run the modules as loaded
         self.weights_sha256 = weights_sha256(self.path)

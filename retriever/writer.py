@@ -108,10 +108,7 @@ class ArtifactWriter:
 
     def spooled(self) -> np.ndarray:
         """The vectors added so far, memory-mapped (rows, dim); after `close`."""
-        path = self.staging / EMBEDDINGS_FILE
-        if path.stat().st_size == 0:
-            return np.empty((0, self.model.dimension), np.float32)
-        return np.memmap(path, dtype=np.float32, mode="r").reshape(-1, self.model.dimension)
+        return read_spool(self.staging, self.model.dimension)
 
     def finish(self, factory: str, trained: faiss.Index | None = None, id_base: int = 0) -> Finished:
         """Build the FAISS index from the spooled vectors (filling `trained`, a quantizer shared
@@ -133,9 +130,35 @@ class ArtifactWriter:
         if self.rows == 0:
             raise InvalidInputError("the corpus has no text to index")
         factory = self.layout.factory(self.rows)
-        self.finish(factory)
-        fields = manifest_fields(self.model, self.chunking, factory, {**counts, "chunks": self.rows}, started)
-        return write_manifest(self.staging, {**fields, **extra})
+        finished = self.finish(factory)
+        return seal_single(self.staging, self.model, self.chunking, factory, finished, counts, started, **extra)
+
+
+def read_spool(folder: Path, dimension: int) -> np.ndarray:
+    """The vectors spooled in `folder` (an `ArtifactWriter`'s staging), memory-mapped -> (rows, dim)
+    float32; public so that a process that did not write them (a distributed build's quantizer
+    training, indexer/ray_build.py) samples them the way `ShardedArtifactWriter.seal` does."""
+    path = folder / EMBEDDINGS_FILE
+    if path.stat().st_size == 0:
+        return np.empty((0, dimension), np.float32)
+    return np.memmap(path, dtype=np.float32, mode="r").reshape(-1, dimension)
+
+
+def seal_single(
+    staging: Path,
+    model: ModelInfo,
+    chunking: Mapping[str, int],
+    factory: str,
+    finished: Finished,
+    counts: dict[str, int],
+    started: float,
+    **extra: Any,
+) -> Manifest:
+    """Write the manifest of an unsharded artifact whose index files are written (`finished`):
+    what `ArtifactWriter.seal` ends with, public so that a build whose writer ran in another
+    process (indexer/ray_build.py) writes the very same manifest."""
+    fields = manifest_fields(model, chunking, factory, {**counts, "chunks": finished.rows}, started)
+    return write_manifest(staging, {**fields, **extra})
 
 
 def manifest_fields(

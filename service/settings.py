@@ -99,6 +99,45 @@ class Settings(BaseSettings):
     )
     hnsw_ef_search: Annotated[int, Field(ge=1, le=4096)] = 128
     ivf_nprobe: Annotated[int, Field(ge=1, le=65_536)] = 16
+    index_keep_vectors: bool = Field(
+        True,
+        description="Keep the exact float32 vectors beside a compressed (PQ) index, for exact re-ranking and "
+        "exact hybrid scores: 4 x dimension bytes per vector on disk (1.5 KB at 384), memory-mapped, so only "
+        "the pages of candidates are read (docs/scaling.md).",
+    )
+    rerank_candidates: Annotated[int, Field(ge=1, le=2_048)] = Field(
+        100,
+        description="Candidates per query a compressed index returns for exact re-ranking (at least k); "
+        "2048 is FAISS's GPU limit on k. Chosen by recall on 2M vectors (docs/scaling.md).",
+    )
+    faiss_gpu_build: bool = Field(True, description="Train and fill IVF/PQ indexes on the GPUs when faiss has any.")
+    faiss_gpu_search: bool = Field(False, description="Search indexes on the GPUs when faiss has any (copied at load).")
+    faiss_gpu_shard: bool = Field(
+        False, description="With several GPUs: split an index across them (bigger than one holds), not a copy on each."
+    )
+    retriever_device: str = Field(
+        "auto",
+        pattern=r"^(auto|cpu|cuda)$",
+        description="auto | cpu | cuda: where the retriever embeds; auto is CUDA when torch sees a GPU.",
+    )
+
+    # --- distributed build (Ray; `index build --engine ray`, docs/ray_build.md) -----------------
+    ray_embed_actors: Annotated[int, Field(ge=0, le=4_096)] = Field(
+        0,
+        description="Embedding actors (each loads the retriever once); 0: one per GPU of the cluster, "
+        "without GPUs cpus // (ray_embed_threads + 1), at least 1.",
+    )
+    ray_embed_threads: Annotated[int, Field(ge=1, le=64)] = Field(
+        2, description="torch threads of each embedding actor (measured on 2 cores: docs/ray_build.md)."
+    )
+    ray_writer_in_flight: Annotated[int, Field(ge=1, le=64)] = Field(
+        2,
+        description="Batches the driver has handed to one shard writer and not yet seen written, at most: "
+        "what bounds the driver's memory.",
+    )
+    ray_block_mib: Annotated[int, Field(ge=1, le=1_024)] = Field(
+        4, description="Target size of the build's Ray Data blocks (documents, chunks, vectors) in MiB."
+    )
 
     # --- retrieval (see retriever/hybrid.py; defaults fitted on SQuAD's training articles) -----
     retrieval: RetrievalMode = Field(RetrievalMode.HYBRID, description="dense | sparse (BM25) | hybrid (both, fused).")
@@ -222,6 +261,32 @@ class Settings(BaseSettings):
         default_factory=lambda: ["localhost", "127.0.0.1", "::1"],
         description="Comma-separated Host names that open (token-less) admin and write routes answer, besides "
         "loopback addresses, and only for clients on a loopback address; add a local proxy's public name here.",
+    )
+
+    # --- shard router ---
+    # The router in front of shard groups (retriever/router.py, service/rayserve/shards.py; docs/shard_router.md).
+    router_timeout_s: Annotated[float, Field(gt=0, le=600)] = Field(
+        10.0,
+        description="How long the shard router waits for each shard group's answer; a group slower than this "
+        "has failed (503 shard_unavailable, or a partial answer with router_allow_partial).",
+    )
+    router_threads: Annotated[int, Field(ge=1, le=1_024)] = Field(
+        16, description="Threads the shard router fans out on to in-process (synchronous) shard groups."
+    )
+    router_max_in_flight: Annotated[int, Field(ge=1, le=16_384)] = Field(
+        256,
+        description="Searches the shard router fans out at once; one more waits for a place (synchronous "
+        "callers, up to router_timeout_s) or is refused at once (the event loop): 429 overloaded.",
+    )
+    router_version_wait_ms: Annotated[float, Field(ge=0, le=10_000)] = Field(
+        250.0,
+        description="Shard groups that answer from different index versions (a roll in progress) are asked "
+        "once more after this wait; if they still differ the search fails 503 shards_disagree.",
+    )
+    router_allow_partial: bool = Field(
+        False,
+        description="Answer from the shard groups that answered when others failed, naming the missing ones "
+        "(`missing_shards` in the body, header X-Ragserve-Missing-Shards); default: the search fails 503.",
     )
 
     @field_validator("allowed_hosts", mode="before")

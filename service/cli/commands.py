@@ -4,6 +4,7 @@ Heavy imports (torch, transformers, faiss) happen inside the commands, so `--hel
 """
 
 import argparse
+import contextlib
 import importlib.util
 import json
 import logging
@@ -43,6 +44,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise InvalidInputError(f"--replicas must be at least 1, not {args.replicas}")
     if args.engine == "ray":
         return _serve_on_ray(args, settings)
+    if args.shard_groups is not None:
+        raise InvalidInputError("--shard-groups needs --engine ray")
     if args.replicas != 1:
         raise InvalidInputError("--replicas needs --engine ray (a uvicorn server is one replica: start more of them)")
     use_compute_thread()  # every model runs on one thread, from the demo index build on (ragserve/compute.py)
@@ -60,8 +63,13 @@ def _serve_on_ray(args: argparse.Namespace, settings: Settings) -> int:
     given = {"index_path": args.index.resolve() if args.index else None, "host": args.host, "port": args.port}
     overrides = {k: str(v) if isinstance(v, Path) else v for k, v in given.items() if v is not None}
     try:
+        if args.shard_groups is not None:
+            from service.rayserve.shards import serve_sharded
+
+            serve_sharded(settings, overrides, args.shard_groups, args.replicas, args.log_level)
+            return 0
         serve_replicas(settings, overrides, args.replicas, args.log_level)
-    except (RuntimeError, TimeoutError) as exc:  # a deploy that failed: Serve's message says why
+    except (RuntimeError, TimeoutError, ValueError) as exc:  # a deploy that failed: Serve's message says why
         raise RagserveError(str(exc)) from None
     return 0
 
@@ -80,19 +88,27 @@ def cmd_index_build(args: argparse.Namespace) -> int:
         encoder_precision=args.precision,
         index_name=args.registry,
     )
+    session = _index_engine(args)
     configure_threads(settings)
     encoder = make_encoder(settings)
     started = time.perf_counter()
 
     def build(out: Path) -> None:
-        build_artifact(read_corpus(args.input), out, encoder, build_config(settings), progress=not args.no_progress)
+        if args.engine == "ray":
+            from indexer.ray_build import RayBuildConfig, build_artifact_ray
 
-    if args.registry:
-        registry = open_registry(settings)
-        artifact = registry.path_of(registry.add(build))
-    else:
-        artifact = args.out
-        build(artifact)
+            config = RayBuildConfig.of(build_config(settings), settings)
+            build_artifact_ray(args.input, out, encoder, config, progress=not args.no_progress)
+        else:
+            build_artifact(read_corpus(args.input), out, encoder, build_config(settings), progress=not args.no_progress)
+
+    with session:
+        if args.registry:
+            registry = open_registry(settings)
+            artifact = registry.path_of(registry.add(build))
+        else:
+            artifact = args.out
+            build(artifact)
     manifest = read_manifest(artifact)
     seconds = time.perf_counter() - started
     counts = manifest.counts
@@ -101,6 +117,7 @@ def cmd_index_build(args: argparse.Namespace) -> int:
             {
                 "artifact": str(artifact),
                 "version": manifest.version,
+                "engine": args.engine,
                 "index_factory": manifest.index_factory,
                 "counts": counts,
                 "seconds": round(seconds, 2),
@@ -111,6 +128,22 @@ def cmd_index_build(args: argparse.Namespace) -> int:
         )
     )
     return 0
+
+
+def _index_engine(args: argparse.Namespace) -> contextlib.AbstractContextManager[None]:
+    """What `index build --engine` needs around the build: nothing (local), or one Ray session for
+    the whole command, on the cluster at --address (or RAY_ADDRESS) or a local Ray of this
+    machine's CPUs (indexer/ray_build.py). Ray is imported only here."""
+    if args.engine == "local":
+        if args.address:
+            raise InvalidInputError("--address needs --engine ray")
+        return contextlib.nullcontext()
+    if importlib.util.find_spec("ray") is None or importlib.util.find_spec("pandas") is None:
+        raise InvalidInputError("--engine ray needs Ray Data: pip install 'ray[data]'")
+    from indexer.ray_build import ray_session
+    from service.rayserve.engine import forwarded_env
+
+    return ray_session(args.address or os.environ.get("RAY_ADDRESS"), forwarded_env())
 
 
 def cmd_index_verify(args: argparse.Namespace) -> int:

@@ -41,6 +41,12 @@ def _serve(sub: Sub) -> None:
         "(pip install 'ragserve[ray]'; deploy/ray/README.md)",
     )
     serve.add_argument("--replicas", type=int, default=1, help="with --engine ray: how many (default: %(default)s)")
+    serve.add_argument(
+        "--shard-groups",
+        type=int,
+        help="with --engine ray and a sharded --index: split its shards into this many groups of --replicas "
+        "replicas each, behind a router serving /v1/retrieve (docs/shard_router.md)",
+    )
     serve.set_defaults(func=commands.cmd_serve)
 
 
@@ -61,6 +67,16 @@ def _index(sub: Sub) -> None:
     )
     build.add_argument(
         "--precision", choices=["fp32", "bf16", "auto"], help="retriever number format (setting encoder_precision)"
+    )
+    build.add_argument(
+        "--engine",
+        choices=["local", "ray"],
+        default="local",
+        help="local: this process builds (default); ray: a Ray Data pipeline, the same artifact "
+        "(pip install 'ray[data]'; docs/ray_build.md)",
+    )
+    build.add_argument(
+        "--address", help="with --engine ray: the Ray cluster, HOST:PORT or auto (default: RAY_ADDRESS, else local)"
     )
     build.add_argument("--no-progress", action="store_true")
     build.set_defaults(func=commands.cmd_index_build)

@@ -25,6 +25,8 @@ from ragserve.errors import (
     PartialReplicaError,
     RagserveError,
     ReaderUnavailableError,
+    ShardsDisagreeError,
+    ShardUnavailableError,
     StorageUnavailableError,
     SupersededError,
     TooManyJobsError,
@@ -58,6 +60,8 @@ STATUS: dict[type[RagserveError], tuple[int, str]] = {
     StorageUnavailableError: (503, "storage_unavailable"),
     SupersededError: (409, "superseded"),
     PartialReplicaError: (409, "partial_replica"),
+    ShardUnavailableError: (503, "shard_unavailable"),  # retriever/router.py
+    ShardsDisagreeError: (503, "shards_disagree"),  # a roll in progress: retry
     ModelNotFoundError: (503, "model_unavailable"),  # a server-side configuration problem
     DeadlineExceededError: (504, "deadline_exceeded"),
     ClientGoneError: (499, "client_disconnected"),  # nobody reads it; nginx's code, for the logs

@@ -137,6 +137,30 @@ class Replica:
         if problem is not None:
             raise RuntimeError(problem)
 
+    async def search(self, queries: list[str], top_k: int, mode: str | None) -> dict[str, Any]:
+        """The shard router's call (service/rayserve/shards.py), through a DeploymentHandle: this
+        replica's shards searched by its own retriever (delta included), awaited on its batcher so
+        the event loop stays free. Plain data goes back (retriever/router.py's wire format), with
+        the shards served: no pickled ragserve objects cross the actor boundary. No queries: a
+        readiness probe."""
+        from ragserve.types import RetrievalMode
+        from retriever.router import result_to_wire
+
+        state = self.state
+        problem = "the app is not built yet" if state is None else readiness_problem(state)
+        if state is not None and state.draining:
+            problem = "draining: retry on another replica"
+        if problem is not None or state is None or state.services is None:
+            raise RuntimeError(problem)
+        retriever = state.services.engine.retriever
+        wanted = RetrievalMode(mode) if mode else None
+        found = await asyncio.gather(*(retriever.search_async(q, top_k, wanted) for q in queries))
+        return {
+            "index_version": retriever.index_version,
+            "shards": state.services.indexes.served_shards,
+            "results": [result_to_wire(r) for r in found],
+        }
+
     async def reconfigure(self, config: object) -> None:
         """Called by Serve after start and whenever only the user_config changed (no restart)."""
         if self.state is None:
