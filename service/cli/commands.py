@@ -139,7 +139,7 @@ def _index_engine(args: argparse.Namespace) -> contextlib.AbstractContextManager
             raise InvalidInputError("--address needs --engine ray")
         return contextlib.nullcontext()
     if importlib.util.find_spec("ray") is None or importlib.util.find_spec("pandas") is None:
-        raise InvalidInputError("--engine ray needs Ray Data: pip install 'ray[data]'")
+        raise InvalidInputError("--engine ray needs Ray Data: pip install 'ragserve[ray]'")
     from indexer.ray_build import ray_session
     from service.rayserve.engine import forwarded_env
 

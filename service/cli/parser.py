@@ -73,7 +73,7 @@ def _index(sub: Sub) -> None:
         choices=["local", "ray"],
         default="local",
         help="local: this process builds (default); ray: a Ray Data pipeline, the same artifact "
-        "(pip install 'ray[data]'; docs/ray_build.md)",
+        "(pip install 'ragserve[ray]'; docs/ray_build.md)",
     )
     build.add_argument(
         "--address", help="with --engine ray: the Ray cluster, HOST:PORT or auto (default: RAY_ADDRESS, else local)"
