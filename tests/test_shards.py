@@ -6,7 +6,6 @@ import random
 import shutil
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -27,8 +26,9 @@ from retriever.version import VersionRetriever
 from service.application.loading import load_services
 from service.http.app import create_app
 from service.settings import Settings
-from tests.conftest import local_client, wait_job, wait_ready
+from tests.conftest import local_client, wait_ready
 from tests.defaults import BUILD, SEARCH, build
+from tests.test_compaction import run
 
 TOPICS = ["harbour", "glacier", "violin", "orchard", "comet", "bakery", "railway", "falcon", "copper", "lantern"]
 WORDS = [
@@ -206,14 +206,6 @@ def test_ivf_shards_share_one_quantizer_and_search_like_the_unsharded_index(enco
 
 def open_client(settings: Settings, encoder: Encoder, generator: Generator) -> TestClient:
     return local_client(create_app(settings, loader=lambda s: load_services(s, encoder=encoder, generator=generator)))
-
-
-def run(client: TestClient, path: str, body: dict[str, Any]) -> dict[str, Any]:
-    created = client.post(path, json=body)
-    assert created.status_code == 202, created.text
-    job = wait_job(client, created.json()["job_id"])
-    assert job["state"] == "done", job
-    return job
 
 
 def retrieve(client: TestClient, query: str, k: int = 5) -> tuple[str, list[str]]:
