@@ -22,6 +22,7 @@ from ragserve.atomic import clean_stale, staged_directory
 from ragserve.errors import ArtifactError
 from ragserve.types import Document
 from retriever.artifact import Manifest
+from retriever.gpu import CPU_ONLY, GpuOptions
 from retriever.writer import ArtifactWriter, Finished, Layout, ModelInfo, ShardedArtifactWriter
 
 if TYPE_CHECKING:
@@ -36,14 +37,16 @@ class BuildConfig:
     chunking: ChunkingConfig
     index_factory: str | None  # None: chosen by size (see retriever/faiss_index.py default_factory)
     exact_below: int  # below this many chunks the default index is exact (Flat), above it HNSW
+    keep_vectors: bool  # keep the exact vectors beside a compressed index, to re-rank with (retriever/exact.py)
     doc_batch: int = 256  # documents tokenized together
     embed_window: int = 2_048  # chunks sorted by length and embedded together
     embed_batch: int | None = None  # None: the encoder's own (see retriever/encoder.py)
     shards: int = 1  # > 1: a sharded artifact (retriever/writer.py ShardedArtifactWriter)
+    gpu: GpuOptions = CPU_ONLY  # where FAISS trains and fills the index (retriever/gpu.py)
 
     @property
     def layout(self) -> Layout:
-        return Layout(self.index_factory, self.exact_below)
+        return Layout(self.index_factory, self.exact_below, self.keep_vectors, self.gpu)
 
 
 def artifact_writer(staging: Path, model: ModelInfo, config: BuildConfig) -> ArtifactWriter | ShardedArtifactWriter:

@@ -1,11 +1,12 @@
 """Compaction: the serving version + the delta − deletions → a new version, without re-embedding.
 
-The base version's chunks are carried over in row order with their vectors — read back from the
-FAISS index when it stores them exactly, otherwise re-embedded from their text (the same vectors:
-a chunk's text tokenizes back to exactly its tokens) — except the chunks of documents the delta
-replaces or that were deleted. The delta's chunks and vectors follow. The new manifest records
-the document change counter the delta had reached, so a delta started on the new version holds
-only changes after it.
+The base version's chunks are carried over in row order with their vectors — the exact vectors
+kept beside a compressed index (retriever/exact.py), else read back from the FAISS index when it
+stores them exactly (Flat, HNSW), otherwise re-embedded from their text (the same vectors: a
+chunk's text tokenizes back to exactly its tokens; never the approximate vectors a PQ index would
+reconstruct) — except the chunks of documents the delta replaces or that were deleted. The
+delta's chunks and vectors follow. The new manifest records the document change counter the delta
+had reached, so a delta started on the new version holds only changes after it.
 
 A sharded version is compacted shard by shard: a shard none of whose documents changed is linked
 into the new version unchanged (same files, same checksums, nothing re-read), a changed one is
@@ -16,9 +17,11 @@ statistics are merged anew.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -34,6 +37,7 @@ from retriever import faiss_index
 from retriever.artifact import DOCSTORE_FILE, INDEX_FILE, Manifest, verify_artifact
 from retriever.delta import DeltaContents
 from retriever.docstore import Docstore, StoredChunk
+from retriever.exact import EXACT_FILE, ExactVectors
 from retriever.shards import shard_name, shard_of
 from retriever.sparse import TermCounts
 from retriever.writer import (
@@ -48,6 +52,8 @@ from retriever.writer import (
 
 if TYPE_CHECKING:
     from retriever.encoder import Encoder
+
+log = logging.getLogger(__name__)
 
 
 def compact_artifact(base: Path, delta: DeltaContents, out: Path, encoder: Encoder, config: BuildConfig) -> Manifest:
@@ -67,7 +73,7 @@ def compact_artifact(base: Path, delta: DeltaContents, out: Path, encoder: Encod
     clean_stale(out)
     with staged_directory(out) as staging:
         if manifest.shards:
-            return _compact_shards(base, manifest, delta, staging, model, encoder, extra)
+            return _compact_shards(base, manifest, delta, staging, model, encoder, config, extra)
         writer = artifact_writer(staging, model, config)
         assert isinstance(writer, ArtifactWriter), "an unsharded base compacts into one set of files"
         counts = carry(base, delta.hidden, writer, encoder)
@@ -86,6 +92,7 @@ def _compact_shards(
     staging: Path,
     model: ModelInfo,
     encoder: Encoder,
+    config: BuildConfig,
     extra: dict[str, int],
 ) -> Manifest:
     started = time.perf_counter()
@@ -109,7 +116,8 @@ def _compact_shards(
             bases.append(int(shard["id_base"]))
             counts["carried_chunks"] += int(shard["chunks"])
             continue
-        writer = ArtifactWriter(target, model, manifest.chunking, Layout(manifest.index_factory, 1))
+        layout = Layout(manifest.index_factory, 1, config.keep_vectors, config.gpu)
+        writer = ArtifactWriter(target, model, manifest.chunking, layout)
         shard_counts = carry(source, delta.hidden, writer, encoder)
         mine = np.flatnonzero(owner == i)
         if mine.size:
@@ -131,11 +139,11 @@ def carry(
 ) -> dict[str, int]:
     """Add the rows of the index files in `source` whose documents are not `hidden`, in row order
     (also for resharding, indexer/reshard.py)."""
-    index = faiss_index.read_cpu(source / INDEX_FILE)
+    vectors_of = row_vectors(source, encoder)
     counts = {"documents": 0, "carried_chunks": 0, "dropped_chunks": 0}
     last_doc: str | None = None
     for rows in Docstore(source / DOCSTORE_FILE).scan():
-        vectors = _base_vectors(index, rows, encoder)
+        vectors = vectors_of(rows)  # (len(rows), dim)
         keep = [i for i, chunk in enumerate(rows) if chunk.doc_id not in hidden]
         counts["dropped_chunks"] += len(rows) - len(keep)
         if keep:
@@ -155,10 +163,29 @@ def _link(source: Path, target: Path) -> None:
         shutil.copy2(source, target)
 
 
+def row_vectors(source: Path, encoder: Encoder) -> Callable[[list[StoredChunk]], np.ndarray]:
+    """How the exact vectors of consecutive docstore rows of the index files in `source` are had:
+    from the exact vectors kept beside a compressed index (a memory-mapped read), else the index's
+    own where it stores them exactly, else by embedding the rows' text again. Never reconstructed
+    from PQ codes: a compaction must not make a version's vectors worse than its build's."""
+    if (source / EXACT_FILE).is_file():
+        exact = ExactVectors.open(source / EXACT_FILE, encoder.dimension)
+        return lambda rows: exact.block(_first(rows), len(rows))
+    index = faiss_index.read_cpu(source / INDEX_FILE)
+    if faiss_index.is_compressed(index):
+        log.info("%s keeps no exact vectors beside its compressed index: embedding its chunks again", source)
+    return lambda rows: _base_vectors(index, rows, encoder)
+
+
+def _first(rows: list[StoredChunk]) -> int:
+    """The first of consecutive docstore rows (what `Docstore.scan` gives: vectors are read as a block)."""
+    assert [r.row for r in rows] == list(range(rows[0].row, rows[0].row + len(rows))), "rows must be consecutive"
+    return rows[0].row
+
+
 def _base_vectors(index: faiss.Index, rows: list[StoredChunk], encoder: Encoder) -> np.ndarray:
     """(len(rows), dim) vectors of consecutive rows."""
-    assert [r.row for r in rows] == list(range(rows[0].row, rows[0].row + len(rows))), "rows must be consecutive"
-    stored = faiss_index.stored_vectors(index, rows[0].row, len(rows))
+    stored = faiss_index.stored_vectors(index, _first(rows), len(rows))
     if stored is not None:
         return stored
     return encoder.encode_ids([t.ids for t in encoder.tokenize([r.text for r in rows])])

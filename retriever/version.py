@@ -17,13 +17,15 @@ import scipy.sparse as sp
 
 from ragserve.errors import ArtifactError, ModelMismatchError
 from ragserve.types import ChunkRecord, RetrievalMode, SearchResult
-from retriever import faiss_index
 from retriever.artifact import DOCSTORE_FILE, INDEX_FILE, Manifest, shard_folders, verify_artifact
 from retriever.base import Retriever
 from retriever.docstore import Docstore
+from retriever.exact import EXACT_FILE
+from retriever.gpu import CPU_ONLY, GpuOptions
 from retriever.hybrid import FusionWeights
 from retriever.postings import SparseHits
 from retriever.search import search
+from retriever.shard_search import Shard, load_index, merge_top, open_exact, shard_scores, shard_top
 from retriever.shards import shard_of
 from retriever.sparse import (
     ANALYZER_VERSION,
@@ -52,23 +54,9 @@ class SearchConfig:
     nprobe: int  # IVF
     bm25: BM25Params
     fusion: FusionWeights
+    rerank_candidates: int  # candidates per query an index with exact vectors kept returns for re-ranking
+    gpu: GpuOptions = CPU_ONLY  # where FAISS searches (settings faiss_gpu_search, faiss_gpu_shard)
     shard_threads: int = 0  # threads searching the shards of a sharded version; 0: one per shard, up to the CPUs
-
-
-@dataclass(frozen=True, slots=True)
-class Shard:
-    """One set of index files of a version (the whole of an unsharded one): FAISS ids are
-    `id_base` + row (IVF shards sharing a quantizer have disjoint ids), rows are docstore rows."""
-
-    number: int
-    index: faiss.Index
-    docstore: Docstore
-    counts: TermCounts
-    id_base: int
-
-    @property
-    def rows(self) -> int:
-        return int(self.counts.tf.shape[0])
 
 
 class VersionRetriever(Retriever):
@@ -76,8 +64,10 @@ class VersionRetriever(Retriever):
 
     The served shards are one search space (retriever/search.py): their rows are numbered one
     after the other, dense search asks every shard for its k best (in parallel threads) and keeps
-    the k best of those, BM25 scores every shard's postings under the corpus-wide statistics the
-    manifest records, so a search over all shards returns what the unsharded index would."""
+    the k best of those (a compressed shard re-ranks its candidates exactly where its exact
+    vectors are kept: retriever/shard_search.py), BM25 scores every shard's postings under the
+    corpus-wide statistics the manifest records, so a search over all shards returns what the
+    unsharded index would."""
 
     def __init__(
         self,
@@ -99,6 +89,7 @@ class VersionRetriever(Retriever):
         self.encoder = encoder
         self.mode = config.mode
         self.fusion = config.fusion
+        self.rerank_candidates = config.rerank_candidates
         folders = shard_folders(self.manifest)
         served = list(range(len(folders))) if shards is None else sorted(set(shards))
         if not served or served[0] < 0 or served[-1] >= len(folders):
@@ -124,13 +115,15 @@ class VersionRetriever(Retriever):
         def same(name: str) -> bool:
             return old_version is not None and _digest(old_version.manifest, name) == _digest(self.manifest, name)
 
+        has_exact = f"{folder}{EXACT_FILE}" in self.manifest.files
         if old is not None and old.id_base == id_base and same(f"{folder}{INDEX_FILE}"):
             index = old.index
         else:
-            index = faiss_index.load(where / INDEX_FILE, ef_search=config.ef_search, nprobe=config.nprobe)
+            index = load_index(where, config.ef_search, config.nprobe, config.gpu, has_exact)
         reused = old is not None and same(f"{folder}{SPARSE_FILE}") and same(f"{folder}{VOCAB_FILE}")
         counts = old.counts if old is not None and reused else self._term_counts(where, docstore)
-        return Shard(number, index, docstore, counts, id_base)
+        exact = open_exact(where, has_exact, self.manifest.dimension, int(counts.tf.shape[0]))
+        return Shard(number, index, docstore, counts, id_base, exact)
 
     def owns(self, doc_id: str) -> bool:
         """Whether document `doc_id` belongs to the shards served here (always, unsharded)."""
@@ -201,26 +194,20 @@ class VersionRetriever(Retriever):
 
     def dense_top(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         def one(shard: Shard) -> tuple[np.ndarray, np.ndarray]:
-            scores, ids = shard.index.search(vectors, k)  # (Q, k) each; id -1 where the shard has fewer
-            return scores, np.where(ids >= 0, ids - shard.id_base, -1)
+            return shard_top(shard, vectors, k, self.rerank_candidates)  # (Q, k) each
 
         if len(self.shards) == 1:
             return one(self.shards[0])
         parts = list(self._pool.map(one, self.shards)) if self._pool else [one(s) for s in self.shards]
-        scores = np.hstack([s for s, _ in parts])  # (Q, shards * k)
-        rows = np.hstack([np.where(r >= 0, r + base, -1) for (_, r), base in zip(parts, self._bases, strict=False)])
-        scores = np.where(rows >= 0, scores, -np.inf)
-        best = np.argsort(-scores, axis=1, kind="stable")[:, :k]  # (Q, k) the k best of all shards
-        return np.take_along_axis(scores, best, axis=1), np.take_along_axis(rows, best, axis=1)
+        return merge_top(parts, self._bases.tolist(), k)
 
     def dense_scores(self, vector: np.ndarray, rows: np.ndarray) -> np.ndarray:
         scores = np.empty(rows.shape[0], np.float32)  # (n,)
         for i, at, local in self._by_shard(rows):
-            shard = self.shards[i]
-            stored = faiss_index.reconstruct(shard.index, local + shard.id_base)  # (m, dim) or None
-            if stored is None:
+            found = shard_scores(self.shards[i], vector, local)  # (m,) or None
+            if found is None:
                 raise ArtifactError(f"{self.path}: index type {self.manifest.index_factory} cannot give back vectors")
-            scores[at] = stored @ vector
+            scores[at] = found
         return scores
 
     def sparse_hits(self, queries: sp.csr_matrix, ceiling: np.ndarray) -> SparseHits:

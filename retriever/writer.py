@@ -4,7 +4,10 @@ artifact out: docstore, BM25 postings, FAISS index and the manifest (retriever/a
 Used by a build from documents (local or on Ray) and by a compaction that carries chunks and
 vectors over (both in indexer/). Vectors are spooled to a flat float32 file in the staging
 directory as they arrive, and the FAISS index is built from that file, memory-mapped, when the
-artifact is sealed; the spool is deleted before the manifest is written.
+artifact is sealed. Then the spool is deleted, or, when the index is compressed (PQ: approximate
+scores) and the layout keeps vectors, renamed to the exact vectors file that search re-ranks with
+(retriever/exact.py): it is already that file, row i the vector of FAISS id `id_base + i`, and it
+is written before the manifest, so its checksum is in it.
 
 `ArtifactWriter` writes one set of index files; `ShardedArtifactWriter` routes each document's
 chunks to the shard its id hashes to (retriever/shards.py), one `ArtifactWriter` per shard folder,
@@ -28,6 +31,8 @@ from ragserve.types import ChunkRecord
 from retriever import faiss_index
 from retriever.artifact import DOCSTORE_FILE, INDEX_FILE, Manifest, write_manifest
 from retriever.docstore import DocstoreWriter
+from retriever.exact import EXACT_FILE
+from retriever.gpu import CPU_ONLY, GpuOptions
 from retriever.shards import shard_name, shard_of
 from retriever.sparse import ANALYZER_VERSION, CorpusStatistics, SparseIndexWriter, indexed_text
 
@@ -59,10 +64,13 @@ class ModelInfo:
 
 @dataclass(frozen=True, slots=True)
 class Layout:
-    """How the FAISS index of an artifact is chosen: a factory string, or None to choose by size."""
+    """How the FAISS index of an artifact is chosen (a factory string, or None to choose by size),
+    whether the exact vectors are kept beside a compressed one, and where FAISS builds it."""
 
     index_factory: str | None
     exact_below: int
+    keep_vectors: bool  # setting index_keep_vectors: only a compressed index keeps them (retriever/exact.py)
+    gpu: GpuOptions = CPU_ONLY  # settings faiss_gpu_build, faiss_gpu_shard
 
     def factory(self, chunks: int) -> str:
         return self.index_factory or faiss_index.default_factory(chunks, self.exact_below)
@@ -112,17 +120,24 @@ class ArtifactWriter:
 
     def finish(self, factory: str, trained: faiss.Index | None = None, id_base: int = 0) -> Finished:
         """Build the FAISS index from the spooled vectors (filling `trained`, a quantizer shared
-        by the shards, when given) and write the BM25 files."""
+        by the shards, when given), keep or drop the spool (`_keep_spool`) and write the BM25 files."""
         self.close()
-        vectors = self.spooled()
+        vectors = self.spooled()  # (rows, dim) memory-mapped
         assert vectors.shape[0] == self.rows, "embeddings and docstore disagree"
-        faiss_index.write(
-            faiss_index.build(vectors, factory, trained=trained, id_base=id_base), self.staging / INDEX_FILE
-        )
+        index = faiss_index.build(vectors, factory, trained=trained, id_base=id_base, options=self.layout.gpu)
+        faiss_index.write(index, self.staging / INDEX_FILE)
         del vectors
-        (self.staging / EMBEDDINGS_FILE).unlink()
+        self._keep_spool(self.layout.keep_vectors and faiss_index.is_compressed(index))
         counts = self.sparse.write(self.staging)
         return Finished(self.rows, counts.statistics())
+
+    def _keep_spool(self, keep: bool) -> None:
+        """The spool becomes the exact vectors file (a rename: it is that format already), or goes."""
+        spool = self.staging / EMBEDDINGS_FILE
+        if keep:
+            spool.rename(self.staging / EXACT_FILE)
+        else:
+            spool.unlink()
 
     def seal(self, counts: dict[str, int], started: float, **extra: Any) -> Manifest:
         """Finish the artifact and write its manifest; `started` (a perf_counter reading) dates the
@@ -224,7 +239,7 @@ class ShardedArtifactWriter:
         factory = self.layout.factory(sum(rows))
         for part in self.parts:
             part.close()
-        trained = faiss_index.train(shared_sample([p.spooled() for p in self.parts]), factory)
+        trained = faiss_index.train(shared_sample([p.spooled() for p in self.parts]), factory, self.layout.gpu)
         if trained is not None:  # kept, so a compaction refills a changed shard over the same lists
             faiss_index.write(trained, self.staging / QUANTIZER_FILE)
         bases = id_bases(rows, trained)

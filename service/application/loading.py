@@ -29,6 +29,7 @@ from retriever.artifact import read_manifest, sha256_file
 from retriever.base import Retriever
 from retriever.batching import BatchedRetriever
 from retriever.encoder import Encoder, resolve_retriever, weights_sha256
+from retriever.gpu import GpuOptions
 from retriever.hybrid import FusionWeights
 from retriever.registry import IndexRegistry
 from retriever.sparse import BM25Params
@@ -72,6 +73,8 @@ def search_config(settings: Settings) -> SearchConfig:
         nprobe=settings.ivf_nprobe,
         bm25=BM25Params(settings.bm25_k1, settings.bm25_b),
         fusion=fusion,
+        rerank_candidates=settings.rerank_candidates,
+        gpu=GpuOptions(search=settings.faiss_gpu_search, shard=settings.faiss_gpu_shard),
         shard_threads=settings.shard_search_threads,
     )
 
@@ -89,9 +92,16 @@ def build_config(settings: Settings, **overrides: Any) -> BuildConfig:
         chunking=ChunkingConfig(settings.chunk_tokens, settings.overlap_tokens),
         index_factory=settings.index_factory,
         exact_below=settings.exact_search_below,
+        keep_vectors=settings.index_keep_vectors,
         shards=settings.index_shards,
+        gpu=build_gpu(settings),
     )
     return replace(config, **overrides)
+
+
+def build_gpu(settings: Settings) -> GpuOptions:
+    """Where FAISS trains and fills indexes (builds, compactions, reshards): the GPUs if asked and any."""
+    return GpuOptions(build=settings.faiss_gpu_build, shard=settings.faiss_gpu_shard)
 
 
 def cached_index_path(settings: Settings, name: str, source: Path) -> Path:
@@ -108,6 +118,7 @@ def cached_index_path(settings: Settings, name: str, source: Path) -> Path:
             settings.index_factory,
             settings.exact_search_below,
             settings.index_shards,
+            settings.index_keep_vectors,
         ]
     )
     return settings.cache_dir / "indexes" / f"{name}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"

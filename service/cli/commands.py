@@ -5,11 +5,14 @@ Heavy imports (torch, transformers, faiss) happen inside the commands, so `--hel
 
 import argparse
 import contextlib
+import ctypes
 import importlib.util
 import json
 import logging
 import os
+import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -160,21 +163,56 @@ def cmd_index_verify(args: argparse.Namespace) -> int:
 def cmd_index_reshard(args: argparse.Namespace) -> int:
     from indexer.reshard import reshard_artifact
     from retriever.artifact import read_manifest
-    from service.application.loading import configure_threads, make_encoder, open_registry
+    from service.application.loading import build_gpu, configure_threads, make_encoder, open_registry
 
     settings = _settings(index_shards=args.shards, index_name=args.registry)  # the bound is the setting's
     configure_threads(settings)
     encoder = make_encoder(settings)
+    gpu = build_gpu(settings)
     if args.registry:
         registry = open_registry(settings)
-        version = registry.add(lambda out: reshard_artifact(args.source, out, settings.index_shards, encoder))
+        version = registry.add(lambda out: reshard_artifact(args.source, out, settings.index_shards, encoder, gpu))
         artifact = registry.path_of(version)
     else:
         artifact = args.out
-        reshard_artifact(args.source, artifact, settings.index_shards, encoder)
+        reshard_artifact(args.source, artifact, settings.index_shards, encoder, gpu)
     manifest = read_manifest(artifact)
     print(json.dumps({"artifact": str(artifact), "version": manifest.version, "shards": manifest.shard_count}))
     return 0
+
+
+def cmd_index_merge(args: argparse.Namespace) -> int:
+    from indexer.merge import merge_artifact
+    from retriever.artifact import read_manifest
+    from service.application.loading import open_registry
+
+    settings = _settings(index_name=args.registry)
+    with _native_stdout_to_stderr():
+        if args.registry:
+            registry = open_registry(settings)
+            artifact = registry.path_of(registry.add(lambda out: merge_artifact(args.source, out)))
+        else:
+            artifact = args.out
+            merge_artifact(args.source, artifact)
+    manifest = read_manifest(artifact)
+    report = {"artifact": str(artifact), "version": manifest.version, "chunks": manifest.counts["chunks"]}
+    print(json.dumps({**report, "index_factory": manifest.index_factory, "on_disk": True}))
+    return 0
+
+
+@contextlib.contextmanager
+def _native_stdout_to_stderr() -> Iterator[None]:
+    """FAISS's on-disk inverted lists print their progress ("resizing ...") with C's printf, on the
+    stdout that carries a command's JSON report: sent to stderr while they work."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        ctypes.CDLL(None).fflush(None)  # C's buffered output goes out before stdout comes back
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def cmd_eval_squad(args: argparse.Namespace) -> int:

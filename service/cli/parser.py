@@ -90,6 +90,14 @@ def _index(sub: Sub) -> None:
     into.add_argument("--out", type=Path, help="artifact directory to create (must not exist)")
     into.add_argument("--registry", metavar="NAME", help="add the result as a new version of this index")
     reshard.set_defaults(func=commands.cmd_index_reshard)
+    merge = index.add_parser(
+        "merge", help="write the IVF shards of an artifact as one index whose inverted lists stay on disk"
+    )
+    merge.add_argument("source", type=Path, help="the sharded artifact folder (IVF shards over one quantizer)")
+    onto = merge.add_mutually_exclusive_group(required=True)
+    onto.add_argument("--out", type=Path, help="artifact directory to create (must not exist)")
+    onto.add_argument("--registry", metavar="NAME", help="add the result as a new version of this index")
+    merge.set_defaults(func=commands.cmd_index_merge)
 
 
 def _eval(sub: Sub) -> None:
