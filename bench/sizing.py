@@ -4,7 +4,7 @@ Per-chunk costs are measured on a real artifact (default: the SQuAD v1.1 dev Fla
 `python -m bench.shards` builds, or any `--artifact`): docstore bytes on disk, BM25 postings in memory (non-zeros ×
 (4-byte weight + 4-byte term id) + the row pointers, as retriever/postings.py holds them), and the
 FAISS index's bytes per vector for each index type, as `python -m bench.index_types` measured them
-on 2M synthetic vectors (passed in with `--index-bytes`, defaults from docs/scaling.md). Build
+on 2M synthetic vectors (`INDEX_BYTES`, the figures of docs/scaling.md). Build
 time is chunks / (chunks per second of one embedding worker × workers): the CPU rate is measured
 (`python -m bench.index_throughput`), the GPU rate is `--gpu-chunks-per-s` (what
 `python -m bench.gpu_check` prints on a GPU machine; no GPU was available here, so the default
@@ -27,7 +27,14 @@ from service.settings import Settings
 
 GIB = 1024**3
 # Bytes per vector (d = 384) of the index types measured by bench/index_types.py (docs/scaling.md).
-INDEX_BYTES = {"Flat": 1_536.0, "HNSW32": 1_800.0, "IVF65536,PQ32 (+ exact vectors on disk)": 40.0}
+# Measured there on 2M vectors (2026-12-04): the IVF figures include the 4096-list quantizer (3.1 B per
+# vector at 2M, less at 1B with more lists), so they are slightly high for a billion.
+INDEX_BYTES = {
+    "Flat": 1_536.0,
+    "HNSW32": 1_808.1,
+    "IVF,PQ48 (+ exact vectors on disk)": 59.4,
+    "IVF,PQ32 (+ exact vectors on disk)": 43.4,
+}
 
 
 def per_chunk(artifact: Path) -> dict[str, float]:

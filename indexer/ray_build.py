@@ -257,7 +257,9 @@ def _finish(
     quantizer, bases = None, [0]
     if build.shards > 1:
         task = _remote(train_quantizer, **here)
-        quantizer, bases = ray.get(task.remote(str(staging), build.shards, model.dimension, factory, rows))
+        quantizer, bases = ray.get(
+            task.remote(str(staging), build.shards, model.dimension, factory, rows, build.layout.gpu)
+        )
     finished = [w.finish.remote(factory, quantizer, base, threads) for w, base in zip(writers, bases, strict=True)]
     sealing = _remote(seal, num_cpus=0, **here)
     elapsed = time.perf_counter() - started

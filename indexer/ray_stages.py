@@ -33,6 +33,7 @@ from ragserve.errors import InvalidInputError, ModelMismatchError, RagserveError
 from ragserve.types import Document, TokenizedText
 from retriever import faiss_index
 from retriever.artifact import Manifest
+from retriever.gpu import GpuOptions
 from retriever.shards import shard_name, shard_of
 from retriever.writer import (
     QUANTIZER_FILE,
@@ -302,12 +303,12 @@ class ShardWriter:
 
 
 def train_quantizer(
-    staging: str, shards: int, dimension: int, factory: str, rows: list[int]
+    staging: str, shards: int, dimension: int, factory: str, rows: list[int], gpu: GpuOptions
 ) -> tuple[str | None, list[int]]:
-    """The quantizer the shards share, trained once as `ShardedArtifactWriter.seal` trains it, and
-    each shard's first FAISS id."""
+    """The quantizer the shards share, trained once as `ShardedArtifactWriter.seal` trains it (on a
+    GPU of this node when `gpu` says and it has one), and each shard's first FAISS id."""
     spools = [read_spool(Path(staging) / shard_name(i), dimension) for i in range(shards)]
-    trained = faiss_index.train(shared_sample(spools), factory)
+    trained = faiss_index.train(shared_sample(spools), factory, gpu)
     if trained is None:
         return None, id_bases(rows, None)
     path = Path(staging) / QUANTIZER_FILE
