@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import faiss
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -164,3 +165,13 @@ def store_url(request: pytest.FixtureRequest) -> str | None:
         return None
     url: str = request.getfixturevalue("database_url")
     return url
+
+
+@pytest.fixture
+def one_faiss_thread() -> Iterator[None]:
+    """FAISS on one thread for the test: k-means on tiny data is dominated by OpenMP hand-offs on a
+    shared machine, so one thread is faster (and cannot stall on busy cores)."""
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    yield
+    faiss.omp_set_num_threads(before)

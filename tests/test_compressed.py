@@ -6,7 +6,7 @@ one on-disk index that searches like the shards and verifies."""
 import json
 import shutil
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,7 @@ from retriever.version import VersionRetriever
 from retriever.writer import EMBEDDINGS_FILE, ArtifactWriter, Layout, ModelInfo, ShardedArtifactWriter
 from service.cli import main
 from tests.defaults import BUILD, SEARCH, build
+from tests.test_faiss_scale import unit
 
 DIM, N, NLIST = 32, 2_000, 8
 PQ = f"IVF{NLIST},PQ8x4"  # 4-bit codes: coarse scores that re-ranking visibly corrects
@@ -37,17 +38,7 @@ IVF = f"IVF{NLIST},Flat"
 CHUNKING = BUILD.chunking.manifest()
 
 
-@pytest.fixture(autouse=True)
-def one_faiss_thread() -> Iterator[None]:
-    """k-means on tiny data is dominated by OpenMP hand-offs on a shared machine: one thread is faster."""
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(before)
-
-
-def unit(x: np.ndarray) -> np.ndarray:
-    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+pytestmark = pytest.mark.usefixtures("one_faiss_thread")
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@ re-ranking, a coarse quantizer shared by shards whose lists are merged on disk, 
 
 import itertools
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import faiss
@@ -18,13 +17,7 @@ DIM = 32
 PQ = "IVF16,PQ8x4"  # 4-bit codes train in well under a second, and leave room for re-ranking to help
 
 
-@pytest.fixture(autouse=True)
-def one_faiss_thread() -> Iterator[None]:
-    """k-means on tiny data is dominated by OpenMP hand-offs on a shared machine: one thread is faster."""
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_faiss_thread")
 
 
 def unit(x: np.ndarray) -> np.ndarray:
