@@ -21,7 +21,7 @@ from ragserve.errors import ArtifactError
 from retriever import faiss_index
 from retriever.artifact import INDEX_FILE
 from retriever.docstore import Docstore
-from retriever.exact import EXACT_FILE, ExactVectors
+from retriever.exact import EXACT_FILE, ExactVectors, best
 from retriever.gpu import GpuOptions
 from retriever.sparse import TermCounts
 
@@ -78,9 +78,7 @@ def merge_top(
     shard's first row in the space (`bases`) -> scores (Q, k), rows (Q, k)."""
     scores = np.hstack([s for s, _ in parts])  # (Q, shards * k)
     rows = np.hstack([np.where(r >= 0, r + base, -1) for (_, r), base in zip(parts, bases, strict=False)])
-    scores = np.where(rows >= 0, scores, -np.inf)
-    best = np.argsort(-scores, axis=1, kind="stable")[:, :k]  # (Q, k) the k best of all shards
-    return np.take_along_axis(scores, best, axis=1), np.take_along_axis(rows, best, axis=1)
+    return best(np.where(rows >= 0, scores, -np.inf), rows, k)  # (Q, k) the k best of all shards
 
 
 def shard_scores(shard: Shard, vector: np.ndarray, rows: np.ndarray) -> np.ndarray | None:
