@@ -61,11 +61,11 @@ local-base:
 	docker/local-base.sh $(LOCAL_BASE)
 
 image: wheelhouse
-	docker build -f docker/Dockerfile --build-arg BASE_IMAGE=$(BASE_IMAGE) --build-arg EXTRAS=$(EXTRAS) \
+	docker build --force-rm -f docker/Dockerfile --build-arg BASE_IMAGE=$(BASE_IMAGE) --build-arg EXTRAS=$(EXTRAS) \
 		--build-arg WHEELHOUSE=$(WHEELHOUSE) -t $(IMAGE) .
 
 image-cuda: wheelhouse-cuda
-	docker build -f docker/Dockerfile.cuda --build-arg BASE_IMAGE=$(BASE_IMAGE) -t ragserve:cuda .
+	docker build --force-rm -f docker/Dockerfile.cuda --build-arg BASE_IMAGE=$(BASE_IMAGE) -t ragserve:cuda .
 
 ## The quicker benchmarks in bench/, one after the other (about 40 minutes; needs ../shared/data).
 bench: $(STAMP)
