@@ -51,9 +51,12 @@ LOCAL_BASE ?= ragserve-base:bookworm
 wheelhouse: $(STAMP)
 	PYTHON=$(BIN)/python WHEELHOUSE=$(WHEELHOUSE) EXTRAS=$(EXTRAS) TORCH='$(TORCH)' WEIGHTS='$(WEIGHTS)' docker/wheelhouse.sh
 
-## CUDA torch and faiss-gpu from the package index (several GB; not the CPU wheel on this disk).
+## CUDA torch and faiss-gpu from the package index (several GB). This machine's pip configuration
+## points at a local CPU torch wheel, which would satisfy torch==2.13.0 too: CUDA_PIP_ENV makes pip
+## ignore it (CUDA_PIP_ENV= keeps your own pip configuration, a mirror for instance).
+CUDA_PIP_ENV ?= env -u PIP_FIND_LINKS PIP_CONFIG_FILE=/dev/null
 wheelhouse-cuda: $(STAMP)
-	PIP_FIND_LINKS= PYTHON=$(BIN)/python WHEELHOUSE=build/wheelhouse-cuda EXTRAS=postgres,gpu TORCH='$(TORCH)' \
+	$(CUDA_PIP_ENV) PYTHON=$(BIN)/python WHEELHOUSE=build/wheelhouse-cuda EXTRAS=postgres,gpu TORCH='$(TORCH)' \
 		WEIGHTS='$(WEIGHTS)' docker/wheelhouse.sh
 
 ## A bookworm base with python3 made by debootstrap (no registry needed): `make image BASE_IMAGE=$(LOCAL_BASE)`.
@@ -62,10 +65,10 @@ local-base:
 
 image: wheelhouse
 	docker build --force-rm -f docker/Dockerfile --build-arg BASE_IMAGE=$(BASE_IMAGE) --build-arg EXTRAS=$(EXTRAS) \
-		--build-arg WHEELHOUSE=$(WHEELHOUSE) -t $(IMAGE) .
+		-t $(IMAGE) $(WHEELHOUSE)
 
 image-cuda: wheelhouse-cuda
-	docker build --force-rm -f docker/Dockerfile.cuda --build-arg BASE_IMAGE=$(BASE_IMAGE) -t ragserve:cuda .
+	docker build --force-rm -f docker/Dockerfile.cuda --build-arg BASE_IMAGE=$(BASE_IMAGE) -t ragserve:cuda build/wheelhouse-cuda
 
 ## The quicker benchmarks in bench/, one after the other (about 40 minutes; needs ../shared/data).
 bench: $(STAMP)

@@ -3,16 +3,11 @@ run the way docker/compose.yaml and deploy/ run it (read-only root, a tmpfs /tmp
 capabilities, one volume at /data), reached only through a port published on 127.0.0.1.
 
 Marked `docker`: left out of `make test`, run alone by `make test-docker` (and by .ci/run). It
-needs root and Debian's docker.io; it starts dockerd when none is running and stops what it
-started (containers, volumes, the daemon). Figures (build time, image size, time to ready) are
-written to build/docker-test.json and printed by .ci/run.
+needs root and Debian's docker.io; the engine and the image come from tests/dockerhelp.py.
 """
 
-import hashlib
 import json
 import os
-import shutil
-import socket
 import subprocess
 import time
 import urllib.error
@@ -23,15 +18,11 @@ from typing import Any
 
 import pytest
 
+from tests.dockerhelp import DIGEST, FIGURES, REPO, TOKEN, docker, free_port
+
 pytestmark = pytest.mark.docker
 
-REPO = Path(__file__).resolve().parents[1]
-IMAGE = "ragserve:cpu"  # what `make image` tags
-LOCAL_BASE = "ragserve-base:bookworm"  # what `make local-base` tags
-TOKEN = "docker-test-admin-token"  # a throwaway: the container is reached on loopback only
-DIGEST = hashlib.sha256(TOKEN.encode()).hexdigest()
 READY_TIMEOUT_S = 300
-FIGURES: dict[str, float] = {}
 
 # A fact that is in no corpus, so an answer that has it came from the ingested document.
 DOCUMENT = {
@@ -41,65 +32,6 @@ DOCUMENT = {
     "It opened in 1931 and is 412 metres long.",
 }
 QUESTION = "Who designed the Quillon Bridge?"
-
-
-def docker(*args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout)
-    if check and done.returncode != 0:
-        raise AssertionError(f"docker {' '.join(args)} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
-    return done
-
-
-@pytest.fixture(scope="module")
-def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """A running Docker engine: the one there is, or a dockerd started (and stopped) here."""
-    if shutil.which("docker") is None:
-        pytest.fail("no docker CLI: install Debian's docker.io (.ci/run does)")
-    if docker("info", check=False, timeout=30).returncode == 0:
-        yield
-        return
-    dockerd = shutil.which("dockerd")
-    if dockerd is None or os.geteuid() != 0:
-        pytest.fail("no Docker engine: run as root with Debian's docker.io installed (it starts dockerd itself)")
-    log = (tmp_path_factory.mktemp("dockerd") / "dockerd.log").open("w")
-    daemon = subprocess.Popen([dockerd], stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 60
-        while docker("info", check=False, timeout=30).returncode != 0:
-            assert daemon.poll() is None and time.monotonic() < deadline, f"dockerd did not start: see {log.name}"
-            time.sleep(0.5)
-        yield
-    finally:
-        daemon.terminate()
-        daemon.wait(timeout=60)
-        log.close()
-
-
-@pytest.fixture(scope="module")
-def image(engine: None) -> str:
-    """`make image` on the locally made base (no registry is reachable here)."""
-    started = time.monotonic()
-    subprocess.run(["make", "local-base", f"LOCAL_BASE={LOCAL_BASE}"], cwd=REPO, check=True, timeout=900)
-    FIGURES["local_base_s"] = time.monotonic() - started
-    started = time.monotonic()
-    build = subprocess.run(
-        ["make", "image", f"BASE_IMAGE={LOCAL_BASE}", f"IMAGE={IMAGE}"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=1800,
-    )
-    assert build.returncode == 0, build.stdout[-4000:] + build.stderr[-4000:]
-    FIGURES["build_s"] = time.monotonic() - started
-    FIGURES["image_bytes"] = int(docker("image", "inspect", "-f", "{{.Size}}", IMAGE).stdout)
-    return IMAGE
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 class Container:
@@ -209,20 +141,3 @@ def test_answers_and_keeps_an_ingested_document_across_a_restart(container: Cont
     assert again["citations"][0]["doc_id"] == DOCUMENT["id"] and "Holt" in again["answer"], again
     assert docker("exec", container.name, "id", "-u").stdout.strip() == "10001"
     assert docker("diff", container.name).stdout.strip() == ""  # nothing written outside /data and /tmp
-
-
-def test_compose_file_is_valid_for_docker_compose() -> None:
-    """The tool parses it (it needs the two secrets; its images come from a registry, not run here)."""
-    env = {**os.environ, "POSTGRES_PASSWORD": "example", "RAGSERVE_ADMIN_TOKEN_SHA256": DIGEST}
-    done = subprocess.run(
-        ["docker-compose", "-f", str(REPO / "docker/compose.yaml"), "config"], capture_output=True, text=True, env=env
-    )
-    assert done.returncode == 0, done.stderr
-    assert "ragserve:cpu" in done.stdout
-
-
-def teardown_module() -> None:
-    if FIGURES:
-        out = REPO / "build" / "docker-test.json"
-        out.parent.mkdir(exist_ok=True)
-        out.write_text(json.dumps({k: round(v, 1) for k, v in FIGURES.items()}, indent=1) + "\n")
