@@ -86,14 +86,15 @@ class PostgresServer:
             capture_output=True,
         )
 
-    def new_database(self) -> str:
-        """A new, empty database on this server; its URL."""
+    def new_database(self, encoding: str | None = None) -> str:
+        """A new, empty database on this server (in `encoding`, default the server's); its URL."""
         import psycopg
 
         self._databases += 1
         name = f"ragserve_{self._databases}"
+        options = f" ENCODING '{encoding}' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0" if encoding else ""
         with psycopg.connect(self.url, autocommit=True) as conn:
-            conn.execute(f"CREATE DATABASE {name}")
+            conn.execute(f"CREATE DATABASE {name}{options}")
         return f"postgresql://{USER}@127.0.0.1:{self.port}/{name}"
 
 

@@ -33,6 +33,9 @@ MIGRATION_LOCK = 0x72616773  # the advisory lock migrations run under ('rags')
 DOCUMENTS_LOCK = 1
 JOBS_LOCK = 2
 CONNECT_TIMEOUT_S = 10
+# Text in UTF-8 whatever the database's encoding: psycopg hands text of a SQL_ASCII database (the
+# default of an initdb without a locale) back as bytes, which no store expects.
+CONNECT_OPTIONS: dict[str, Any] = {"connect_timeout": CONNECT_TIMEOUT_S, "client_encoding": "UTF8"}
 POOL_WAIT_S = 5.0  # the longest a request waits for a connection before it is answered 503
 
 MIGRATIONS_TABLE = """
@@ -70,7 +73,7 @@ class Database:
             url,
             min_size=1,
             max_size=pool_max,
-            kwargs={"connect_timeout": CONNECT_TIMEOUT_S, "application_name": "ragserve"},
+            kwargs={**CONNECT_OPTIONS, "application_name": "ragserve"},
             timeout=POOL_WAIT_S,  # for a free connection, or a new one: a server that is down fails fast
             # a connection the server dropped (a restart, a failover) is replaced before it is
             # handed out, instead of failing the first request after the server is back
@@ -90,9 +93,7 @@ class Database:
         """A connection of its own (not from the pool) that LISTENs on `channel`."""
         import psycopg
 
-        conn = psycopg.connect(
-            self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S, application_name="ragserve-listen"
-        )
+        conn = psycopg.connect(self.url, autocommit=True, **CONNECT_OPTIONS, application_name="ragserve-listen")
         conn.execute(f"LISTEN {channel}")
         return conn
 

@@ -106,3 +106,15 @@ def test_while_the_database_is_down_queries_go_on_and_writes_answer_503(
             assert client.get("/admin/indexes").status_code == 200  # the pool replaces dropped connections
             body = {"upsert": [{"id": "weir", "text": "The Saltmere weir was rebuilt in 1902."}]}
             assert wait_job(client, client.post("/v1/documents", json=body).json()["job_id"])["state"] == "done"
+
+
+def test_a_sql_ascii_database_hands_back_text_not_bytes(postgres: Any) -> None:
+    """initdb without a locale makes SQL_ASCII databases; psycopg would return their text as bytes."""
+    store = postgres_store(Settings(database_url=postgres.new_database("SQL_ASCII")), "default", "r0")
+    try:
+        store.pointer.set("20260101T120000Z-0123abcd")
+        assert store.pointer.get() == "20260101T120000Z-0123abcd"
+        with store.database.transaction() as conn:
+            assert conn.execute("SELECT 'Zoë'::text").fetchone() == ("Zoë",)
+    finally:
+        store.close()
