@@ -16,6 +16,11 @@ out=${WHEELHOUSE:?} extras=${EXTRAS:?} torch=${TORCH:?} weights=${WEIGHTS:?}
 
 mkdir -p "$out"
 rm -f "$out"/ragserve-*.whl  # the project's own wheel is rebuilt every time
+# ...from the sources alone (setuptools keeps its staging in build/ and would ship files deleted
+# since), with fixed timestamps: the same sources give the same wheel, so Docker's layer cache
+# holds across rebuilds.
+rm -rf build/lib build/bdist.*
+export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-315532800}
 "$py" -m pip wheel --quiet --wheel-dir "$out" "$torch" ".[$extras]"
 "$py" -m pip download --quiet --no-deps --only-binary=:all: --dest "$out" "$weights"
 

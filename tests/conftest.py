@@ -23,7 +23,7 @@ from service.application.loading import load_services
 from service.http.app import create_app
 from service.settings import Settings
 from tests.defaults import BUILD, SETTINGS
-from tests.dockerhelp import engine, image  # noqa: F401  (session fixtures of the container tests)
+from tests.dockerhelp import engine, image, standins  # noqa: F401  (session fixtures of the container tests)
 
 # Facts that exist nowhere but here, so a right answer proves the answer came from retrieval.
 TINY_CORPUS = [

@@ -22,6 +22,9 @@ LOCAL_BASE = "ragserve-base:bookworm"  # what `make local-base` tags
 TOKEN = "docker-test-admin-token"  # a throwaway: containers are reached on loopback only
 DIGEST = hashlib.sha256(TOKEN.encode()).hexdigest()
 FIGURES: dict[str, float] = {}
+# Stand-ins for Docker Hub's postgres and nginx, which cannot be pulled here (tests/standins/).
+STANDINS = REPO / "tests" / "standins"
+POSTGRES_IMAGE, PROXY_IMAGE = "ragserve-standin-postgres:15", "ragserve-standin-nginx:bookworm"
 
 
 def write_figures() -> None:
@@ -90,3 +93,13 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
+
+
+@pytest.fixture(scope="session")
+def standins(image: str) -> None:  # the image fixture made the local base
+    for tag, dockerfile in ((POSTGRES_IMAGE, "postgres.Dockerfile"), (PROXY_IMAGE, "nginx.Dockerfile")):
+        docker(
+            "build", "--force-rm", "--network", "host", "--build-arg", f"BASE_IMAGE={LOCAL_BASE}",
+            "-f", str(STANDINS / dockerfile), "-t", tag, str(STANDINS),
+            timeout=900,
+        )  # fmt: skip

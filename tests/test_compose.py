@@ -18,12 +18,10 @@ from typing import Any
 
 import pytest
 
-from tests.dockerhelp import DIGEST, FIGURES, LOCAL_BASE, REPO, TOKEN, docker, free_port
+from tests.dockerhelp import DIGEST, FIGURES, POSTGRES_IMAGE, PROXY_IMAGE, REPO, TOKEN, docker, free_port
 
 pytestmark = pytest.mark.docker
 
-STANDINS = REPO / "tests" / "standins"
-POSTGRES_IMAGE, PROXY_IMAGE = "ragserve-standin-postgres:15", "ragserve-standin-nginx:bookworm"
 DOCUMENT = {
     "id": "orrin-canal",
     "title": "Orrin Canal",
@@ -31,16 +29,6 @@ DOCUMENT = {
     "and it carried its first barge in 1887.",
 }
 QUESTION = "Who was the chief engineer of the Orrin Canal?"
-
-
-@pytest.fixture(scope="module")
-def standins(image: str) -> None:  # the image fixture made the local base
-    for tag, dockerfile in ((POSTGRES_IMAGE, "postgres.Dockerfile"), (PROXY_IMAGE, "nginx.Dockerfile")):
-        docker(
-            "build", "--force-rm", "--network", "host", "--build-arg", f"BASE_IMAGE={LOCAL_BASE}",
-            "-f", str(STANDINS / dockerfile), "-t", tag, str(STANDINS),
-            timeout=900,
-        )  # fmt: skip
 
 
 class Project:
