@@ -74,18 +74,39 @@ def image(engine: None) -> str:
     started = time.monotonic()
     subprocess.run(["make", "local-base", f"LOCAL_BASE={LOCAL_BASE}"], cwd=REPO, check=True, timeout=900)
     FIGURES["local_base_s"] = time.monotonic() - started
+    return make_image(IMAGE, "cpu_build")
+
+
+def make_image(tag: str, figure: str, *options: str) -> str:
+    """`make image` of `tag` on the local base, its build time and size recorded under `figure`."""
     started = time.monotonic()
     build = subprocess.run(
-        ["make", "image", f"BASE_IMAGE={LOCAL_BASE}", f"IMAGE={IMAGE}"],
+        ["make", "image", f"BASE_IMAGE={LOCAL_BASE}", f"IMAGE={tag}", *options],
         cwd=REPO,
         capture_output=True,
         text=True,
         timeout=1800,
     )
     assert build.returncode == 0, build.stdout[-4000:] + build.stderr[-4000:]
-    FIGURES["build_s"] = time.monotonic() - started
-    FIGURES["image_bytes"] = int(docker("image", "inspect", "-f", "{{.Size}}", IMAGE).stdout)
-    return IMAGE
+    FIGURES[f"{figure}_s"] = time.monotonic() - started
+    FIGURES[f"{figure.removesuffix('_build')}_image_bytes"] = int(
+        docker("image", "inspect", "-f", "{{.Size}}", tag).stdout
+    )
+    return tag
+
+
+def ingest(document: dict[str, str], url: str, folder: Path) -> str:
+    """`ragserve ingest` of one document from the host, as a user runs it; what it printed."""
+    corpus = folder / f"{document['id']}.jsonl"
+    corpus.write_text(json.dumps(document) + "\n")
+    done = subprocess.run(
+        [str(REPO / ".venv/bin/ragserve"), "ingest", str(corpus), "--url", url, "--token", TOKEN, "--no-progress"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
 
 
 def free_port() -> int:

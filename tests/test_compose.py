@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from tests.dockerhelp import DIGEST, FIGURES, POSTGRES_IMAGE, PROXY_IMAGE, REPO, TOKEN, docker, free_port
+from tests.dockerhelp import DIGEST, FIGURES, POSTGRES_IMAGE, PROXY_IMAGE, REPO, docker, free_port, ingest
 
 pytestmark = pytest.mark.docker
 
@@ -107,16 +107,7 @@ def test_two_replicas_behind_one_port_share_documents(project: Project, tmp_path
     demo = ask_through_proxy(project.port, "What does HNSW stand for?")
     assert demo["citations"][0]["doc_id"] == "hnsw"
 
-    corpus = tmp_path / "canal.jsonl"
-    corpus.write_text(json.dumps(DOCUMENT) + "\n")
-    url = f"http://127.0.0.1:{project.port}"
-    ingest = subprocess.run(
-        [str(REPO / ".venv/bin/ragserve"), "ingest", str(corpus), "--url", url, "--token", TOKEN, "--no-progress"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert ingest.returncode == 0, ingest.stdout + ingest.stderr + project.logs()
+    ingest(DOCUMENT, f"http://127.0.0.1:{project.port}", tmp_path)  # through the proxy
 
     # Whichever replica ran the job, both answer from the document (they follow the store).
     deadline = time.monotonic() + 30

@@ -8,7 +8,6 @@ needs root and Debian's docker.io; the engine and the image come from tests/dock
 
 import json
 import os
-import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -18,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.dockerhelp import DIGEST, FIGURES, REPO, TOKEN, docker, free_port
+from tests.dockerhelp import DIGEST, FIGURES, TOKEN, docker, free_port, ingest
 
 pytestmark = pytest.mark.docker
 
@@ -119,17 +118,7 @@ def test_answers_and_keeps_an_ingested_document_across_a_restart(container: Cont
     demo = ask(container, "What does HNSW stand for?")
     assert demo["citations"][0]["doc_id"] == "hnsw" and "Navigable Small World" in demo["answer"]
 
-    # The real client, from the host, as a user would run it.
-    corpus = tmp_path / "bridge.jsonl"
-    corpus.write_text(json.dumps(DOCUMENT) + "\n")
-    url = f"http://127.0.0.1:{container.port}"
-    ingest = subprocess.run(
-        [str(REPO / ".venv/bin/ragserve"), "ingest", str(corpus), "--url", url, "--token", TOKEN, "--no-progress"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert ingest.returncode == 0, ingest.stdout + ingest.stderr
+    ingest(DOCUMENT, f"http://127.0.0.1:{container.port}", tmp_path)
     fresh = ask(container, QUESTION)
     assert fresh["citations"][0]["doc_id"] == DOCUMENT["id"] and "Holt" in fresh["answer"], fresh
 

@@ -8,7 +8,6 @@ Marked `docker`: run by `make test-docker`.
 
 import json
 import os
-import subprocess
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -18,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.dockerhelp import DIGEST, FIGURES, LOCAL_BASE, POSTGRES_IMAGE, REPO, docker, free_port
+from tests.dockerhelp import DIGEST, FIGURES, POSTGRES_IMAGE, REPO, docker, free_port, make_image
 
 pytestmark = pytest.mark.docker
 
@@ -34,18 +33,7 @@ def kuberay(name: str) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def ray_image(image: str) -> str:  # after the CPU image: the local base and most layers are there
-    started = time.monotonic()
-    build = subprocess.run(
-        ["make", "image", "EXTRAS=postgres,ray", f"IMAGE={RAY_IMAGE}", f"BASE_IMAGE={LOCAL_BASE}"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=1800,
-    )
-    assert build.returncode == 0, build.stdout[-4000:] + build.stderr[-4000:]
-    FIGURES["ray_build_s"] = time.monotonic() - started
-    FIGURES["ray_image_bytes"] = int(docker("image", "inspect", "-f", "{{.Size}}", RAY_IMAGE).stdout)
-    return RAY_IMAGE
+    return make_image(RAY_IMAGE, "ray_build", "EXTRAS=postgres,ray")
 
 
 @pytest.fixture(scope="module")
