@@ -36,7 +36,8 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(BIN)/pytest -m slow
 
-## The container test alone (needs root and Docker's engine; starts and stops dockerd itself).
+## The container tests alone: images built and run, compose, the Ray image (root and Docker's engine;
+## they start and stop dockerd themselves; about 11 minutes cold).
 test-docker: $(STAMP)
 	$(BIN)/pytest -m docker
 
