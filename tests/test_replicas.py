@@ -112,6 +112,7 @@ def test_refresh_and_rollback_roll_to_three_replicas_under_concurrent_queries(
             thread.start()
         try:
             wait_job(nodes[0], ingest(nodes[0], [doc(i) for i in range(3, 8)]))
+            before_swaps = len(answers)
             status, body = nodes[1].post("/admin/indexes/default/refresh")
             new = wait_job(nodes[2], body["job_id"])["index"]["serving"]  # type: ignore[index]
             took = wait_until(lambda: serving_versions(nodes) == [new] * 3, FRESH_S)
@@ -119,6 +120,8 @@ def test_refresh_and_rollback_roll_to_three_replicas_under_concurrent_queries(
             status, body = nodes[2].post("/admin/indexes/default/rollback", {"version": first})
             assert status == 200, body
             wait_until(lambda: serving_versions(nodes) == [first] * 3, FRESH_S)
+            during_swaps = len(answers) - before_swaps
+            wait_until(lambda: len(answers) > 50, FRESH_S)  # a steady load, however quick the swaps were
         finally:
             stop.set()
             for thread in threads:
@@ -126,6 +129,7 @@ def test_refresh_and_rollback_roll_to_three_replicas_under_concurrent_queries(
         statuses = Counter(status for status, _ in answers)
         assert set(statuses) == {200}, statuses
         assert {version for _, version in answers} <= {first, new}  # no version nobody served
+        assert during_swaps > 0, "no query ran while the versions rolled"
         assert len(answers) > 50
         assert top(nodes[1], doc(5)["text"])[0] == "note-5"  # the rollback keeps the documents
 
