@@ -24,6 +24,7 @@ from service.http.app import create_app
 from service.settings import Settings
 from tests.defaults import BUILD, SETTINGS
 from tests.dockerhelp import engine, image, standins  # noqa: F401  (session fixtures of the container tests)
+from tests.live import live_server  # noqa: F401  (one real server process, for the real clients' tests)
 
 # Facts that exist nowhere but here, so a right answer proves the answer came from retrieval.
 TINY_CORPUS = [

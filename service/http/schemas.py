@@ -45,10 +45,14 @@ class PassageOut(BaseModel):
     title: str
     score: float
     text: str
+    metadata: dict[str, Any] = Field(
+        default_factory=dict,
+        description="The chunk's metadata: its document's, plus where it came from (e.g. `page` and `pages` of a PDF).",
+    )
 
     @classmethod
     def of(cls, p: Passage) -> "PassageOut":
-        return cls(chunk_id=p.chunk_id, doc_id=p.doc_id, title=p.title, score=p.score, text=p.text)
+        return cls(chunk_id=p.chunk_id, doc_id=p.doc_id, title=p.title, score=p.score, text=p.text, metadata=p.metadata)
 
 
 class CitationOut(PassageOut):
@@ -56,7 +60,7 @@ class CitationOut(PassageOut):
 
     @classmethod
     def cite(cls, p: Passage, weight: float | None) -> "CitationOut":
-        return cls(chunk_id=p.chunk_id, doc_id=p.doc_id, title=p.title, score=p.score, text=p.text, weight=weight)
+        return cls(**PassageOut.of(p).model_dump(), weight=weight)
 
 
 class EvidenceOut(BaseModel):
