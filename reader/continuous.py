@@ -24,7 +24,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -45,6 +45,7 @@ class _Request:
     constraint: SpanConstraint | None = None  # extractive answers: only spans of the passages
     adapter: Adapter | None = None
     cancellation: cancel.Cancellation | None = None
+    on_token: Callable[[int], None] | None = None  # a streamed answer's listener
     tokens: list[int] = field(default_factory=list)
     done: threading.Event = field(default_factory=threading.Event)
     error: BaseException | None = None
@@ -81,11 +82,12 @@ class ContinuousDecoder:
         prefix: Sequence[int] = (),
         constraint: SpanConstraint | None = None,
         adapter: Adapter | None = None,
+        on_token: Callable[[int], None] | None = None,
     ) -> list[int]:
-        """What `Generator.greedy(prompt, max_new_tokens, prefix, constraint, adapter)` returns,
-        decoded with other requests."""
+        """What `Generator.greedy(prompt, max_new_tokens, prefix, constraint, adapter, on_token)`
+        returns, decoded with other requests (`on_token` is called on the decoder's thread)."""
         assert prompt and max_new_tokens >= 1
-        request = _Request(prefix, prompt, max_new_tokens, constraint, adapter, cancel.current())
+        request = _Request(prefix, prompt, max_new_tokens, constraint, adapter, cancel.current(), on_token)
         self._queue.put(request)
         request.done.wait()
         if request.error is not None:
@@ -128,6 +130,8 @@ class ContinuousDecoder:
                 request.constraint.advance(token)
             if self.generator.text.ends_answer(token) or len(request.tokens) >= request.max_new_tokens:
                 request.finish()
+            elif not _told(request, token):
+                continue  # its listener failed: the row leaves, with that error
             else:
                 keep.append(row)
         if not keep:
@@ -157,6 +161,19 @@ class ContinuousDecoder:
                 break
             arrived.append(item)
         return arrived
+
+
+def _told(request: _Request, token: int) -> bool:
+    """Pass a token on to the request's listener; a listener that fails finishes its own request
+    (with its error) and no other."""
+    if request.on_token is None:
+        return True
+    try:
+        request.on_token(token)
+    except Exception as exc:
+        request.finish(exc)
+        return False
+    return True
 
 
 def _same_start(requests: Sequence[_Request]) -> list[list[_Request]]:

@@ -21,6 +21,7 @@ from reader.base import Answer, Reader
 from reader.decoding import greedy
 from reader.prompt import PREFIX, as_data, flatten
 from reader.registry import ReaderContext, register
+from reader.text import answer_stream
 
 
 def passage_segment(text: str) -> str:
@@ -53,7 +54,9 @@ class FusionReader(Reader):
         with self.generator.lock, torch.inference_mode():
             fused = self.lm.fuse(self.lm.start(self.prefix, segments), len(self.prefix))
             fused, _ = self.lm.extend(fused, asked)
-            (tokens,) = greedy(self.lm, fused, self.config.max_new_tokens, text.ends_answer)
+            stream = answer_stream(text)
+            watch = None if stream is None else stream.on_row
+            (tokens,) = greedy(self.lm, fused, self.config.max_new_tokens, text.ends_answer, on_token=watch)
         return Answer(
             text=text.answer_text(tokens),
             passages=used,

@@ -4,7 +4,7 @@ backend (reader/lm.py), loaded from a bundled alias or a local folder (reader/mo
 import hashlib
 import json
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -74,9 +74,12 @@ class Generator:
         prefix: Sequence[int] = (),
         constraint: SpanConstraint | None = None,
         adapter: Adapter | None = None,
+        on_token: Callable[[int], None] | None = None,
     ) -> list[int]:
-        """Greedy answer tokens for one prompt (after `prefix`), without the token that ended it."""
+        """Greedy answer tokens for one prompt (after `prefix`), without the token that ended it;
+        `on_token` sees each one as it is chosen (a streamed answer)."""
+        watch = None if on_token is None else (lambda _row, token: on_token(token))
         with self.lock:
             batch = self.lm.start(prefix, [prompt_ids], adapter)
-            (tokens,) = greedy(self.lm, batch, max_new_tokens, self.text.ends_answer, [constraint])
+            (tokens,) = greedy(self.lm, batch, max_new_tokens, self.text.ends_answer, [constraint], watch)
         return without_end(tokens, self.text.ends_answer)

@@ -13,6 +13,7 @@ from reader.base import Answer, Reader
 from reader.continuous import ContinuousDecoder
 from reader.prompt import prefix_for, qa_suffix
 from reader.registry import ReaderContext, register
+from reader.text import answer_stream
 
 
 @register("stuff")
@@ -42,13 +43,15 @@ class StuffingReader(Reader):
         suffix = text.encode(qa_suffix(question, cut))
         # The cut texts are prefixes of the passages' texts, so offsets into them hold for the passages.
         constraint = text.span_constraint([p.text for p in cut]) if extractive else None
+        stream = answer_stream(text)
+        on_token = None if stream is None else stream.push
         started = time.perf_counter()
         if constraint is not None and not constraint.allowed():  # passages without a single token
             tokens: list[int] = []
         elif self._decoder is not None:
-            tokens = self._decoder.greedy(suffix, self.config.max_new_tokens, prefix, constraint, adapter)
+            tokens = self._decoder.greedy(suffix, self.config.max_new_tokens, prefix, constraint, adapter, on_token)
         else:
-            tokens = self.generator.greedy(suffix, self.config.max_new_tokens, prefix, constraint, adapter)
+            tokens = self.generator.greedy(suffix, self.config.max_new_tokens, prefix, constraint, adapter, on_token)
         elapsed = (time.perf_counter() - started) * 1000
         timings = {"generate": elapsed}
         if constraint is None:

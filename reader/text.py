@@ -4,11 +4,12 @@ readers never disagree on where an answer ends."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 
 from transformers import PreTrainedTokenizerBase
 
+from ragserve import streaming
 from ragserve.types import Passage
 from reader.extractive import SpanConstraint, source_of
 
@@ -57,3 +58,37 @@ class TextCodec:
         """Answers limited to spans of `texts` (passages as they are in the prompt), ended by any
         token that ends an answer."""
         return SpanConstraint([source_of(self.tokenizer, t) for t in texts], self.stop_ids | self.newline_ids)
+
+
+class AnswerStream:
+    """An answer's text, piece by piece, as its tokens are chosen: `push(token)` hands `on_text`
+    what the answer gained. Text is held back while it ends in an incomplete character or in
+    whitespace, so the pieces always concatenate to a prefix of `answer_text(tokens)`, and to
+    all of it once the answer ends."""
+
+    def __init__(self, codec: TextCodec, on_text: Callable[[str], None]) -> None:
+        self.codec = codec
+        self.on_text = on_text
+        self.tokens: list[int] = []
+        self.sent = ""
+
+    def push(self, token: int) -> None:
+        if token in self.codec.stop_ids:
+            return
+        self.tokens.append(token)
+        text = self.codec.decode(self.tokens).split("\n")[0].strip()  # answer_text, without the filter
+        if text.endswith("\ufffd") or not text.startswith(self.sent):  # half a character; a re-merge
+            return
+        if piece := text[len(self.sent) :]:
+            self.sent = text
+            self.on_text(piece)
+
+    def on_row(self, _row: int, token: int) -> None:
+        """`push`, as reader/decoding.py's `on_token` (one-row batches)."""
+        self.push(token)
+
+
+def answer_stream(codec: TextCodec) -> AnswerStream | None:
+    """A stream of the answer to decode, when the current request streams (ragserve/streaming.py)."""
+    sink = streaming.current()
+    return None if sink is None else AnswerStream(codec, sink)

@@ -182,6 +182,25 @@ class Settings(BaseSettings):
     max_document_chars: Annotated[int, Field(ge=1, le=10_000_000)] = 200_000
     max_metadata_bytes: Annotated[int, Field(ge=2, le=1_048_576)] = 4_096
 
+    # --- streamed answers and the OpenAI-compatible API (docs/api.md) ---------------------------
+    stream_keepalive_s: Annotated[float, Field(ge=0.05, le=300)] = Field(
+        15.0, description="A streamed answer with nothing to send for this long sends a keep-alive comment."
+    )
+    max_chat_messages: Annotated[int, Field(ge=1, le=1_000)] = Field(
+        64, description="Messages in one /v1/chat/completions request at most."
+    )
+    max_chat_message_chars: Annotated[int, Field(ge=1, le=1_000_000)] = Field(
+        16_000, description="Characters of one chat message at most (the question itself: max_question_chars)."
+    )
+    chat_history_turns: Annotated[int, Field(ge=0, le=16)] = Field(
+        1,
+        description="Earlier user messages of a chat searched for together with its last one (a follow-up such "
+        "as 'and when was it built?' finds its passages); 0: the last message alone. The reader sees the last one.",
+    )
+    chat_sources_in_text: bool = Field(
+        True, description="Chat completions end with numbered sources ([1] title, document id) in their text."
+    )
+
     # --- admission, deadlines and shutdown (defaults measured on 2 cores: docs/reliability.md) ---
     ask_max_in_service: Annotated[int, Field(ge=1, le=256)] = Field(
         8, description="/v1/ask requests answered at once (retrieving or decoding); more wait in the queue."

@@ -1,12 +1,13 @@
 """Question answering = retrieve, then read. Knows only the abstract boundaries (no torch)."""
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from ragserve.cancel import Cancellation, current_request
 from ragserve.errors import InvalidInputError, ReaderUnavailableError, UnknownReaderError
+from ragserve.streaming import streaming_to
 from ragserve.types import Passage, RetrievalMode, SearchResult
 from reader.base import Evidence, Reader, cannot_adapt, cannot_copy
 from retriever.base import Retriever
@@ -38,6 +39,32 @@ class ReadPlan:
     adapter: "Adapter | None"
 
 
+class AskListener(Protocol):
+    """Who follows a streamed answer: the passages once they are found, then the answer's text
+    piece by piece (the pieces concatenate to the answer). Called on the thread doing the work."""
+
+    def retrieved(self, found: SearchResult) -> None: ...
+
+    def text(self, piece: str) -> None: ...
+
+
+class _Relay:
+    """A listener's text sink that remembers what it passed on, so that the rest of the answer
+    (all of it, for readers that do not stream) can be sent once the answer is known."""
+
+    def __init__(self, listener: AskListener) -> None:
+        self.listener = listener
+        self.sent = ""
+
+    def __call__(self, piece: str) -> None:
+        self.sent += piece
+        self.listener.text(piece)
+
+    def finish(self, answer: str) -> None:
+        if answer.startswith(self.sent) and len(answer) > len(self.sent):
+            self(answer[len(self.sent) :])
+
+
 class QAEngine:
     def __init__(
         self,
@@ -47,9 +74,11 @@ class QAEngine:
         unavailable: Mapping[str, str] | None = None,
         extractive: bool = False,
         adapters: AdapterManager | None = None,
+        count_tokens: Callable[[str], int] | None = None,
     ) -> None:
         self.extractive = extractive  # the default when a request does not say
         self.adapters = adapters
+        self._count_tokens = count_tokens
         self.unavailable = dict(unavailable or {})  # reader name -> why this configuration cannot run it
         if default_reader not in readers:
             raise self._missing(default_reader, readers)
@@ -65,6 +94,10 @@ class QAEngine:
     @property
     def index_version(self) -> str:
         return self.retriever.index_version
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens of `text` in the generator's tokenizer (words where no tokenizer was given)."""
+        return self._count_tokens(text) if self._count_tokens is not None else len(text.split())
 
     def retrieve(self, query: str, top_k: int, mode: RetrievalMode | None = None) -> SearchResult:
         started = time.perf_counter()
@@ -98,18 +131,28 @@ class QAEngine:
         extractive: bool | None = None,
         adapter_name: str | None = None,
         cancellation: Cancellation | None = None,
+        listener: AskListener | None = None,
+        retrieval_query: str | None = None,
     ) -> AskResult:
         """An answer from the top_k passages. `extractive` and `adapter_name` None mean the server's
         defaults, which readers that cannot copy answers or run adapters answer without; asking
         such a reader for either explicitly is an error. Once `cancellation` is set (deadline,
-        client gone) the work stops at the next stage or decoding step with its error."""
+        client gone) the work stops at the next stage or decoding step with its error. A
+        `listener` follows the answer as it is made (a streamed answer); `retrieval_query`, when
+        given, is what is searched for instead of the question (a chat's earlier turns)."""
         started = time.perf_counter()
         plan = self.plan(reader_name, extractive, adapter_name)  # fail fast, before any work
-        with current_request(cancellation):
-            found = self.retriever.search(question, top_k, mode)
+        relay = _Relay(listener) if listener is not None else None
+        with current_request(cancellation), streaming_to(relay):
+            found = self.retriever.search(retrieval_query or question, top_k, mode)
+            if listener is not None:
+                listener.retrieved(found)
             if cancellation is not None:
                 cancellation.check()  # before the prefill, the expensive part
-            return self.read(question, found.passages, plan, found, started)
+            result = self.read(question, found.passages, plan, found, started)
+        if relay is not None:
+            relay.finish(result.answer)
+        return result
 
     def plan(self, reader_name: str | None, extractive: bool | None, adapter_name: str | None) -> ReadPlan:
         """The reader, answer mode and adapter a request gets (see `ask`), checked."""

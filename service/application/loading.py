@@ -186,7 +186,15 @@ def make_engine(
 ) -> QAEngine:
     readers, unavailable = make_readers(settings, generator, retriever)
     adapters = adapters or make_adapters(settings, generator)
-    return QAEngine(retriever, readers, settings.default_reader, unavailable, settings.extractive, adapters)
+    return QAEngine(
+        retriever,
+        readers,
+        settings.default_reader,
+        unavailable,
+        settings.extractive,
+        adapters,
+        count_tokens=lambda text: len(generator.text.encode(text)),
+    )
 
 
 def load_engine(settings: Settings, retriever: Retriever, generator: Generator | None = None) -> QAEngine:

@@ -7,20 +7,23 @@ answer from the event loop at once, whatever the model routes are doing; admissi
 from typing import Any, cast
 
 from fastapi import APIRouter
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.concurrency import run_in_threadpool
 
+from service.application.engine import AskListener, AskResult
 from service.http.schemas import (
     AskRequestBase,
     AskResponse,
-    CitationOut,
-    EvidenceOut,
     PassageOut,
     RetrieveRequestBase,
     RetrieveResponse,
     request_models,
 )
 from service.http.state import CancellationDep, EngineDep, StateDep
+from service.http.streams import SSE_HEADERS, SSE_MEDIA_TYPE, ask_events, follow
 from service.settings import Settings
+
+STREAMED = {200: {"content": {SSE_MEDIA_TYPE: {"schema": {"type": "string"}}}, "description": "The answer."}}
 
 
 def build_router(settings: Settings) -> APIRouter:
@@ -28,23 +31,26 @@ def build_router(settings: Settings) -> APIRouter:
     models = request_models(settings)
     AskRequest, RetrieveRequest = models.ask, models.retrieve
 
-    @router.post("/v1/ask", response_model=AskResponse, tags=["qa"])
-    def ask(body: AskRequest, engine: EngineDep, state: StateDep, cancellation: CancellationDep) -> AskResponse:  # type: ignore[valid-type]
+    @router.post("/v1/ask", response_model=AskResponse, tags=["qa"], responses=STREAMED)  # type: ignore[arg-type]
+    async def ask(body: AskRequest, engine: EngineDep, state: StateDep, cancellation: CancellationDep) -> Any:  # type: ignore[valid-type]
+        """The answer, with its citations; with `stream`, as server-sent events while it is decoded."""
         req = cast(AskRequestBase, body)  # the settings-bound subclass built above
-        result = engine.ask(
-            req.question, req.top_k, req.reader, req.retrieval, req.extractive, req.adapter, cancellation
-        )
-        state.metrics.observe_stages("/v1/ask", result.timings_ms)
-        return AskResponse(
-            answer=result.answer,
-            probability=result.probability,
-            citations=[CitationOut.cite(p, w) for p, w in zip(result.passages, result.weights, strict=True)],
-            evidence=EvidenceOut.of(result.passages, result.evidence),
-            reader=result.reader,
-            adapter=result.adapter,
-            index_version=result.index_version,
-            timings_ms=result.timings_ms,
-        )
+
+        def work(listener: AskListener | None = None) -> AskResult:
+            return engine.ask(
+                req.question, req.top_k, req.reader, req.retrieval, req.extractive, req.adapter, cancellation, listener
+            )
+
+        def observe(result: AskResult) -> None:
+            state.metrics.observe_stages("/v1/ask", result.timings_ms)
+
+        if req.stream:
+            engine.plan(req.reader, req.extractive, req.adapter)  # a bad request is a plain 4xx, not a stream
+            events = follow(work, settings.stream_keepalive_s, cancellation)
+            return StreamingResponse(ask_events(events, observe), media_type=SSE_MEDIA_TYPE, headers=SSE_HEADERS)
+        result = await run_in_threadpool(work)
+        observe(result)
+        return AskResponse.of(result)
 
     @router.post("/v1/retrieve", response_model=RetrieveResponse, tags=["qa"])
     async def retrieve(

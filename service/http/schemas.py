@@ -9,6 +9,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstra
 
 from ragserve.types import Passage, RetrievalMode
 from reader.base import Evidence
+from service.application.engine import AskResult
 from service.settings import Settings
 
 # JSON carries the mode as a string; strict mode would demand an enum instance.
@@ -100,6 +101,19 @@ class AskResponse(BaseModel):
     index_version: str
     timings_ms: dict[str, float]
 
+    @classmethod
+    def of(cls, result: AskResult) -> "AskResponse":
+        return cls(
+            answer=result.answer,
+            probability=result.probability,
+            citations=[CitationOut.cite(p, w) for p, w in zip(result.passages, result.weights, strict=True)],
+            evidence=EvidenceOut.of(result.passages, result.evidence),
+            reader=result.reader,
+            adapter=result.adapter,
+            index_version=result.index_version,
+            timings_ms=result.timings_ms,
+        )
+
 
 class RetrieveResponse(BaseModel):
     passages: list[PassageOut]
@@ -114,6 +128,7 @@ class AskRequestBase(StrictModel):
     retrieval: Retrieval | None = None
     extractive: bool | None = None
     adapter: AdapterName | None = None
+    stream: bool = False
 
 
 class RetrieveRequestBase(StrictModel):
@@ -161,6 +176,11 @@ def request_models(settings: Settings) -> RequestModels:
             None,
             description="Reader adapter to answer with (GET /admin/adapters lists them), or 'none' for the base "
             "model; default: the server's default adapter. Readers that cannot run one: 422.",
+        )
+        stream: bool = Field(
+            False,
+            description="Answer as server-sent events (text/event-stream): `citations`, then `token`s as the answer "
+            "is decoded, then `done` with this same answer object (or `error` with the error body).",
         )
 
     class RetrieveRequest(RetrieveRequestBase):
