@@ -4,8 +4,13 @@ A window is cut early at a sentence end when one falls in its last 40%, so chunk
 mid-sentence; the next window starts `overlap` tokens before the cut. Windows never start or end
 inside a word (between two word pieces), so a chunk's text tokenizes back to exactly its tokens
 and its embedding equals that of the text.
+
+Paged documents (metadata `page_count`: a PDF read by indexer/formats.py) separate their pages by
+PAGE_BREAK in the text; each of their chunks gets `page` (its first page, 1-based) and `pages`
+([first, last]) in its metadata, beside the document's, so a citation can name its pages.
 """
 
+import bisect
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,6 +20,7 @@ from ragserve.types import Document, TokenizedText
 CHUNKER_VERSION = 2  # bump when the cutting rules change: artifacts record it, caches key on it
 SENTENCE_END = ".?!\n"
 MIN_FILL = 0.6  # a sentence cut may shorten a window to 60% of its size, no more
+PAGE_BREAK = "\f"  # between two pages of a paged document's text (a form feed, as pdftotext writes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +66,7 @@ def chunk_document(doc: Document, tokens: TokenizedText, config: ChunkingConfig)
     """Cut one tokenized document into overlapping windows; an empty document gives no chunks."""
     n = len(tokens.ids)
     chunks: list[Chunk] = []
+    breaks = _page_breaks(doc)
     start = 0
     while start < n:
         end = min(start + config.chunk_tokens, n)
@@ -76,13 +83,32 @@ def chunk_document(doc: Document, tokens: TokenizedText, config: ChunkingConfig)
                 start_char=begin_char,
                 end_char=end_char,
                 token_ids=tokens.ids[start:end],
-                metadata=doc.metadata,
+                metadata=doc.metadata if breaks is None else _paged(doc.metadata, breaks, begin_char, end_char),
             )
         )
         if end == n:
             break
         start = _word_start(tokens.word_ids, max(end - config.overlap_tokens, start + 1), floor=start + 1)
     return chunks
+
+
+def _page_breaks(doc: Document) -> list[int] | None:
+    """Where a paged document's pages end (offsets of PAGE_BREAK), or None for another document."""
+    if not isinstance(doc.metadata.get("page_count"), int):
+        return None
+    breaks: list[int] = []
+    at = doc.text.find(PAGE_BREAK)
+    while at >= 0:
+        breaks.append(at)
+        at = doc.text.find(PAGE_BREAK, at + 1)
+    return breaks
+
+
+def _paged(metadata: dict[str, Any], breaks: list[int], begin_char: int, end_char: int) -> dict[str, Any]:
+    """The document's metadata and the pages the chunk [begin_char, end_char) lies on."""
+    first = bisect.bisect_left(breaks, begin_char) + 1
+    last = bisect.bisect_left(breaks, end_char) + 1
+    return {**metadata, "page": first, "pages": [first, last]}
 
 
 def _word_start(word_ids: list[int | None], i: int, floor: int) -> int:

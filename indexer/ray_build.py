@@ -46,12 +46,14 @@ from indexer.ray_stages import (
     CorpusSource,
     Embedder,
     ShardWriter,
+    SkipLog,
     chunk_items,
     read_units,
     seal,
     tokenizer_spec,
     train_quantizer,
 )
+from indexer.sources import ReadOptions, SkipHandler
 from ragserve.atomic import clean_stale, staged_directory
 from ragserve.errors import ArtifactError, InvalidInputError, RagserveError
 from retriever.artifact import Manifest
@@ -133,12 +135,10 @@ def embed_pool(requested: int, threads: int, resources: Mapping[str, float]) -> 
     return actors, min(float(threads), max(1.0, cpus - 1) / actors), 1.0 if gpus else 0.0
 
 
-def corpus_dataset(
-    units: list[list[Path]], tokenizer: str, model: ModelInfo, config: RayBuildConfig
-) -> ray.data.Dataset:
+def corpus_dataset(source: CorpusSource, tokenizer: str, model: ModelInfo, config: RayBuildConfig) -> ray.data.Dataset:
     """documents -> chunks -> embedded chunks, in corpus order (ITEMS less token_ids, + vector)."""
     build = config.build
-    ds = ray.data.read_datasource(CorpusSource(units, build.doc_batch), override_num_blocks=len(units))
+    ds = ray.data.read_datasource(source, override_num_blocks=len(source.units))
     ds.context.execution_options.preserve_order = True  # the artifact's rows are the corpus' order
     ds.context.target_max_block_size = config.block_bytes
     ds.context.enable_progress_bars = False  # the driver shows one bar, in chunks written
@@ -196,14 +196,24 @@ class Router:
 
 
 def build_artifact_ray(
-    paths: Iterable[Path], out: Path, encoder: Encoder, config: RayBuildConfig, progress: bool = True
+    paths: Iterable[Path],
+    out: Path,
+    encoder: Encoder,
+    config: RayBuildConfig,
+    progress: bool = True,
+    options: ReadOptions | None = None,
+    on_skip: SkipHandler | None = None,
 ) -> Manifest:
     """Build at `out` (which must not exist yet), on the running Ray (`ray_session`), the artifact
-    `build_artifact(read_corpus(paths), out, encoder, config.build)` builds. The driver's encoder
-    gives the tokenizer and what the manifest records; the actors load their own copy."""
+    `build_artifact(read_corpus(paths, options), out, encoder, config.build)` builds. The driver's
+    encoder gives the tokenizer and what the manifest records; the actors load their own copy.
+    Skipped files go to `on_skip`: a folder's at once, those the read tasks skip once they are read."""
     build = config.build
     build.chunking.validate(encoder.max_tokens)
-    units = read_units(paths, build.doc_batch)
+    units, skipped = read_units(paths, build.doc_batch)
+    report: SkipHandler = on_skip or (lambda _: None)
+    for skip in skipped:
+        report(skip)
     clean_stale(out)
     if out.exists():
         raise ArtifactError(f"{out} already exists: artifacts are immutable, choose a new --out")
@@ -215,17 +225,21 @@ def build_artifact_ray(
     with staged_directory(out) as staging, _worker_errors():
         folders = [staging] if build.shards == 1 else [staging / shard_name(i) for i in range(build.shards)]
         chunking = build.chunking.manifest()
+        skips = _remote(SkipLog, num_cpus=0, **here).remote()
+        source = CorpusSource(units, build.doc_batch, options or ReadOptions(), skips)
         writer = _remote(ShardWriter, num_cpus=0, **here)
         writers = [
             writer.remote(str(f), str(staging / f".ids-{i}.sqlite"), model, chunking, build.layout)
             for i, f in enumerate(folders)
         ]
         try:
-            stats = _fill(corpus_dataset(units, tokenizer_spec(encoder), model, config), writers, config, progress)
+            stats = _fill(corpus_dataset(source, tokenizer_spec(encoder), model, config), writers, config, progress)
+            for skip in ray.get(skips.all.remote()):
+                report(skip)
             return _finish(staging, writers, stats, model, build, here, started)
         finally:
-            for w in writers:
-                ray.kill(w)
+            for actor in [*writers, skips]:
+                ray.kill(actor)
 
 
 def _fill(ds: ray.data.Dataset, writers: list[Any], config: RayBuildConfig, progress: bool) -> list[dict[str, int]]:

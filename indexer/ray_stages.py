@@ -23,12 +23,22 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import ray
 from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 from tokenizers import Tokenizer
 
 from indexer.chunking import Chunk, ChunkingConfig, chunk_document
-from indexer.sources import TEXT_SUFFIXES, _files, _read_file, batched
+from indexer.sources import (
+    RECORD_SUFFIXES,
+    ReadOptions,
+    Skipped,
+    SourceFile,
+    batched,
+    check_path,
+    corpus_files,
+    read_file,
+)
 from ragserve.errors import InvalidInputError, ModelMismatchError, RagserveError
 from ragserve.types import Document, TokenizedText
 from retriever import faiss_index
@@ -83,62 +93,101 @@ MESSAGE = "ragserve_message"  # where a worker keeps its error's own message (se
 # --- documents and chunks (tasks) ---------------------------------------------------------------
 
 
-def read_units(paths: Iterable[Path], doc_batch: int) -> list[list[Path]]:
+def read_units(paths: Iterable[Path], doc_batch: int) -> tuple[list[list[SourceFile]], list[Skipped]]:
     """The corpus files in the local reader's order, refused as it refuses them, grouped into read
-    tasks: a JSONL or Parquet file alone, consecutive text files `doc_batch` at a time. The driver
-    holds this list: its memory grows with the number of files, not with their content."""
-    units: list[list[Path]] = []
+    tasks: a file of many documents (JSONL, Parquet, CSV) alone, consecutive files of one document
+    each (text, PDF, HTML, ...) `doc_batch` at a time; and the files a folder has that are skipped.
+    The driver holds these lists: its memory grows with the number of files, not their content."""
+    units: list[list[SourceFile]] = []
+    skipped: list[Skipped] = []
+    paths = list(paths)
     for path in paths:
-        for file in _files(Path(path)):
-            text = file.suffix.lower() in TEXT_SUFFIXES
+        check_path(Path(path))
+    for path in paths:
+        for file in corpus_files(Path(path)):
+            if isinstance(file, Skipped):
+                skipped.append(file)
+                continue
+            single = file.suffix not in RECORD_SUFFIXES
             last = units[-1] if units else []
-            if text and last and len(last) < doc_batch and last[0].suffix.lower() in TEXT_SUFFIXES:
+            if single and last and len(last) < doc_batch and last[0].suffix not in RECORD_SUFFIXES:
                 last.append(file)
             else:
                 units.append([file])
-    return units
+    return units, skipped
+
+
+class SkipLog:
+    """What the read tasks skipped, by read task, for the driver to report (an actor)."""
+
+    def __init__(self) -> None:
+        self.skipped: dict[int, list[Skipped]] = {}
+
+    def add(self, unit: int, skipped: list[Skipped]) -> None:
+        self.skipped[unit] = skipped
+
+    def all(self) -> list[Skipped]:
+        """In corpus order."""
+        return [s for unit in sorted(self.skipped) for s in self.skipped[unit]]
 
 
 class CorpusSource(Datasource):
     """The corpus as a Ray Data source: one read task per unit of `read_units`, in order."""
 
-    def __init__(self, units: list[list[Path]], doc_batch: int) -> None:
+    def __init__(self, units: list[list[SourceFile]], doc_batch: int, options: ReadOptions, skips: Any) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self.units = units
         self.doc_batch = doc_batch
+        self.options = options
+        self.skips = skips  # a SkipLog actor
 
     def estimate_inmemory_data_size(self) -> int:
-        return sum(f.stat().st_size for unit in self.units for f in unit)
+        return sum(f.size() for unit in self.units for f in unit)
 
     def get_read_tasks(
         self, parallelism: int, per_task_row_limit: int | None = None, data_context: DataContext | None = None
     ) -> list[ReadTask]:
-        def task(unit: list[Path]) -> ReadTask:
-            size = sum(f.stat().st_size for f in unit)
+        def task(at: int, unit: list[SourceFile]) -> ReadTask:
+            size = sum(f.size() for f in unit)
             metadata = BlockMetadata(
-                num_rows=None, size_bytes=size, input_files=tuple(str(f) for f in unit), exec_stats=None
+                num_rows=None, size_bytes=size, input_files=tuple(f.where for f in unit), exec_stats=None
             )
-            read = functools.partial(read_documents, unit, self.doc_batch)
+            read = functools.partial(read_documents, unit, self.doc_batch, self.options, (self.skips, at))
             return ReadTask(read, metadata, per_task_row_limit=per_task_row_limit)
 
-        return [task(unit) for unit in self.units]
+        return [task(at, unit) for at, unit in enumerate(self.units)]
 
 
-def read_documents(files: list[Path], doc_batch: int) -> Iterator[pa.Table]:
-    """Blocks of `doc_batch` documents of `files`, read and checked by indexer/sources.py."""
-    documents = ((doc, file) for file in files for doc in _read_file(file))
+def read_documents(
+    files: list[SourceFile], doc_batch: int, options: ReadOptions, report: tuple[Any, int] | None = None
+) -> Iterator[pa.Table]:
+    """Blocks of `doc_batch` documents of `files`, read and checked by indexer/sources.py; what
+    it skips goes to the SkipLog of `report` (actor, unit) once the files are read."""
+    skipped: list[Skipped] = []
+
+    def documents() -> Iterator[tuple[Document, SourceFile]]:
+        for file in files:
+            for item in read_file(file, options):
+                if isinstance(item, Skipped):
+                    skipped.append(item)
+                else:
+                    yield item, file
+
     with kept_message():
-        for batch in batched(documents, doc_batch):
+        for batch in batched(documents(), doc_batch):
             yield pa.table(
                 [
                     [d.id for d, _ in batch],
                     [d.title for d, _ in batch],
                     [d.text for d, _ in batch],
                     [json.dumps(d.metadata, ensure_ascii=False) for d, _ in batch],
-                    [str(f) for _, f in batch],
+                    [f.where for _, f in batch],
                 ],
                 schema=DOCUMENTS,
             )
+    if skipped and report is not None:
+        log, unit = report
+        ray.get(log.add.remote(unit, skipped))  # delivered before the task ends, so the driver sees it
 
 
 @functools.lru_cache(maxsize=2)
@@ -160,9 +209,8 @@ def chunk_items(docs: pa.Table, tokenizer: str, chunking: ChunkingConfig, shards
     encodings = _tokenizer(tokenizer).encode_batch([r["text"] for r in records], add_special_tokens=False)
     rows: list[tuple[Any, ...]] = []
     for r, e in zip(records, encodings, strict=True):
-        chunks = chunk_document(
-            Document(r["id"], r["title"], r["text"]), TokenizedText(e.ids, e.offsets, e.word_ids), chunking
-        )
+        doc = Document(r["id"], r["title"], r["text"], json.loads(r["metadata"]))
+        chunks = chunk_document(doc, TokenizedText(e.ids, e.offsets, e.word_ids), chunking)
         shard = shard_of(r["id"], shards)
         if not chunks:
             rows.append((r["id"], -1, r["title"], "", 0, 0, r["metadata"], r["source"], [], shard))
@@ -174,7 +222,7 @@ def chunk_items(docs: pa.Table, tokenizer: str, chunking: ChunkingConfig, shards
                 c.text,
                 c.start_char,
                 c.end_char,
-                r["metadata"],
+                r["metadata"] if c.metadata is doc.metadata else json.dumps(c.metadata, ensure_ascii=False),
                 r["source"],
                 c.token_ids,
                 shard,

@@ -35,6 +35,11 @@ class Settings(BaseSettings):
     index_path: Path | None = Field(
         None, description="Artifact to import into the registry and serve; default: the registry's serving version."
     )
+    demo: bool = Field(
+        False,
+        description="Serve the bundled demo index (built on first use) whatever served before (`serve --demo`); "
+        "without it a start serves what the registry served last.",
+    )
     registry_dir: Path | None = Field(None, description="Where index versions live; default: <home>/registry.")
     index_name: Annotated[str, Field(pattern=INDEX_NAME.pattern)] = "default"
     keep_versions: Annotated[int, Field(ge=1, le=1_000)] = 5
@@ -181,6 +186,12 @@ class Settings(BaseSettings):
     max_batch_documents: Annotated[int, Field(ge=1, le=10_000)] = 256
     max_document_chars: Annotated[int, Field(ge=1, le=10_000_000)] = 200_000
     max_metadata_bytes: Annotated[int, Field(ge=2, le=1_048_576)] = 4_096
+    max_upload_bytes: Annotated[int, Field(ge=1_024, le=1024 * 1024 * 1024)] = Field(
+        64 * 1024 * 1024, description="Body of one POST /v1/documents/files (all its files together); 413 beyond."
+    )
+    max_upload_files: Annotated[int, Field(ge=1, le=1_000)] = Field(
+        32, description="Files in one POST /v1/documents/files; 422 beyond."
+    )
 
     # --- streamed answers and the OpenAI-compatible API (docs/api.md) ---------------------------
     stream_keepalive_s: Annotated[float, Field(ge=0.05, le=300)] = Field(
@@ -335,6 +346,8 @@ class Settings(BaseSettings):
     def _consistent(self) -> "Settings":
         if self.overlap_tokens >= self.chunk_tokens:
             raise ValueError("overlap_tokens must be smaller than chunk_tokens")
+        if self.demo and self.index_path is not None:
+            raise ValueError("demo and index_path both name what to serve: give one")
         if self.retrieve_top_k > self.max_retrieve_top_k:
             raise ValueError("retrieve_top_k must not exceed max_retrieve_top_k")
         if self.ask_top_k > self.max_ask_top_k:

@@ -23,7 +23,12 @@ def test_reads_jsonl_text_markdown_and_parquet(tmp_path: Path) -> None:
     (tmp_path / "notes" / "ignored.bin").write_bytes(b"\x00")
     pq.write_table(pa.table({"id": ["p1"], "title": ["P"], "text": ["parquet text"]}), tmp_path / "d.parquet")
 
-    docs = {d.id: d for d in read_corpus([tmp_path])}
+    corpus = read_corpus([tmp_path])
+    docs = {d.id: d for d in corpus}
+    assert [(s.file, s.reason) for s in corpus.skipped] == [
+        (str(tmp_path / "notes" / "ignored.bin"), "unsupported file type .bin")
+    ]
+    assert docs["notes/b.txt"].metadata == {"source": "notes/b.txt"}  # ids relative to the folder given
     assert docs["j1"].metadata == {"lang": "en"} and docs["j1"].title == "J"
     assert docs["2"].title == "" and docs["2"].text == "no title"
     assert docs["p1"].text == "parquet text"
@@ -57,6 +62,6 @@ def test_duplicate_ids_and_missing_paths_are_refused(tmp_path: Path) -> None:
         list(read_corpus([path]))
     with pytest.raises(InvalidInputError, match="no such file"):
         list(read_corpus([tmp_path / "missing.jsonl"]))
-    (tmp_path / "x.csv").write_text("a,b", encoding="utf-8")
-    with pytest.raises(InvalidInputError, match="unsupported"):
-        list(read_corpus([tmp_path / "x.csv"]))
+    (tmp_path / "x.png").write_bytes(b"\x89PNG")
+    with pytest.raises(InvalidInputError, match="unsupported"):  # a file argument: refused before reading
+        read_corpus([tmp_path / "x.png"])

@@ -229,22 +229,43 @@ def load_indexes(settings: Settings, encoder: Encoder) -> Serving:
 
     `index_path` (``serve --index``) is imported into the registry and served when the registry
     does not have it yet, so a restart does not undo a refresh or a rollback; an index with no
-    serving version starts with the demo index. Replicas that start at once agree on one."""
+    serving version starts with the demo index, and `demo` (``serve --demo``) serves that again.
+    Replicas that start at once agree on one."""
     registry = open_registry(settings)
     replica_id = new_replica_id()
     store = open_store(settings, registry, replica_id)
     try:
-        if settings.index_path is not None:
+        if settings.demo:
+            store.pointer.set(registry.import_artifact(demo_index(settings, lambda: encoder)))
+        elif settings.index_path is not None:
             known = set(registry.version_ids())
             version = registry.import_artifact(settings.index_path)
             if version not in known or store.pointer.get() is None:
                 store.pointer.set(version)
         elif store.pointer.get() is None:
             store.pointer.replace(None, registry.import_artifact(demo_index(settings, lambda: encoder)))
-        return _serve(settings, encoder, registry, store, replica_id)
+        serving = _serve(settings, encoder, registry, store, replica_id)
     except BaseException:
         store.close()
         raise
+    log.info("%s", serving_summary(settings, serving))
+    return serving
+
+
+def serving_summary(settings: Settings, serving: Serving) -> str:
+    """What serves, from where, and how to serve the demo again: the registry is state, so a plain
+    `serve` serves what served last (after one `serve --index DIR`, DIR), not the demo."""
+    indexes = serving.indexes
+    version = indexes.serving_version
+    documents = read_manifest(indexes.registry.path_of(version)).counts.get("documents", 0)
+    store = "" if serving.store.kind == "sqlite" else f", serving pointer in {serving.store.kind}"
+    demo = cached_index_path(settings, "demo", DEMO_CORPUS)
+    is_demo = demo.exists() and read_manifest(demo).version == version
+    hint = "the bundled demo" if is_demo else "to serve the bundled demo again: ragserve serve --demo"
+    return (
+        f"serving index {indexes.registry.name!r} version {version} ({documents} documents) "
+        f"from registry {indexes.registry.home}{store}; {hint}"
+    )
 
 
 def _serve(settings: Settings, encoder: Encoder, registry: IndexRegistry, store: Store, replica_id: str) -> Serving:
@@ -297,5 +318,5 @@ def prepare(settings: Settings) -> None:
         read_manifest(settings.index_path)  # fail now, with a clear message, if it is no artifact
     resolve_generator(settings.generator_model, settings.cache_dir)
     first = settings.database_url is None and open_registry(settings).serving() is None  # else load_indexes sees
-    if settings.index_path is None and first:
+    if settings.index_path is None and (first or settings.demo):
         demo_index(settings, lambda: on_compute(lambda: make_encoder(settings)))

@@ -14,17 +14,27 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ragserve.errors import InvalidInputError, RagserveError
 from ragserve.types import RetrievalMode
 from service.settings import Settings
+
+if TYPE_CHECKING:
+    from indexer.sources import ReadOptions
 
 log = logging.getLogger("ragserve")
 
 
 def _settings(**overrides: Any) -> Settings:
     return Settings(**{k: v for k, v in overrides.items() if v is not None})
+
+
+def _check_inputs(paths: list[Path]) -> None:
+    """Input files and folders that are not there fail at once, not after the models loaded."""
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        raise InvalidInputError(f"no such file or folder: {', '.join(missing)}")
 
 
 # How many times an idle OpenMP worker thread spins, waiting for the next parallel region, before
@@ -40,7 +50,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from retriever.artifact import read_manifest
     from service.http.server import serve
 
-    settings = _settings(index_path=args.index, host=args.host, port=args.port)
+    settings = _settings(index_path=args.index, host=args.host, port=args.port, demo=args.demo or None)
     if settings.index_path is not None:
         read_manifest(settings.index_path)  # a path that is no artifact fails now, before the port opens
     if args.replicas < 1:
@@ -64,6 +74,7 @@ def _serve_on_ray(args: argparse.Namespace, settings: Settings) -> int:
     from service.rayserve.engine import serve_replicas
 
     given = {"index_path": args.index.resolve() if args.index else None, "host": args.host, "port": args.port}
+    given["demo"] = args.demo or None
     overrides = {k: str(v) if isinstance(v, Path) else v for k, v in given.items() if v is not None}
     try:
         if args.shard_groups is not None:
@@ -78,10 +89,17 @@ def _serve_on_ray(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_index_build(args: argparse.Namespace) -> int:
+    _check_inputs(args.input)  # before the imports below (torch, faiss: seconds)
     from indexer.build import build_artifact
-    from indexer.sources import read_corpus
+    from indexer.sources import Skipped, read_corpus
     from retriever.artifact import read_manifest
     from service.application.loading import build_config, configure_threads, make_encoder, open_registry
+
+    skipped: list[Skipped] = []
+
+    def skip(what: Skipped) -> None:  # each one on stderr as the reading reaches it; counted in the report
+        skipped.append(what)
+        print(f"skipped {what}", file=sys.stderr)
 
     settings = _settings(
         chunk_tokens=args.chunk_tokens,
@@ -97,13 +115,15 @@ def cmd_index_build(args: argparse.Namespace) -> int:
     started = time.perf_counter()
 
     def build(out: Path) -> None:
+        skipped.clear()
         if args.engine == "ray":
             from indexer.ray_build import RayBuildConfig, build_artifact_ray
 
             config = RayBuildConfig.of(build_config(settings), settings)
-            build_artifact_ray(args.input, out, encoder, config, progress=not args.no_progress)
+            build_artifact_ray(args.input, out, encoder, config, not args.no_progress, read_options(args), skip)
         else:
-            build_artifact(read_corpus(args.input), out, encoder, build_config(settings), progress=not args.no_progress)
+            corpus = read_corpus(args.input, read_options(args), skip)
+            build_artifact(corpus, out, encoder, build_config(settings), progress=not args.no_progress)
 
     with session:
         if args.registry:
@@ -123,6 +143,7 @@ def cmd_index_build(args: argparse.Namespace) -> int:
                 "engine": args.engine,
                 "index_factory": manifest.index_factory,
                 "counts": counts,
+                "skipped": len(skipped),
                 "seconds": round(seconds, 2),
                 "chunks_per_second": round(counts["chunks"] / seconds, 1),
                 "tokens_per_second": round(counts["tokens"] / seconds, 1),
@@ -131,6 +152,13 @@ def cmd_index_build(args: argparse.Namespace) -> int:
         )
     )
     return 0
+
+
+def read_options(args: argparse.Namespace) -> "ReadOptions":
+    """How `index build` and `ingest` read CSV files (--csv-*-column)."""
+    from indexer.sources import CsvColumns, ReadOptions
+
+    return ReadOptions(CsvColumns(id=args.csv_id_column, title=args.csv_title_column, text=args.csv_text_column))
 
 
 def _index_engine(args: argparse.Namespace) -> contextlib.AbstractContextManager[None]:
@@ -216,6 +244,7 @@ def _native_stdout_to_stderr() -> Iterator[None]:
 
 
 def cmd_eval_squad(args: argparse.Namespace) -> int:
+    _check_inputs([args.data])
     from service.application.evaluation import run_squad_eval
 
     settings = _settings()
@@ -252,22 +281,52 @@ def cmd_models_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_token_new(args: argparse.Namespace) -> int:
-    from service.http.auth import new_token
+    from service.http.auth import QUERY_PATHS, WRITE_PATHS, new_token
 
+    scopes = {  # what each opens, as service/http/auth.py decides (`access_of`)
+        "read": f"job status (GET /v1/jobs/{{id}}), and {', '.join(sorted(QUERY_PATHS))} once "
+        "RAGSERVE_PROTECT_QUERIES=true (else open to every client)",
+        "admin": f"what read opens, plus ingestion ({', '.join(sorted(WRITE_PATHS))}: `ragserve ingest`) and /admin/*",
+    }
+    scope = args.scope or _ask_scope(scopes)
     token, digest = new_token()
-    variable = "RAGSERVE_ADMIN_TOKEN_SHA256" if args.scope == "admin" else "RAGSERVE_READ_TOKEN_SHA256"
-    print(f"token:  {token}\nsha256: {digest}\n\nGive the token to the client; configure only the digest:")
-    print(f"  export {variable}={digest}   # comma-separate several")
+    print(f"token:  {token}\nsha256: {digest}\nscope:  {scope}: {scopes[scope]}\n")
+    print("Give the token to the client; configure only the digest:")
+    print(f"  export RAGSERVE_{scope.upper()}_TOKEN_SHA256={digest}   # comma-separate several")
     return 0
 
 
-def cmd_ingest(args: argparse.Namespace) -> int:
-    from service.cli.ingest_client import ingest_files
+def _ask_scope(scopes: dict[str, str]) -> str:
+    """Asked at a terminal; elsewhere --scope must say it (the old default, read, cannot ingest)."""
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        raise InvalidInputError("say which token with --scope: " + "; ".join(f"{k}: {v}" for k, v in scopes.items()))
+    answer = ""
+    while answer not in scopes:
+        print("\n".join(f"  {name:<5}  {what}" for name, what in scopes.items()))
+        try:
+            answer = input("scope of the new token [read/admin]: ").strip().lower()
+        except EOFError:
+            raise InvalidInputError("no scope given (--scope read or --scope admin)") from None
+    return answer
 
-    failed = ingest_files(
-        args.paths, args.url, args.token, args.batch, wait=not args.no_wait, progress=not args.no_progress
-    )
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from service.cli.ingest_client import ingest_files, talking_to
+
+    _check_inputs(args.paths)
+    with talking_to(args.url):
+        options = read_options(args)
+        wait, progress = not args.no_wait, not args.no_progress
+        failed = ingest_files(args.paths, args.url, args.token, args.batch, wait, progress, options)
     return 1 if failed else 0
+
+
+def cmd_ask(args: argparse.Namespace) -> int:
+    from service.cli.ingest_client import ask_question, talking_to
+
+    with talking_to(args.url):
+        ask_question(args)
+    return 0
 
 
 def _given(args: argparse.Namespace, *names: str) -> dict[str, Any]:
@@ -286,6 +345,8 @@ def cmd_train_retro(args: argparse.Namespace) -> int:
 
 def cmd_train_reader(args: argparse.Namespace) -> int:
     from reader.train_config import AdapterTrainConfig
+
+    _check_inputs([args.data])
     from service.application.training import run_train_reader
 
     settings = _settings()

@@ -12,24 +12,32 @@ from reader.train_config import AdapterTrainConfig as ReaderTrainConfig
 from reader.train_config import RetroTrainConfig
 from service.application.squad import ARTICLE_SPLITS
 from service.cli import commands
+from service.settings import Settings
 
 Sub: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 MODES = [m.value for m in RetrievalMode]
+FORMATS = "JSONL, Parquet, CSV, text, Markdown, PDF, HTML or DOCX"  # what indexer/sources.py reads
+# Where the verbs that talk to a server find it by default: where `ragserve serve` listens by default.
+LOCAL_URL = f"http://{Settings.model_fields['host'].default}:{Settings.model_fields['port'].default}"
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ragserve", description="Retrieval-augmented question answering service.")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     sub = p.add_subparsers(dest="command", required=True)
-    for add in (_serve, _index, _eval, _models, _ingest, _train, _token):
+    for add in (_serve, _index, _eval, _models, _ingest, _ask, _train, _token):
         add(sub)
     return p
 
 
 def _serve(sub: Sub) -> None:
     serve = sub.add_parser("serve", help="run the HTTP API (default: 127.0.0.1:8000)")
-    serve.add_argument(
+    which = serve.add_mutually_exclusive_group()
+    which.add_argument(
         "--index", type=Path, help="artifact to import as a version and serve (default: the registry's serving one)"
+    )
+    which.add_argument(
+        "--demo", action="store_true", help="serve the bundled demo index (again: the registry keeps serving the last)"
     )
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
@@ -52,8 +60,9 @@ def _serve(sub: Sub) -> None:
 
 def _index(sub: Sub) -> None:
     index = sub.add_parser("index", help="build or verify index artifacts").add_subparsers(dest="action", required=True)
-    build = index.add_parser("build", help="build an index artifact from JSONL, text/Markdown or Parquet")
+    build = index.add_parser("build", help=f"build an index artifact from {FORMATS} files")
     build.add_argument("--input", type=Path, nargs="+", required=True, help="files or folders")
+    _csv_options(build)
     where = build.add_mutually_exclusive_group(required=True)
     where.add_argument("--out", type=Path, help="artifact directory to create (must not exist)")
     where.add_argument(
@@ -141,15 +150,42 @@ def _models(sub: Sub) -> None:
     prep.set_defaults(func=commands.cmd_models_prepare)
 
 
+def _csv_options(command: argparse.ArgumentParser) -> None:
+    """How CSV files map to documents (indexer/formats_csv.py): a row each."""
+    command.add_argument("--csv-text-column", help="CSV files: the text column (default: the one named text)")
+    command.add_argument("--csv-title-column", help="CSV files: the title column (default: title, if any)")
+    command.add_argument("--csv-id-column", help="CSV files: the id column (default: id; none: <file>#<row>)")
+
+
 def _ingest(sub: Sub) -> None:
     ingest = sub.add_parser("ingest", help="send files to a running server as ingestion jobs")
-    ingest.add_argument("paths", type=Path, nargs="+", help="JSONL, text, Markdown or Parquet files and folders")
-    ingest.add_argument("--url", default="http://127.0.0.1:8000", help="the server (default: %(default)s)")
-    ingest.add_argument("--token", default=os.environ.get("RAGSERVE_TOKEN"), help="admin token (env RAGSERVE_TOKEN)")
+    ingest.add_argument("paths", type=Path, nargs="+", help=f"{FORMATS} files and folders")
+    _csv_options(ingest)
+    _server_options(ingest, "admin token")
     ingest.add_argument("--batch", type=int, default=64, help="documents per job (default: %(default)s)")
     ingest.add_argument("--no-wait", action="store_true", help="return once the jobs are acknowledged")
     ingest.add_argument("--no-progress", action="store_true")
     ingest.set_defaults(func=commands.cmd_ingest)
+
+
+def _ask(sub: Sub) -> None:
+    ask = sub.add_parser("ask", help="ask a running server a question; prints the answer and its citations")
+    ask.add_argument("question")
+    _server_options(ask, "read token, where queries need one")
+    ask.add_argument("--stream", action="store_true", help="print the answer as it is written")
+    ask.add_argument("--top-k", type=int, help="passages read and cited (default: the server's)")
+    ask.add_argument("--reader", help="reader name (default: the server's)")
+    ask.add_argument("--retrieval", choices=MODES, help="default: the server's")
+    ask.add_argument("--extractive", action="store_true", default=None, help="copy the answer from a passage")
+    ask.add_argument("--adapter", help="reader adapter, or 'none' (default: the server's)")
+    ask.add_argument("--json", action="store_true", help="the answer as JSON (with --stream: one event a line)")
+    ask.set_defaults(func=commands.cmd_ask)
+
+
+def _server_options(p: argparse.ArgumentParser, token: str) -> None:
+    url = os.environ.get("RAGSERVE_URL", LOCAL_URL)
+    p.add_argument("--url", default=url, help=f"the server (env RAGSERVE_URL; default: {url})")
+    p.add_argument("--token", default=os.environ.get("RAGSERVE_TOKEN"), help=f"{token} (env RAGSERVE_TOKEN)")
 
 
 def _train(sub: Sub) -> None:
@@ -212,5 +248,9 @@ def _train_reader(train: Sub) -> None:
 def _token(sub: Sub) -> None:
     token = sub.add_parser("token", help="bearer tokens").add_subparsers(dest="action", required=True)
     new = token.add_parser("new", help="print a fresh random token and the SHA-256 digest to configure")
-    new.add_argument("--scope", choices=["read", "admin"], default="read")
+    new.add_argument(
+        "--scope",
+        choices=["read", "admin"],
+        help="read: questions and job status; admin: also ingestion and /admin/* (asked when not given)",
+    )
     new.set_defaults(func=commands.cmd_token_new)

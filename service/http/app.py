@@ -13,10 +13,13 @@ from service.application.services import Services
 from service.http.admin import build_admin_router
 from service.http.admission import AdmissionCollector, AdmissionControl, AdmissionCounters, Gate
 from service.http.auth import Authentication
+from service.http.docs_assets import install_api_docs
 from service.http.documents import build_documents_router
 from service.http.errors import install_error_handlers
 from service.http.limits import BodySizeLimit
 from service.http.metrics import MetricsMiddleware
+from service.http.openai import build_openai_router
+from service.http.pages import install_pages
 from service.http.routes import build_router
 from service.http.state import ServiceState
 from service.settings import Settings
@@ -43,6 +46,8 @@ def create_app(settings: Settings, loader: Loader = _default_loader) -> FastAPI:
         "/v1/retrieve": Gate("/v1/retrieve", settings.retrieve_max_in_service, settings.retrieve_max_queue),
     }
     state.gates = gates
+    # chat completions are answers too: they wait in /v1/ask's gate and share its decoding batches
+    admitted = {**gates, "/v1/chat/completions": gates["/v1/ask"]}
     counters = AdmissionCounters()
     state.metrics.registry.register(AdmissionCollector(gates.values(), counters))
 
@@ -68,17 +73,22 @@ def create_app(settings: Settings, loader: Loader = _default_loader) -> FastAPI:
         summary="Answers grounded in your own documents, with citations.",
         version="0.1.0",
         lifespan=lifespan,
+        docs_url=None,  # /docs and /redoc with local assets instead of a CDN's: install_api_docs below
+        redoc_url=None,
     )
     app.state.ragserve = state
     install_error_handlers(app)
     app.include_router(build_router(settings))
+    app.include_router(build_openai_router(settings))
     app.include_router(build_admin_router())
     app.include_router(build_documents_router(settings))
+    install_pages(app)
+    install_api_docs(app)
     # Outermost last: metrics see everything, authentication runs before any body is read, the
     # size limit before admission, admission just before the routes.
     app.add_middleware(
         AdmissionControl,
-        gates=gates,
+        gates=admitted,
         deadline_s=settings.request_deadline_s,
         refuse=state.refusal,
         counters=counters,
@@ -87,7 +97,10 @@ def create_app(settings: Settings, loader: Loader = _default_loader) -> FastAPI:
     app.add_middleware(
         BodySizeLimit,
         max_bytes=settings.max_body_bytes,
-        per_path={"/v1/documents": settings.max_ingest_body_bytes},
+        per_path={
+            "/v1/documents": (settings.max_ingest_body_bytes, "max_ingest_body_bytes"),
+            "/v1/documents/files": (settings.max_upload_bytes, "max_upload_bytes"),
+        },
     )
     app.add_middleware(Authentication, settings=settings)
     fixed = frozenset(r.path for r in app.routes if isinstance(r, APIRoute) and "{" not in r.path)

@@ -6,8 +6,10 @@ token is hashed and compared with every digest in constant time, so neither the 
 timing leak.
 
 Every path has an access level (`access_of`, one table):
-- public: /healthz, /readyz, /metrics and the API documentation;
-- query (/v1/ask, /v1/retrieve): open unless `protect_queries`, then a read token;
+- public: /healthz, /readyz, /metrics, the API documentation (/docs, /redoc, /openapi.json and their
+  assets) and the web page (/ and its assets): a page holds no data, what it fetches needs tokens;
+- query (/v1/ask, /v1/retrieve, and the OpenAI-compatible /v1/chat/completions and /v1/models):
+  open unless `protect_queries`, then a read token;
 - read (job status, and any path not listed, which then answers 404): a read token once any
   digest is configured, else open;
 - admin (/admin/*, and writing documents): an admin token once any digest is configured. With no
@@ -25,7 +27,9 @@ import secrets
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ragserve.errors import ForbiddenError, RagserveError, UnauthorizedError
+from service.http.docs_assets import DOCS_ASSETS_PATH, DOCS_PATH, OAUTH2_REDIRECT_PATH, REDOC_PATH
 from service.http.errors import send_error
+from service.http.pages import ASSETS_PATH
 from service.settings import Settings
 
 
@@ -42,17 +46,19 @@ class Granted(enum.Enum):
 
 
 PUBLIC_PATHS = frozenset(
-    {"/healthz", "/readyz", "/metrics", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"}
+    {"/", "/healthz", "/readyz", "/metrics", DOCS_PATH, OAUTH2_REDIRECT_PATH, REDOC_PATH, "/openapi.json"}
 )
-QUERY_PATHS = frozenset({"/v1/ask", "/v1/retrieve"})
+PUBLIC_PREFIXES = (ASSETS_PATH + "/", DOCS_ASSETS_PATH + "/")  # static files, public as the pages that load them
+QUERY_PATHS = frozenset({"/v1/ask", "/v1/retrieve", "/v1/chat/completions", "/v1/models"})  # OpenAI's too
+WRITE_PATHS = frozenset({"/v1/documents", "/v1/documents/files"})  # a JSON batch, file uploads: admin
 
 
 def access_of(method: str, path: str) -> Access:
-    if path in PUBLIC_PATHS:
+    if path in PUBLIC_PATHS or (path.startswith(PUBLIC_PREFIXES) and ".." not in path.split("/")):
         return Access.PUBLIC
     if path in QUERY_PATHS:
         return Access.QUERY
-    if path == "/admin" or path.startswith("/admin/") or (path == "/v1/documents" and method != "GET"):
+    if path == "/admin" or path.startswith("/admin/") or (path in WRITE_PATHS and method != "GET"):
         return Access.ADMIN
     return Access.READ  # job status, and anything unknown (deny by default)
 

@@ -1,19 +1,24 @@
-"""Job routes: POST /v1/documents (a batch of upserts and deletes → a job), GET /v1/jobs/{id}
-(document batches and index refreshes).
+"""Job routes: POST /v1/documents (a batch of upserts and deletes → a job), POST
+/v1/documents/files (uploaded files → their documents → a job), GET /v1/jobs/{id} (document
+batches and index refreshes).
 
 Writing needs an admin token, reading a job a read or admin token (service/http/auth.py checks
-them before the body is read). A batch can be 16 MiB: it is parsed and validated on a worker
-thread, never on the event loop, so health checks and other requests go on meanwhile.
+them before the body is read). A batch can be 16 MiB, an upload 64 MiB: they are parsed,
+extracted and validated on a worker thread, never on the event loop, so health checks and other
+requests go on meanwhile. Uploaded files are read by the corpus readers of `ragserve index build`
+(indexer/sources.py: PDF, HTML, DOCX, CSV, JSONL, Parquet, text); their ids are the files' names.
 """
 
 import json
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, Field, StringConstraints, ValidationError, field_validator, model_validator
 
+from indexer.formats import upload_name
+from indexer.sources import CsvColumns, ReadOptions, Skipped, SourceFile, read_sources
 from ragserve.errors import InvalidInputError, UnknownJobError
 from ragserve.types import Document
 from service.application.results import SwitchResult
@@ -22,10 +27,15 @@ from service.http.state import JobsDep
 from service.settings import Settings
 
 DocId = Annotated[str, StringConstraints(min_length=1, max_length=256)]
+ColumnName = Annotated[str, StringConstraints(min_length=1, max_length=256)]
 JobId = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")]
+CsvText = Annotated[ColumnName | None, Form(description="CSV files: the text column (default: the one named text)")]
+CsvTitle = Annotated[ColumnName | None, Form(description="CSV files: the title column (default: title, if any)")]
+CsvId = Annotated[ColumnName | None, Form(description="CSV files: the id column (default: id; none: <file>#<row>)")]
 
 
 class DocumentsRequestBase(StrictModel):
+    document: ClassVar[type[StrictModel]]  # one upsert (an uploaded file's documents are checked by it too)
     upsert: list[Any]
     delete: list[str]
 
@@ -35,6 +45,16 @@ class DocumentsRequestBase(StrictModel):
 
 class JobCreated(BaseModel):
     job_id: str
+
+
+class SkippedOut(BaseModel):
+    file: str = Field(description="The uploaded file (or, for a document over a limit, its id).")
+    reason: str
+
+
+class UploadCreated(JobCreated):
+    documents: int = Field(description="Documents read from the files: the job's upserts.")
+    skipped: list[SkippedOut] = Field(description="Files, CSV rows and documents not ingested, each with its reason.")
 
 
 class JobOut(BaseModel):
@@ -49,6 +69,8 @@ class JobOut(BaseModel):
 
 
 def documents_request(settings: Settings) -> type[DocumentsRequestBase]:
+    """A batch, and its `document` (one upsert), as the settings bound them."""
+
     class DocumentIn(StrictModel):
         id: DocId
         title: Annotated[str, StringConstraints(max_length=1_000)] = ""
@@ -67,6 +89,7 @@ def documents_request(settings: Settings) -> type[DocumentsRequestBase]:
             return value
 
     class DocumentsRequest(DocumentsRequestBase):
+        document: ClassVar[type[StrictModel]] = DocumentIn
         upsert: Annotated[list[DocumentIn], Field(default_factory=list, max_length=settings.max_batch_documents)]
         delete: Annotated[list[DocId], Field(default_factory=list, max_length=settings.max_batch_documents)]
 
@@ -93,6 +116,34 @@ def parse_batch(model: type[DocumentsRequestBase], raw: bytes) -> DocumentsReque
         raise RequestValidationError([{**p, "loc": ("body", *p["loc"])} for p in problems]) from None
 
 
+def read_uploads(
+    sources: list[SourceFile], options: ReadOptions, model: type[StrictModel], settings: Settings
+) -> tuple[list[Document], list[Skipped]]:
+    """The documents of uploaded files (on a worker thread) and what was skipped: files that cannot
+    be read, and documents over a limit of `model` (a batch's limits). More documents than a batch
+    may hold, or none at all, are refused (422)."""
+    corpus = read_sources(sources, options)
+    documents: list[Document] = []
+    for doc in corpus:
+        try:
+            model.model_validate({"id": doc.id, "title": doc.title, "text": doc.text, "metadata": doc.metadata})
+        except ValidationError as exc:
+            problems = exc.errors(include_url=False, include_context=False, include_input=False)
+            reason = "; ".join(f"{'.'.join(str(part) for part in p['loc'])}: {p['msg']}" for p in problems)
+            corpus.skipped.append(Skipped(doc.id, reason))
+            continue
+        documents.append(doc)
+        if len(documents) > settings.max_batch_documents:
+            raise InvalidInputError(
+                f"the files hold more than {settings.max_batch_documents} documents (setting max_batch_documents): "
+                "upload fewer at a time, or send them with `ragserve ingest`"
+            )
+    if not documents:
+        reasons = "; ".join(str(s) for s in corpus.skipped[:10]) or "no documents in them"
+        raise InvalidInputError(f"nothing to ingest in the files: {reasons}")
+    return documents, corpus.skipped
+
+
 def _is_json(content_type: str) -> bool:
     media = content_type.partition(";")[0].strip().lower()
     return media in ("", "application/json") or media.endswith("+json")
@@ -114,6 +165,29 @@ def build_documents_router(settings: Settings) -> APIRouter:
         job_id = await run_in_threadpool(jobs.submit_documents, batch.documents(), list(batch.delete))
         return JobCreated(job_id=job_id)
 
+    Files = Annotated[
+        list[UploadFile],
+        File(max_length=settings.max_upload_files, description="One or more files (PDF, HTML, DOCX, CSV, ...)."),
+    ]
+
+    @router.post("/v1/documents/files", status_code=202, response_model=UploadCreated)
+    async def upload(
+        jobs: JobsDep,
+        files: Files,
+        csv_text_column: CsvText = None,
+        csv_title_column: CsvTitle = None,
+        csv_id_column: CsvId = None,
+    ) -> UploadCreated:
+        """Upload files (multipart/form-data, field `files`) and queue their documents as a job, as
+        POST /v1/documents does; files that cannot be read come back in `skipped`, with why."""
+        sources = [SourceFile(_named(f), stream=f.file) for f in files]
+        options = ReadOptions(CsvColumns(id=csv_id_column, title=csv_title_column, text=csv_text_column))
+        model = DocumentsRequest.document
+        documents, skipped = await run_in_threadpool(read_uploads, sources, options, model, settings)
+        job_id = await run_in_threadpool(jobs.submit_documents, documents, [])
+        out = [SkippedOut(file=s.file, reason=s.reason) for s in skipped]
+        return UploadCreated(job_id=job_id, documents=len(documents), skipped=out)
+
     @router.get("/v1/jobs/{job_id}", response_model=JobOut)
     def job(job_id: JobId, jobs: JobsDep) -> JobOut:
         found = jobs.job(job_id)
@@ -131,3 +205,11 @@ def build_documents_router(settings: Settings) -> APIRouter:
         )
 
     return router
+
+
+def _named(file: UploadFile) -> str:
+    """An uploaded file's name, which its documents' ids are made of (indexer/formats.py `upload_name`)."""
+    name = upload_name(file.filename)
+    if not name:
+        raise InvalidInputError("every uploaded file needs a file name (its document id)")
+    return name

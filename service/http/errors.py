@@ -19,6 +19,7 @@ from ragserve.errors import (
     ForbiddenError,
     InvalidAdapterError,
     InvalidInputError,
+    InvalidRequestError,
     ModelNotFoundError,
     NotReadyError,
     OverloadedError,
@@ -41,32 +42,33 @@ from ragserve.storage import is_storage_error
 
 log = logging.getLogger(__name__)
 
-# Looked up along the exception's MRO, so a subclass inherits its parent's status.
-STATUS: dict[type[RagserveError], tuple[int, str]] = {
-    UnknownReaderError: (422, "unknown_reader"),
-    ReaderUnavailableError: (422, "reader_unavailable"),
-    UnknownAdapterError: (422, "unknown_adapter"),
-    InvalidAdapterError: (422, "adapter_invalid"),
-    InvalidInputError: (422, "invalid_input"),
-    UnknownIndexError: (404, "unknown_index"),
-    UnknownJobError: (404, "unknown_job"),
-    UnknownVersionError: (404, "unknown_version"),
-    UnauthorizedError: (401, "unauthorized"),
-    ForbiddenError: (403, "forbidden"),
-    TooManyJobsError: (429, "too_many_jobs"),
-    OverloadedError: (429, "overloaded"),
-    DrainingError: (503, "draining"),
-    NotReadyError: (503, "not_ready"),
-    StorageUnavailableError: (503, "storage_unavailable"),
-    SupersededError: (409, "superseded"),
-    PartialReplicaError: (409, "partial_replica"),
-    ShardUnavailableError: (503, "shard_unavailable"),  # retriever/router.py
-    ShardsDisagreeError: (503, "shards_disagree"),  # a roll in progress: retry
-    ModelNotFoundError: (503, "model_unavailable"),  # a server-side configuration problem
-    DeadlineExceededError: (504, "deadline_exceeded"),
-    ClientGoneError: (499, "client_disconnected"),  # nobody reads it; nginx's code, for the logs
-    ArtifactError: (409, "artifact_invalid"),  # e.g. switching to a version that fails verification
-    RagserveError: (500, "internal_error"),
+# Looked up along the exception's MRO, so a subclass inherits its parent's status. The `code` of the
+# body is the class's own (ragserve/errors.py), so each code is defined once, there.
+STATUS: dict[type[RagserveError], int] = {
+    UnknownReaderError: 422,
+    ReaderUnavailableError: 422,
+    UnknownAdapterError: 422,
+    InvalidAdapterError: 422,
+    InvalidInputError: 422,
+    UnknownIndexError: 404,
+    UnknownJobError: 404,
+    UnknownVersionError: 404,
+    UnauthorizedError: 401,
+    ForbiddenError: 403,
+    TooManyJobsError: 429,
+    OverloadedError: 429,
+    DrainingError: 503,
+    NotReadyError: 503,
+    StorageUnavailableError: 503,
+    SupersededError: 409,
+    PartialReplicaError: 409,
+    ShardUnavailableError: 503,  # retriever/router.py
+    ShardsDisagreeError: 503,  # a roll in progress: retry
+    ModelNotFoundError: 503,  # a server-side configuration problem
+    DeadlineExceededError: 504,
+    ClientGoneError: 499,  # nobody reads it; nginx's code, for the logs
+    ArtifactError: 409,  # e.g. switching to a version that fails verification
+    RagserveError: 500,
 }
 RETRY_AFTER_S = 5  # what a not-ready or storage-failed server asks a client to wait
 
@@ -80,7 +82,7 @@ def error_body(code: str, message: str, detail: object = None) -> dict[str, obje
 
 def domain_response(exc: RagserveError) -> tuple[int, dict[str, object], dict[str, str]]:
     """(status, JSON body, headers) of a domain error: the one mapping, for routes and middleware."""
-    status, code = next(STATUS[cls] for cls in type(exc).__mro__ if cls in STATUS)
+    status = next(STATUS[cls] for cls in type(exc).__mro__ if cls in STATUS)
     if status >= 500 and status != 503:
         log.error("request failed: %s", exc)
     headers: dict[str, str] = {}
@@ -90,7 +92,7 @@ def domain_response(exc: RagserveError) -> tuple[int, dict[str, object], dict[st
         headers["Retry-After"] = str(exc.retry_after_s)
     elif status == 503:
         headers["Retry-After"] = str(RETRY_AFTER_S)
-    return status, error_body(code, str(exc)), headers
+    return status, error_body(exc.code, str(exc)), headers
 
 
 def _domain_error(_: Request, exc: Exception) -> JSONResponse:
@@ -120,7 +122,7 @@ def _validation_error(_: Request, exc: Exception) -> JSONResponse:
     ]
     summary = "; ".join(f"{'.'.join(str(p) for p in d['loc'])}: {d['msg']}" for d in problems)
     return JSONResponse(
-        error_body("invalid_request", summary or "invalid request", jsonable_encoder(problems)), status_code=422
+        error_body(InvalidRequestError.code, summary or "invalid request", jsonable_encoder(problems)), status_code=422
     )
 
 
@@ -153,7 +155,7 @@ def storage_error_classes() -> list[type[Exception]]:
 
 def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error", exc_info=exc)
-    return JSONResponse(error_body("internal_error", "internal error"), status_code=500)
+    return JSONResponse(error_body(RagserveError.code, "internal error"), status_code=500)
 
 
 def install_error_handlers(app: FastAPI) -> None:
