@@ -28,6 +28,7 @@ from ragserve.client import (
     error_response,
 )
 from ragserve.errors import (
+    DeadlineExceededError,
     ForbiddenError,
     InvalidRequestError,
     OverloadedError,
@@ -189,6 +190,18 @@ def test_connection_failures_are_retried_only_where_it_is_safe() -> None:
     with Client("http://stub", transport=transport) as client, pytest.raises(APIError) as err:
         client.job("a" * 32)
     assert err.value.status == 502 and err.value.code == "http_502"
+
+
+def test_a_stream_that_fails_or_stops_mid_way_raises() -> None:
+    citations = 'event: citations\ndata: {"citations": [], "index_version": "v"}\n\n: keep-alive\n\n'
+    failed = 'event: error\ndata: {"error": {"code": "deadline_exceeded", "message": "too slow"}}\n\n'
+    sse = {"content-type": "text/event-stream"}
+    transport, _ = stub(httpx.Response(200, text=citations + failed, headers=sse))
+    with Client("http://stub", transport=transport) as client, pytest.raises(DeadlineExceededError):
+        list(client.ask_stream("q"))
+    transport, _ = stub(httpx.Response(200, text=citations + 'event: token\ndata: {"text": "x"}\n\n', headers=sse))
+    with Client("http://stub", transport=transport) as client, pytest.raises(NetworkError, match="before its 'done'"):
+        list(client.ask_stream("q"))
 
 
 def test_a_server_that_does_not_answer_times_out() -> None:
