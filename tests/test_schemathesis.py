@@ -57,6 +57,7 @@ DICTIONARIES = {
     "adapter-path": [str(path) for _, path in sorted(ADAPTERS.items())] + ["/etc", "/nonexistent"],
     "version": ["20260101T120000Z-0123abcd"],  # well-formed, unknown
     "reader": ["stuff", "rag-token", "rag-sequence", "fusion", "fid"],
+    "model": ["ragserve", "stuff", "rag-token", "stuff+squad-lora", "stuff+none"],
 }
 BINDINGS = [  # (method, path, {parameter: (dictionary, probability)})
     ("POST", "/admin/indexes/{name}/refresh", {"path.name": ("index", 0.5), "body.version": ("version", 0.3)}),
@@ -78,6 +79,11 @@ CONFIG = schemathesis.Config.from_dict(
                 "include-name": "POST /v1/ask",
                 "generation": {"max-examples": ASK_EXAMPLES},
                 "parameters": {"body.reader": {"dictionary": "reader", "probability": 0.3}},
+            },
+            {
+                "include-name": "POST /v1/chat/completions",
+                "generation": {"max-examples": ASK_EXAMPLES},
+                "parameters": {"body.model": {"dictionary": "model", "probability": 0.5}},
             },
             *(
                 {
@@ -156,7 +162,7 @@ def json_error_body(ctx: schemathesis.CheckContext, response: schemathesis.Respo
 def test_the_fuzzed_schema_is_the_one_the_app_serves(fuzz_app: TestClient) -> None:
     assert fuzz_app.get("/openapi.json").json() == SPEC
     paths = {(method.upper(), path) for path, item in SPEC["paths"].items() for method in item}
-    assert len(paths) == 14 and ("DELETE", "/admin/adapters/{name}") in paths  # every route is fuzzed
+    assert len(paths) == 17 and ("DELETE", "/admin/adapters/{name}") in paths  # every route is fuzzed
 
 
 @schema.parametrize()
