@@ -66,7 +66,7 @@ def test_retrieve_returns_scored_passages(client: TestClient) -> None:
     assert next(p["doc_id"] for p in body["passages"]) == "ferment"
     assert len(body["passages"]) == 2
     assert body["passages"][0]["score"] >= body["passages"][1]["score"]
-    assert set(body["passages"][0]) == {"chunk_id", "doc_id", "title", "score", "text"}
+    assert set(body["passages"][0]) == {"chunk_id", "doc_id", "title", "score", "text", "metadata"}
 
 
 @pytest.mark.parametrize("retrieval", ["dense", "sparse", "hybrid"])

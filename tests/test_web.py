@@ -10,6 +10,7 @@ session storage) that records every request the page makes, and fails if one lea
 import http.client
 import os
 import re
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +27,9 @@ LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"]
 ANSWER_MS = 120_000  # a generated answer on two shared cores, with other tests running
 PUBLIC = ["/", "/ui/app.js", "/ui/app.css", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"]
 DOCS_ASSETS = ["swagger-ui-bundle.js", "swagger-ui.css", "redoc.standalone.js", "favicon.png"]
+LOCAL_SCHEMES = ("data:", "blob:")  # ReDoc searches in a worker made from a blob
+CSP_FAILURES = ("csp", "net::ERR_BLOCKED_BY_CSP")
+REDOC_LOGO = {"https://cdn.redoc.ly/redoc/logo-mini.svg"}  # in ReDoc's sidebar, whatever its options
 
 # Records the answer's text each time it changes while it streams, and its state at the end.
 WATCH_ANSWER = """() => {
@@ -56,8 +60,10 @@ def test_the_page_and_the_docs_need_no_token(live_server: LiveServer) -> None:
         assert http.get("/admin/indexes").status_code == 401  # what the page fetches still needs one
         assert http.get("/ui/index.html").status_code == 404  # the page only at /, with its headers
         page = http.get("/")
+        docs = [http.get(path).headers["content-security-policy"] for path in ("/docs", "/redoc")]
     policy = page.headers["content-security-policy"]
     assert "script-src 'self'" in policy and "connect-src 'self'" in policy and "frame-ancestors 'none'" in policy
+    assert all("img-src 'self' data:" in p and "connect-src 'self'" in p for p in docs)
 
 
 def test_a_dot_dot_below_the_assets_reaches_nothing_private(live_server: LiveServer) -> None:
@@ -114,12 +120,15 @@ def page(browser: Any, live_server: LiveServer) -> Iterator[Any]:
     page = context.new_page()
     requested: list[str] = []
     page.on("request", lambda request: requested.append(request.url))
+    blocked: list[str] = []  # stopped in the browser by the page's Content-Security-Policy: never sent
+    page.on("requestfailed", lambda request: request.failure in CSP_FAILURES and blocked.append(request.url))
     failed: list[str] = []
     page.on("pageerror", lambda error: failed.append(str(error)))
     yield page
     context.close()
-    outside = [u for u in requested if not u.startswith(("data:", "blob:")) and urlsplit(u).hostname != "127.0.0.1"]
-    assert not outside, f"requests that left the machine: {outside}"
+    outside = [u for u in requested if not u.startswith(LOCAL_SCHEMES) and urlsplit(u).hostname != "127.0.0.1"]
+    assert not [u for u in outside if u not in blocked], f"requests that left the machine: {outside}"
+    assert set(outside) <= REDOC_LOGO, outside  # the one thing the policy has to stop
     assert not failed, f"errors in the page's scripts: {failed}"
 
 
@@ -215,12 +224,70 @@ def test_a_pasted_document_is_ingested_and_cited(page: Any, live_server: LiveSer
     assert "Fenwick" in answer
 
 
+def test_uploaded_files_are_ingested_and_a_skipped_one_is_listed(page: Any, live_server: LiveServer) -> None:
+    open_page(page)
+    page.fill("#token", live_server.admin_token)
+    page.press("#token", "Enter")
+    name = f"web-upload-{uuid.uuid4().hex[:8]}"
+    note = b"The Quillfen observatory on Mount Arvel was founded in 1887 by the astronomer Henrike Sollas."
+    page.set_input_files(
+        "#files",
+        files=[
+            {"name": f"{name}.txt", "mimeType": "text/plain", "buffer": note},
+            {"name": f"{name}.png", "mimeType": "image/png", "buffer": b"\x89PNG\r\n\x1a\n"},
+        ],
+    )
+    page.click("#upload-button")
+    page.wait_for_selector("#upload-result ul.skipped li")
+    assert f"{name}.png" in page.text_content("#upload-result ul.skipped")
+    assert "1 document(s) queued" in page.text_content("#upload-result")
+    page.locator("li.job[data-state=done]", has_text="upload of 2 file(s)").wait_for(timeout=ANSWER_MS)
+    ask(page, "Who founded the Quillfen observatory?", extractive=True)
+    cited = page.eval_on_selector_all("li.citation", "items => items.map(i => i.dataset.docId)")
+    assert any(doc_id.startswith(name) for doc_id in cited), cited
+
+
+def test_a_refresh_and_a_rollback_from_the_index_panel(page: Any, live_server: LiveServer) -> None:
+    # the shared server ends where it began: serving the version it served, its documents all there
+    ingest_one(live_server, f"web-refresh-{uuid.uuid4().hex[:8]}")  # a delta to compact, whatever ran before
+    open_page(page)
+    page.fill("#token", live_server.admin_token)
+    page.press("#token", "Enter")
+    page.wait_for_selector("#versions tbody tr.serving")
+    before = str(page.text_content("#versions tbody tr.serving td.id"))
+    count = page.locator("#versions tbody tr").count()
+    delta = page.locator("#index-summary dt", has_text="Delta").locator("xpath=following-sibling::dd[1]")
+    assert re.fullmatch(r"[1-9]\d* chunks", str(delta.text_content())), delta.text_content()  # the new document
+    page.click("#refresh-button")
+    page.locator("li.job[data-state=done]", has_text="refresh").wait_for(timeout=ANSWER_MS)
+    page.wait_for_function(f"document.querySelectorAll('#versions tbody tr').length > {count}")
+    assert page.text_content("#versions tbody tr.serving td.id") != before
+    page.click(f"button[aria-label='Roll back to version {before}']")
+    page.wait_for_selector("#manage-note:not([hidden])")
+    assert f"Serving {before}" in page.text_content("#manage-note")
+    assert page.text_content("#versions tbody tr.serving td.id") == before
+    assert before in page.text_content("#server-status")
+
+
+def ingest_one(live_server: LiveServer, doc_id: str) -> None:
+    auth = {"Authorization": f"Bearer {live_server.admin_token}"}
+    with httpx.Client(base_url=live_server.base_url, headers=auth, timeout=30) as http:
+        doc = {"id": doc_id, "title": "Refresh", "text": "The Ardent mill grinds rye on Tuesdays."}
+        job_id = http.post("/v1/documents", json={"upsert": [doc]}).json()["job_id"]
+        deadline = time.monotonic() + ANSWER_MS / 1000
+        while http.get(f"/v1/jobs/{job_id}").json()["state"] not in ("done", "failed"):
+            assert time.monotonic() < deadline, "the ingestion job did not finish"
+            time.sleep(0.05)
+
+
 def test_the_api_docs_render_offline(page: Any) -> None:
     page.goto("/docs")
     page.locator(".swagger-ui .info .title", has_text="ragserve").wait_for()
     page.locator(".opblock-summary-path", has_text="/v1/ask").first.wait_for()
-    page.goto("/redoc")
-    page.locator("h1", has_text="ragserve").first.wait_for()
+    with page.expect_event("requestfailed", lambda request: request.url in REDOC_LOGO) as logo:
+        page.goto("/redoc")
+        page.locator("h1", has_text="ragserve").first.wait_for()
+    assert logo.value.failure in CSP_FAILURES  # stopped by the docs' policy before it was sent
     page.get_by_text("/v1/ask").first.wait_for(state="attached")
 
 

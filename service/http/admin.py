@@ -55,6 +55,10 @@ class IndexOut(BaseModel):
     served_shards: list[int] = Field(
         description="The shards of the serving version this replica serves ([0]: unsharded)."
     )
+    delta_chunks: int = Field(
+        description="Chunks in this replica's delta: changes since the serving version, searched beside it until a "
+        "refresh compacts them (compact_after_chunks)."
+    )
     versions: list[VersionInfo]
 
 
@@ -121,6 +125,7 @@ def build_admin_router() -> APIRouter:
             head_seq=head,
             replicas=replicas,
             served_shards=indexes.served_shards,
+            delta_chunks=indexes.delta_chunks,
             versions=indexes.versions(name),
         )
         return IndexList(indexes=[out])

@@ -353,10 +353,10 @@ async function loadIndexes(quiet = false) {
   $("index-name").textContent = `${index.name} · store ${index.store}`;
   const summary = [
     ["Serving", index.serving || "none"],
+    ["Delta (changes since the serving version)", `${index.delta_chunks} chunks`],
     ["Document changes acknowledged", index.head_seq],
     ["Shards served", index.served_shards.length === 1 && index.served_shards[0] === 0 ? "unsharded" : index.served_shards.join(", ")],
   ];
-  if (index.delta_chunks !== undefined) summary.push(["Delta size", `${index.delta_chunks} chunks`]);
   $("index-summary").replaceChildren(...summary.flatMap(([k, v]) => [element("dt", "", k), element("dd", "", String(v))]));
   $("versions").tBodies[0].replaceChildren(...index.versions.map((v) => versionRow(v)));
   $("replicas").tBodies[0].replaceChildren(
@@ -497,8 +497,8 @@ async function upload(event) {
   result.textContent = `Uploading ${files.length} file(s)…`;
   try {
     const created = await api("POST", "/v1/documents/files", { form });
-    showSkipped(result, files.length, created.skipped);
-    if (created.job_id) trackJob(created.job_id, `upload of ${files.length} file(s)`);
+    showSkipped(result, files.length, created);
+    trackJob(created.job_id, `upload of ${files.length} file(s)`);
     event.target.reset();
   } catch (error) {
     result.textContent = "";
@@ -506,15 +506,13 @@ async function upload(event) {
   }
 }
 
-// `skipped`: {file: reason}, or a list of {file|name|path, reason}.
-function showSkipped(result, sent, skipped) {
-  const entries = Array.isArray(skipped)
-    ? skipped.map((s) => [s.file || s.name || s.path || s.source || "?", s.reason || s.error || ""])
-    : Object.entries(skipped || {});
-  const head = element("p", "", `${sent} file(s) sent; ${entries.length} skipped.`);
+// The upload's answer: {job_id, documents, skipped: [{file, reason}]}.
+function showSkipped(result, sent, created) {
+  const skipped = created.skipped || [];
+  const head = element("p", "", `${sent} file(s) sent: ${created.documents} document(s) queued, ${skipped.length} skipped.`);
   const list = element("ul", "skipped");
-  list.append(...entries.map(([name, why]) => element("li", "", `${name}: ${why}`)));
-  result.replaceChildren(head, ...(entries.length ? [list] : []));
+  list.append(...skipped.map((s) => element("li", "", `${s.file}: ${s.reason}`)));
+  result.replaceChildren(head, ...(skipped.length ? [list] : []));
 }
 
 // --- the token, and start-up -------------------------------------------------------------------
