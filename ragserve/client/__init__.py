@@ -10,7 +10,7 @@ server raised (ragserve/errors.py).
 """
 
 from ragserve.client._async import AsyncClient
-from ragserve.client._core import DEFAULT_TIMEOUT
+from ragserve.client._core import DEFAULT_BATCH_SIZE, DEFAULT_TIMEOUT
 from ragserve.client._errors import (
     APIError,
     ErrorResponse,
@@ -45,6 +45,7 @@ from ragserve.client._types import (
 )
 
 __all__ = [
+    "DEFAULT_BATCH_SIZE",
     "DEFAULT_TIMEOUT",
     "APIError",
     "Adapter",

@@ -163,6 +163,7 @@ class Index:
     replicas: tuple[Replica, ...]
     served_shards: tuple[int, ...]
     versions: tuple[IndexVersion, ...]
+    delta_chunks: int = 0  # chunks in the answering replica's delta (changes since the serving version)
 
     @classmethod
     def of(cls, data: Mapping[str, Any]) -> "Index":

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 from typing import TypeAlias
 
+from ragserve.client import DEFAULT_BATCH_SIZE
 from ragserve.types import RetrievalMode
 from reader.train_config import AdapterTrainConfig as ReaderTrainConfig
 from reader.train_config import RetroTrainConfig
@@ -162,7 +163,9 @@ def _ingest(sub: Sub) -> None:
     ingest.add_argument("paths", type=Path, nargs="+", help=f"{FORMATS} files and folders")
     _csv_options(ingest)
     _server_options(ingest, "admin token")
-    ingest.add_argument("--batch", type=int, default=64, help="documents per job (default: %(default)s)")
+    ingest.add_argument(
+        "--batch", type=int, default=DEFAULT_BATCH_SIZE, help="documents per job (default: %(default)s)"
+    )
     ingest.add_argument("--no-wait", action="store_true", help="return once the jobs are acknowledged")
     ingest.add_argument("--no-progress", action="store_true")
     ingest.set_defaults(func=commands.cmd_ingest)
