@@ -257,7 +257,7 @@ def test_cli_ask_prints_the_answer_citations_and_version(live_server: LiveServer
 
 def test_cli_ingest_sends_files_as_jobs(live_server: LiveServer, tmp_path: Path) -> None:
     corpus = tmp_path / "notes.jsonl"
-    corpus.write_text(json.dumps({"id": "client-test-cli", "text": "The Gorsby ferry leaves at dawn."}) + "\n")
+    corpus.write_text(json.dumps({"id": "client-test-cli", "text": "The Gorsby tram leaves the depot at dawn."}) + "\n")
     done = cli(
         "ingest", str(corpus), "--url", live_server.base_url, "--token", live_server.admin_token, "--no-progress"
     )

@@ -202,9 +202,9 @@ def ask_schema(spec: dict[str, Any]) -> dict[str, Any]:
 def test_a_pasted_document_is_ingested_and_cited(page: Any, live_server: LiveServer) -> None:
     open_page(page)
     doc_id = f"web-{uuid.uuid4().hex[:8]}"
-    fact = "The Plimsoll lighthouse on Carrow Point was painted violet in 1904 by its keeper Odalys Fenwick."
+    fact = "The Quorrel windmill at Dunmere Cross was thatched in 1904 by the miller Odalys Fenwick."
     page.fill("#doc-id", doc_id)
-    page.fill("#doc-title", "Plimsoll lighthouse")
+    page.fill("#doc-title", "Quorrel windmill")
     page.fill("#doc-text", fact)
     page.click("#paste-button")  # no token yet: the server's JSON error, shown
     page.wait_for_selector("#manage-error:not([hidden])")
@@ -219,7 +219,7 @@ def test_a_pasted_document_is_ingested_and_cited(page: Any, live_server: LiveSer
     job = page.locator(f"li.job[data-state=done] >> text={doc_id}")
     job.wait_for(timeout=ANSWER_MS)
     assert "upserts" in job.text_content()
-    answer = ask(page, "Who painted the Plimsoll lighthouse?", extractive=True)
+    answer = ask(page, "Who thatched the Quorrel windmill?", extractive=True)
     assert page.locator(f"li.citation[data-doc-id={doc_id}]").count() == 1
     assert "Fenwick" in answer
 
