@@ -152,23 +152,37 @@ def test_the_answer_decoder_drops_cancelled_requests_and_keeps_the_others(genera
         with cancel.current_request(before), pytest.raises(ClientGoneError):
             decoder.greedy(prompt, 12)  # dropped before its prefill
 
+        # The long answer is 17 tokens: it is cancelled from its own 4th token on (a deadline passing
+        # mid-answer), after the neighbour has queued at its 2nd, so the two share the batch then.
         running = cancel.Cancellation()
         outcome: dict[str, object] = {}
+        neighbour: list[int] = []
+        helper = threading.Thread(target=lambda: neighbour.extend(decoder.greedy(prompt, 12)))
+        seen = 0
+
+        def on_token(_: int) -> None:  # on the decoder's thread, between two steps
+            nonlocal seen
+            seen += 1
+            if seen == 2:
+                helper.start()
+                while decoder._queue.qsize() == 0:  # queued: it is prefilled and merged before the next step
+                    time.sleep(0.001)
+            elif seen == 4:
+                running.cancel(cancel.DEADLINE)
 
         def long_answer() -> None:
             with cancel.current_request(running):
                 try:
-                    outcome["tokens"] = decoder.greedy(prompt, 400)
+                    outcome["tokens"] = decoder.greedy(prompt, 400, on_token=on_token)
                 except DeadlineExceededError as exc:
                     outcome["error"] = exc
 
         worker = threading.Thread(target=long_answer)
         worker.start()
-        time.sleep(0.3)
-        neighbour = decoder.greedy(prompt, 12)  # shares the batch with the long one
-        running.cancel(cancel.DEADLINE)
-        worker.join(timeout=5)
-        assert not worker.is_alive() and isinstance(outcome.get("error"), DeadlineExceededError)
+        worker.join(timeout=30)
+        helper.join(timeout=30)
+        assert not worker.is_alive() and isinstance(outcome.get("error"), DeadlineExceededError), outcome
+        assert seen == 4  # it left the batch at the step after its cancellation
         assert neighbour == alone
         assert decoder.greedy(prompt, 12) == alone  # the decoder goes on
     finally:
