@@ -162,8 +162,11 @@ class Completion:
 
     def chunk(self, delta: dict[str, str], finish: str | None = None, **extra: Any) -> bytes:
         choice = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
-        head = {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model}
-        return data({**head, "choices": [choice], **extra})
+        return data({**self._head(), "choices": [choice], **extra})
+
+    def _head(self) -> dict[str, object]:
+        """What every chunk of this completion starts with."""
+        return {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model}
 
     async def chunks(self, events: AsyncIterator[Event | None], include_usage: bool) -> AsyncIterator[bytes]:
         """The role, the answer's text as it is decoded, its sources, the end (with `citations` and
@@ -182,15 +185,8 @@ class Completion:
                 answer = AskResponse.of(result).model_dump()
                 yield self.chunk({}, reason, citations=answer["citations"], ragserve=answer)
                 if include_usage:
-                    head = {"id": self.id, "object": "chat.completion.chunk", "created": self.created}
-                    yield data(
-                        {
-                            **head,
-                            "model": self.model,
-                            "choices": [],
-                            "usage": usage(result, self.question, self.engine).model_dump(),
-                        }
-                    )
+                    counts = usage(result, self.question, self.engine).model_dump()
+                    yield data({**self._head(), "choices": [], "usage": counts})
             elif isinstance(event, Failed):
                 yield data(error_data(event.error))
         yield b"data: [DONE]\n\n"
