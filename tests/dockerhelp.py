@@ -77,6 +77,12 @@ def image(engine: None) -> str:
     return make_image(IMAGE, "cpu_build")
 
 
+def disk_left() -> str:
+    """Free space where the engine keeps its images, for a failed build's message."""
+    root = docker("info", "--format", "{{.DockerRootDir}}", check=False).stdout.strip() or "/var/lib/docker"
+    return f"\n{shutil.disk_usage(root).free / 2**30:.1f} GiB free under {root}"
+
+
 def make_image(tag: str, figure: str, *options: str) -> str:
     """`make image` of `tag` on the local base, its build time and size recorded under `figure`."""
     started = time.monotonic()
@@ -87,7 +93,10 @@ def make_image(tag: str, figure: str, *options: str) -> str:
         text=True,
         timeout=1800,
     )
-    assert build.returncode == 0, build.stdout[-4000:] + build.stderr[-4000:]
+    # The build stage (the wheelhouse and a second copy of the environment, ~4 GB) is of no use once
+    # the image is tagged: removed at once, so two images fit on a machine with a small disk.
+    docker("image", "prune", "--force", "--filter", "label=io.ragserve.stage=build", check=False)
+    assert build.returncode == 0, build.stdout[-4000:] + build.stderr[-4000:] + disk_left()
     FIGURES[f"{figure}_s"] = time.monotonic() - started
     FIGURES[f"{figure.removesuffix('_build')}_image_bytes"] = int(
         docker("image", "inspect", "-f", "{{.Size}}", tag).stdout
