@@ -107,6 +107,18 @@ class UnknownJobError(RagserveError):
     code = "unknown_job"
 
 
+class UnknownEditError(RagserveError):
+    """An edit id that does not exist (or, to delete, is deleted already)."""
+
+    code = "unknown_edit"
+
+
+class TooManyEditsError(RagserveError):
+    """The edit memory holds its maximum of live edits (setting `max_edits`)."""
+
+    code = "too_many_edits"
+
+
 class OverloadedError(RagserveError):
     """The server is at its admission limit (requests in service and queued); retry later."""
 

@@ -32,6 +32,7 @@ MIGRATION_LOCK = 0x72616773  # the advisory lock migrations run under ('rags')
 # advisory lock namespaces (the first key of pg_advisory_xact_lock(int, int)); the second is hashtext(index)
 DOCUMENTS_LOCK = 1
 JOBS_LOCK = 2
+EDITS_LOCK = 3
 CONNECT_TIMEOUT_S = 10
 # Text in UTF-8 whatever the database's encoding: psycopg hands text of a SQL_ASCII database (the
 # default of an initdb without a locale) back as bytes, which no store expects.

@@ -16,6 +16,7 @@ from ragserve.types import Precision, RetrievalMode
 from retriever.registry import INDEX_NAME
 from retriever.shards import MAX_SHARDS
 from service.application.adapters import ADAPTER_NAME
+from service.settings_answers import AnswerSettings
 
 
 def _is_loopback(host: str) -> bool:
@@ -27,7 +28,7 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-class Settings(BaseSettings):
+class Settings(BaseSettings, AnswerSettings):
     model_config = SettingsConfigDict(env_prefix="RAGSERVE_", extra="forbid")
 
     # --- where things live -------------------------------------------------------------------

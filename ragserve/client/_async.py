@@ -35,6 +35,7 @@ from ragserve.client._types import (
     Answer,
     DefaultAdapter,
     DoneEvent,
+    Edit,
     Index,
     IngestResult,
     Job,
@@ -95,10 +96,14 @@ class AsyncClient:
         retrieval: RetrievalMode | str | None = None,
         extractive: bool | None = None,
         adapter: str | None = None,
+        abstain: bool | None = None,
+        edits: bool | None = None,
     ) -> Answer:
         """An answer from the indexed documents, with its citations; options left None keep the
-        server's defaults."""
+        server's defaults. `abstain`: refuse when the passages do not support an answer; `edits`
+        False: ignore the edit memory."""
         options = {"top_k": top_k, "reader": reader, "retrieval": retrieval, "extractive": extractive}
+        options |= {"abstain": abstain, "edits": edits}
         return await self._run(_ops.ask(question, adapter=adapter, **options))
 
     async def ask_stream(
@@ -212,6 +217,31 @@ class AsyncClient:
     async def set_default_adapter(self, name: str) -> DefaultAdapter:
         """The adapter of requests that name none ('none': the base model), until the server restarts."""
         return await self._run(_ops.set_default_adapter(name))
+
+    # --- the edit memory (admin token) -------------------------------------------------------
+
+    async def create_edit(
+        self, question: str, answer: str, *, statement: str | None = None, note: str | None = None
+    ) -> Edit:
+        """Correct one fact: `question` (and its paraphrases) are answered `answer` from now on."""
+        return await self._run(_ops.create_edit(question, answer, statement, note))
+
+    async def edits(self, *, include_deleted: bool = False) -> tuple[Edit, ...]:
+        """Every live edit (with the deleted ones: the audit trail), page after page."""
+        found: list[Edit] = []
+        after: str | None = None
+        while True:
+            page, after = await self._run(_ops.edits_page(include_deleted, after))
+            found += page
+            if after is None:
+                return tuple(found)
+
+    async def edit(self, edit_id: str) -> Edit:
+        return await self._run(_ops.get_edit(edit_id))
+
+    async def delete_edit(self, edit_id: str) -> Edit:
+        """Undo an edit: its questions are answered from the documents again."""
+        return await self._run(_ops.delete_edit(edit_id))
 
     # --- operations --------------------------------------------------------------------------
 

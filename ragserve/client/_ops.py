@@ -12,6 +12,7 @@ from ragserve.client._types import (
     Adapters,
     Answer,
     DefaultAdapter,
+    Edit,
     Index,
     Job,
     Readiness,
@@ -59,6 +60,32 @@ def refresh(name: str, version: str | None) -> Op[str]:
 def rollback(name: str, version: str) -> Op[Switch]:
     call = Call("POST", f"/admin/indexes/{segment(name)}/rollback", {"version": version})
     return Op(call, lambda r: Switch.of(r.json()))
+
+
+def create_edit(question: str, answer: str, statement: str | None, note: str | None) -> Op[Edit]:
+    body = {"question": question, "answer": answer, "statement": statement, "note": note}
+    call = Call("POST", "/v1/edits", {k: v for k, v in body.items() if v is not None}, idempotent=False)
+    return Op(call, lambda r: _known(Edit, r.json()))
+
+
+def edits_page(include_deleted: bool, after: str | None) -> Op[tuple[tuple[Edit, ...], str | None]]:
+    """One page of GET /v1/edits: its edits and the `after` of the next (None: the last)."""
+    params = f"?include_deleted={str(include_deleted).lower()}" + (f"&after={segment(after)}" if after else "")
+    return Op(Call("GET", "/v1/edits" + params), _page)
+
+
+def _page(response: httpx.Response) -> tuple[tuple[Edit, ...], str | None]:
+    body = response.json()
+    return tuple(_known(Edit, e) for e in body["edits"]), body["next"]
+
+
+def get_edit(edit_id: str) -> Op[Edit]:
+    return Op(Call("GET", f"/v1/edits/{segment(edit_id)}"), lambda r: _known(Edit, r.json()))
+
+
+def delete_edit(edit_id: str) -> Op[Edit]:
+    call = Call("DELETE", f"/v1/edits/{segment(edit_id)}", idempotent=False)  # twice: unknown the 2nd time
+    return Op(call, lambda r: _known(Edit, r.json()))
 
 
 def adapters() -> Op[Adapters]:

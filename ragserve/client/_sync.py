@@ -33,6 +33,7 @@ from ragserve.client._types import (
     Answer,
     DefaultAdapter,
     DoneEvent,
+    Edit,
     Index,
     IngestResult,
     Job,
@@ -89,10 +90,14 @@ class Client:
         retrieval: RetrievalMode | str | None = None,
         extractive: bool | None = None,
         adapter: str | None = None,
+        abstain: bool | None = None,
+        edits: bool | None = None,
     ) -> Answer:
         """An answer from the indexed documents, with its citations; options left None keep the
-        server's defaults."""
+        server's defaults. `abstain`: refuse when the passages do not support an answer; `edits`
+        False: ignore the edit memory."""
         options = {"top_k": top_k, "reader": reader, "retrieval": retrieval, "extractive": extractive}
+        options |= {"abstain": abstain, "edits": edits}
         return self._run(_ops.ask(question, adapter=adapter, **options))
 
     def ask_stream(
@@ -206,6 +211,29 @@ class Client:
     def set_default_adapter(self, name: str) -> DefaultAdapter:
         """The adapter of requests that name none ('none': the base model), until the server restarts."""
         return self._run(_ops.set_default_adapter(name))
+
+    # --- the edit memory (admin token) -------------------------------------------------------
+
+    def create_edit(self, question: str, answer: str, *, statement: str | None = None, note: str | None = None) -> Edit:
+        """Correct one fact: `question` (and its paraphrases) are answered `answer` from now on."""
+        return self._run(_ops.create_edit(question, answer, statement, note))
+
+    def edits(self, *, include_deleted: bool = False) -> tuple[Edit, ...]:
+        """Every live edit (with the deleted ones: the audit trail), page after page."""
+        found: list[Edit] = []
+        after: str | None = None
+        while True:
+            page, after = self._run(_ops.edits_page(include_deleted, after))
+            found += page
+            if after is None:
+                return tuple(found)
+
+    def edit(self, edit_id: str) -> Edit:
+        return self._run(_ops.get_edit(edit_id))
+
+    def delete_edit(self, edit_id: str) -> Edit:
+        """Undo an edit: its questions are answered from the documents again."""
+        return self._run(_ops.delete_edit(edit_id))
 
     # --- operations --------------------------------------------------------------------------
 

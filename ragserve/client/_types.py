@@ -63,6 +63,9 @@ class Answer:
     probability: float | None = None
     evidence: Evidence | None = None
     adapter: str | None = None
+    edit_id: str | None = None  # the edit the answer came from (cited first); None: the documents
+    abstained: bool = False  # the passages do not support an answer: `answer` is the refusal text
+    support: float | None = None  # p(the passages answer the question), when abstention was on
     timings_ms: Mapping[str, float] = field(default_factory=dict)
 
     @classmethod
@@ -74,6 +77,25 @@ class Answer:
             citations=tuple(_known(Citation, c) for c in data["citations"]),
             evidence=_known(Evidence, evidence) if evidence else None,
         )
+
+
+@dataclass(frozen=True)
+class Edit:
+    """A correction in the edit memory (POST /v1/edits); deleted ones have `deleted_at`."""
+
+    edit_id: str
+    question: str
+    answer: str
+    created_by: str
+    created_at: float
+    statement: str | None = None
+    note: str | None = None
+    deleted_by: str | None = None
+    deleted_at: float | None = None
+
+    @property
+    def live(self) -> bool:
+        return self.deleted_at is None
 
 
 @dataclass(frozen=True)

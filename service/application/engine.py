@@ -1,8 +1,8 @@
 """Question answering = retrieve, then read. Knows only the abstract boundaries (no torch)."""
 
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Protocol
 
 from ragserve.cancel import Cancellation, current_request
@@ -15,6 +15,7 @@ from service.application.adapters import NO_ADAPTER, AdapterManager
 
 if TYPE_CHECKING:
     from reader.adapters import Adapter
+    from service.application.edits import EditMatch
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +29,9 @@ class AskResult:
     weights: list[float | None] = field(default_factory=list)  # per passage, aligned
     evidence: Evidence | None = None  # extractive answers: the passage span it was copied from
     adapter: str | None = None  # the adapter the answer ran with
+    edit_id: str | None = None  # the edit the answer came from (its passage is cited first)
+    abstained: bool = False  # the passages do not support an answer: `answer` is the refusal text
+    support: float | None = None  # p(the passages answer the question), when it was judged
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +41,33 @@ class ReadPlan:
     reader: Reader
     extractive: bool
     adapter: "Adapter | None"
+
+
+class EditLookup(Protocol):
+    def match(self, query: str) -> "EditMatch | None":
+        """The edit whose scope the query falls in (service/application/edits.py), or None."""
+
+
+class SupportJudge(Protocol):
+    def probability(self, question: str, passages: Sequence[Passage], mode: RetrievalMode) -> float:
+        """Calibrated p(the passages answer the question), from retrieval alone (retriever/support.py)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Abstention:
+    """When an answer is refused (from the settings `abstain*` and `refusal_text`)."""
+
+    judge: SupportJudge
+    thresholds: Mapping[RetrievalMode, float]  # abstain below this support, per retrieval mode
+    default_mode: RetrievalMode  # the mode of requests that name none
+    refusal: str
+    enabled: bool  # for requests that do not say
+
+    def judged(self, question: str, found: SearchResult, mode: RetrievalMode | None) -> tuple[bool, float]:
+        """(abstain?, support) for the passages found."""
+        mode = mode or self.default_mode
+        support = self.judge.probability(question, found.passages, mode)
+        return support < self.thresholds[mode], support
 
 
 class AskListener(Protocol):
@@ -75,7 +106,13 @@ class QAEngine:
         extractive: bool = False,
         adapters: AdapterManager | None = None,
         count_tokens: Callable[[str], int] | None = None,
+        edits: EditLookup | None = None,
+        abstention: Abstention | None = None,
+        edit_answers: str = "edit",
     ) -> None:
+        self.edits = edits
+        self.abstention = abstention
+        self.edit_answers = edit_answers  # "edit": the edit's answer as it is; "reader": read with the edit first
         self.extractive = extractive  # the default when a request does not say
         self.adapters = adapters
         self._count_tokens = count_tokens
@@ -133,26 +170,86 @@ class QAEngine:
         cancellation: Cancellation | None = None,
         listener: AskListener | None = None,
         retrieval_query: str | None = None,
+        abstain: bool | None = None,
+        use_edits: bool = True,
     ) -> AskResult:
         """An answer from the top_k passages. `extractive` and `adapter_name` None mean the server's
         defaults, which readers that cannot copy answers or run adapters answer without; asking
         such a reader for either explicitly is an error. Once `cancellation` is set (deadline,
         client gone) the work stops at the next stage or decoding step with its error. A
         `listener` follows the answer as it is made (a streamed answer); `retrieval_query`, when
-        given, is what is searched for instead of the question (a chat's earlier turns)."""
+        given, is what is searched for instead of the question (a chat's earlier turns).
+
+        A question in the scope of an edit is answered from it (`use_edits`); any other is
+        answered from the passages, or refused when they do not support an answer (`abstain`;
+        None: the server's default)."""
         started = time.perf_counter()
         plan = self.plan(reader_name, extractive, adapter_name)  # fail fast, before any work
         relay = _Relay(listener) if listener is not None else None
         with current_request(cancellation), streaming_to(relay):
+            looked = time.perf_counter()
+            matched = self.edits.match(question) if self.edits is not None and use_edits else None
+            looked_ms = (time.perf_counter() - looked) * 1000
             found = self.retriever.search(retrieval_query or question, top_k, mode)
+            if self.edits is not None and use_edits:
+                found.timings_ms["edits"] = looked_ms
+            if matched is not None:
+                found = replace(found, passages=[matched.passage(), *found.passages[: max(0, top_k - 1)]])
             if listener is not None:
                 listener.retrieved(found)
             if cancellation is not None:
                 cancellation.check()  # before the prefill, the expensive part
-            result = self.read(question, found.passages, plan, found, started)
+            result = self._answer(question, plan, found, started, matched, abstain, mode)
         if relay is not None:
             relay.finish(result.answer)
         return result
+
+    def _answer(
+        self,
+        question: str,
+        plan: ReadPlan,
+        found: SearchResult,
+        started: float,
+        matched: "EditMatch | None",
+        abstain: bool | None,
+        mode: RetrievalMode | None,
+    ) -> AskResult:
+        if matched is not None:
+            if self.edit_answers == "edit":  # the counterfactual answer is the edit's own
+                return self._result(matched.edit.answer, found, plan, started, edit_id=matched.edit.id)
+            return replace(self.read(question, found.passages, plan, found, started), edit_id=matched.edit.id)
+        policy = self.abstention
+        if policy is not None and (policy.enabled if abstain is None else abstain):
+            refused, support = policy.judged(question, found, mode)
+            if refused:
+                return self._result(policy.refusal, found, plan, started, abstained=True, support=support)
+            return replace(self.read(question, found.passages, plan, found, started), support=support)
+        return self.read(question, found.passages, plan, found, started)
+
+    def _result(
+        self,
+        answer: str,
+        found: SearchResult,
+        plan: ReadPlan,
+        started: float,
+        edit_id: str | None = None,
+        abstained: bool = False,
+        support: float | None = None,
+    ) -> AskResult:
+        """An answer that no reader made (an edit's, a refusal), citing the passages found."""
+        timings = {**found.timings_ms, "total": (time.perf_counter() - started) * 1000}
+        weights: list[float | None] = [None] * len(found.passages)
+        return AskResult(
+            answer,
+            found.passages,
+            plan.reader.name,
+            found.index_version,
+            timings,
+            weights=weights,
+            edit_id=edit_id,
+            abstained=abstained,
+            support=support,
+        )
 
     def plan(self, reader_name: str | None, extractive: bool | None, adapter_name: str | None) -> ReadPlan:
         """The reader, answer mode and adapter a request gets (see `ask`), checked."""

@@ -19,7 +19,7 @@ from indexer.chunking import CHUNKER_VERSION, ChunkingConfig
 from indexer.sources import read_corpus
 from ragserve.compute import on_compute, use_compute_thread
 from ragserve.errors import ReaderUnavailableError
-from ragserve.types import Document
+from ragserve.types import Document, RetrievalMode
 from reader import builtin  # noqa: F401  (registers the built-in readers)
 from reader.base import Reader, ReaderConfig
 from reader.generator import Generator
@@ -35,7 +35,8 @@ from retriever.registry import IndexRegistry
 from retriever.sparse import BM25Params
 from retriever.version import SearchConfig, VersionRetriever
 from service.application.adapters import AdapterManager
-from service.application.engine import QAEngine
+from service.application.edits import EditMemory, EditPolicy
+from service.application.engine import Abstention, QAEngine
 from service.application.indexes import IndexManager
 from service.application.jobs import JobPolicy, Jobs
 from service.application.replicas import Following, Replica, new_replica_id
@@ -182,7 +183,11 @@ def make_adapters(settings: Settings, generator: Generator) -> AdapterManager:
 
 
 def make_engine(
-    settings: Settings, retriever: Retriever, generator: Generator, adapters: AdapterManager | None = None
+    settings: Settings,
+    retriever: Retriever,
+    generator: Generator,
+    adapters: AdapterManager | None = None,
+    edits: EditMemory | None = None,
 ) -> QAEngine:
     readers, unavailable = make_readers(settings, generator, retriever)
     adapters = adapters or make_adapters(settings, generator)
@@ -194,7 +199,26 @@ def make_engine(
         settings.extractive,
         adapters,
         count_tokens=lambda text: len(generator.text.encode(text)),
+        edits=edits,
+        abstention=make_abstention(settings),
+        edit_answers=settings.edit_answers,
     )
+
+
+def make_edits(settings: Settings, store: Store, encoder: Encoder) -> EditMemory:
+    """The edit memory of the index, caught up with its table (every live edit embedded now)."""
+    policy = EditPolicy(settings.edit_scope_threshold, settings.edit_candidates, settings.max_edits)
+    return EditMemory(store.edits, encoder.encode_queries, encoder.dimension, policy)
+
+
+def make_abstention(settings: Settings) -> Abstention:
+    """The support model and its thresholds: the setting's, else the one fitted for each mode."""
+    from retriever.support import SupportModel
+
+    model = SupportModel.load()
+    fixed = settings.abstain_threshold
+    thresholds = {mode: model.threshold(mode) if fixed is None else fixed for mode in RetrievalMode}
+    return Abstention(model, thresholds, settings.retrieval, settings.refusal_text, settings.abstain)
 
 
 def load_engine(settings: Settings, retriever: Retriever, generator: Generator | None = None) -> QAEngine:
@@ -285,9 +309,10 @@ def _serve(settings: Settings, encoder: Encoder, registry: IndexRegistry, store:
         served_elsewhere,
     )
     following = Following(settings.follow_poll_s, settings.heartbeat_s, settings.replica_timeout_s)
-    replica = Replica(replica_id, indexes, store.jobs, store.replicas, store.signals, following)
+    edits = make_edits(settings, store, encoder)
+    replica = Replica(replica_id, indexes, store.jobs, store.replicas, store.signals, following, (edits.catch_up,))
     jobs = Jobs(store.jobs, store.documents, indexes, settings.compact_after_chunks, job_policy(settings))
-    return Serving(indexes, jobs, replica, store)
+    return Serving(indexes, jobs, replica, store, edits)
 
 
 def job_policy(settings: Settings) -> JobPolicy:
@@ -307,7 +332,7 @@ def load_services(settings: Settings, encoder: Encoder | None = None, generator:
     if settings.query_batch_max > 1:  # concurrent requests' searches share embedding passes
         # Batches are tasks on the compute thread, between decoding steps.
         retriever = BatchedRetriever(retriever, settings.query_batch_max, settings.query_batch_wait_ms, on=compute)
-    engine = make_engine(settings, retriever, generator)
+    engine = make_engine(settings, retriever, generator, edits=serving.edits)
     return Services(engine=engine, serving=serving)
 
 

@@ -144,8 +144,10 @@ class Replica:
         board: ReplicaBoard,
         signals: Signals | None,
         following: Following,
+        followers: tuple[Callable[[], object], ...] = (),
     ) -> None:
         self.id = replica_id
+        self.followers = followers  # more tables to follow each round (the edit memory's catch_up)
         self.indexes = indexes
         self.queue = queue
         self.board = board
@@ -182,9 +184,11 @@ class Replica:
 
     def follow_once(self) -> None:
         """Serve the pointer's version if it changed (and say so at once); apply the changes the
-        delta lacks."""
+        delta lacks, and those of the other tables it follows (edits)."""
         switched = self.indexes.follow()
         self.indexes.catch_up()
+        for follow in self.followers:
+            follow()
         if switched is not None:
             self._beat()
 

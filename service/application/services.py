@@ -2,6 +2,7 @@
 
 from dataclasses import dataclass
 
+from service.application.edits import EditMemory
 from service.application.engine import QAEngine
 from service.application.indexes import IndexManager
 from service.application.jobs import Jobs
@@ -17,6 +18,7 @@ class Serving:
     jobs: Jobs
     replica: Replica
     store: Store
+    edits: EditMemory
 
     def stop(self, timeout_s: float = 30.0) -> bool:
         """Listed as draining; the job workers stop at a batch boundary (within `timeout_s`); the

@@ -1,5 +1,5 @@
 """Where the state of an index lives besides its artifacts: the document table (the change log),
-the job queue, the serving pointer and the replica list, on one of two stores.
+the edit table, the serving pointer and the replica list, on one of two stores.
 
 - SQLite (the default, nothing to run): one database file in the registry's directory of the index,
   and the pointer in its serving.json. Processes on one machine can share it.
@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from indexer.documents import DocumentStore, SqliteDocumentStore
+from indexer.edits import EditStore, SqliteEditStore
 from retriever.registry import IndexRegistry
 from service.application.jobqueue import JobQueue, SqliteJobQueue
 from service.application.pointer import FilePointer, ServingPointer
@@ -32,6 +33,7 @@ DOCUMENTS_FILE = "documents.sqlite"
 class Store:
     kind: str  # sqlite | postgresql
     documents: DocumentStore
+    edits: EditStore
     jobs: JobQueue
     pointer: ServingPointer
     replicas: ReplicaBoard
@@ -57,6 +59,7 @@ def sqlite_store(settings: Settings, registry: IndexRegistry, owner: str) -> Sto
     return Store(
         "sqlite",
         SqliteDocumentStore(path),
+        SqliteEditStore(path),
         SqliteJobQueue(path, settings.max_pending_jobs, owner, settings.replica_timeout_s),
         FilePointer(registry),
         SqliteReplicaBoard(path),
@@ -66,6 +69,7 @@ def sqlite_store(settings: Settings, registry: IndexRegistry, owner: str) -> Sto
 
 def postgres_store(settings: Settings, index_name: str, owner: str) -> Store:
     from indexer.pg_documents import PostgresDocumentStore
+    from indexer.pg_edits import PostgresEditStore
     from ragserve.postgres import Database
     from service.application.pg_jobqueue import PostgresJobQueue
     from service.application.pg_replicas import PostgresPointer, PostgresReplicaBoard, PostgresSignals
@@ -76,6 +80,7 @@ def postgres_store(settings: Settings, index_name: str, owner: str) -> Store:
         return Store(
             "postgresql",
             PostgresDocumentStore(db, index_name),
+            PostgresEditStore(db, index_name),
             PostgresJobQueue(db, index_name, settings.max_pending_jobs, owner, settings.replica_timeout_s),
             PostgresPointer(db, index_name),
             PostgresReplicaBoard(db, index_name),

@@ -329,6 +329,12 @@ def cmd_ask(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_edits(args: argparse.Namespace) -> int:
+    from service.cli.edits_client import edits_command
+
+    return edits_command(args)
+
+
 def _given(args: argparse.Namespace, *names: str) -> dict[str, Any]:
     """The options of `names` that were given on the command line (the others keep their defaults)."""
     return {name: getattr(args, name) for name in names if getattr(args, name) is not None}

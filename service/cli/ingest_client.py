@@ -71,6 +71,8 @@ def ask_question(args: argparse.Namespace) -> None:
         "retrieval": args.retrieval,
         "extractive": args.extractive,
         "adapter": args.adapter,
+        "abstain": args.abstain,
+        "edits": args.edits,
     }
     with Client(args.url, token=args.token) as client:
         if not args.stream:
@@ -101,6 +103,10 @@ def render(answer: Answer, text: bool = True) -> str:
         lines.append(f"[{n}] {c.doc_id}: {c.title or '(untitled)'}{page} (score {c.score:.3f})")
     adapter = f", adapter {answer.adapter}" if answer.adapter else ""
     lines.append(f"\nindex version {answer.index_version} (reader {answer.reader}{adapter})")
+    if answer.edit_id:
+        lines.append(f"answered from edit {answer.edit_id}")
+    if answer.abstained:
+        lines.append(f"abstained: the passages do not support an answer (support {answer.support:.2f})")
     return "\n".join(lines)
 
 

@@ -26,7 +26,7 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ragserve", description="Retrieval-augmented question answering service.")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     sub = p.add_subparsers(dest="command", required=True)
-    for add in (_serve, _index, _eval, _models, _ingest, _ask, _train, _token):
+    for add in (_serve, _index, _eval, _models, _ingest, _ask, _edits, _train, _token):
         add(sub)
     return p
 
@@ -182,7 +182,30 @@ def _ask(sub: Sub) -> None:
     ask.add_argument("--extractive", action="store_true", default=None, help="copy the answer from a passage")
     ask.add_argument("--adapter", help="reader adapter, or 'none' (default: the server's)")
     ask.add_argument("--json", action="store_true", help="the answer as JSON (with --stream: one event a line)")
+    ask.add_argument(
+        "--abstain",
+        action=argparse.BooleanOptionalAction,
+        help="refuse when the passages do not support an answer (default: the server's)",
+    )
+    ask.add_argument("--no-edits", dest="edits", action="store_false", default=None, help="ignore the edit memory")
     ask.set_defaults(func=commands.cmd_ask)
+
+
+def _edits(sub: Sub) -> None:
+    edits = sub.add_parser("edits", help="the edit memory of a running server (admin token)")
+    verbs = edits.add_subparsers(dest="action", required=True)
+    add = verbs.add_parser("add", help="correct one fact: QUESTION is answered ANSWER from now on")
+    add.add_argument("question")
+    add.add_argument("answer")
+    add.add_argument("--statement", help="the corrected fact as a sentence, cited (default: question + answer)")
+    add.add_argument("--note", help="why: a ticket, a source")
+    listing = verbs.add_parser("list", help="the live edits, one JSON object a line")
+    listing.add_argument("--all", action="store_true", help="deleted ones too (the audit trail)")
+    for verb, help_text in (("show", "one edit"), ("delete", "undo an edit")):
+        verbs.add_parser(verb, help=help_text).add_argument("edit_id")
+    for p in (add, listing, *(verbs.choices[v] for v in ("show", "delete"))):
+        _server_options(p, "admin token")
+        p.set_defaults(func=commands.cmd_edits)
 
 
 def _server_options(p: argparse.ArgumentParser, token: str) -> None:

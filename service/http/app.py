@@ -15,6 +15,7 @@ from service.http.admission import AdmissionCollector, AdmissionControl, Admissi
 from service.http.auth import Authentication
 from service.http.docs_assets import install_api_docs
 from service.http.documents import build_documents_router
+from service.http.edits import build_edits_router
 from service.http.errors import install_error_handlers
 from service.http.limits import BodySizeLimit
 from service.http.metrics import MetricsMiddleware
@@ -82,6 +83,7 @@ def create_app(settings: Settings, loader: Loader = _default_loader) -> FastAPI:
     app.include_router(build_openai_router(settings))
     app.include_router(build_admin_router())
     app.include_router(build_documents_router(settings))
+    app.include_router(build_edits_router(settings))
     install_pages(app)
     install_api_docs(app)
     # Outermost last: metrics see everything, authentication runs before any body is read, the

@@ -51,6 +51,8 @@ PUBLIC_PATHS = frozenset(
 PUBLIC_PREFIXES = (ASSETS_PATH + "/", DOCS_ASSETS_PATH + "/")  # static files, public as the pages that load them
 QUERY_PATHS = frozenset({"/v1/ask", "/v1/retrieve", "/v1/chat/completions", "/v1/models"})  # OpenAI's too
 WRITE_PATHS = frozenset({"/v1/documents", "/v1/documents/files"})  # a JSON batch, file uploads: admin
+EDITS_PATH = "/v1/edits"  # the edit memory, read or written: admin
+ACTOR = "actor"  # the key, in scope["state"], of who makes a request: "admin:<digest prefix>" or "local"
 
 
 def access_of(method: str, path: str) -> Access:
@@ -58,7 +60,9 @@ def access_of(method: str, path: str) -> Access:
         return Access.PUBLIC
     if path in QUERY_PATHS:
         return Access.QUERY
-    if path == "/admin" or path.startswith("/admin/") or (path in WRITE_PATHS and method != "GET"):
+    if path == "/admin" or path.startswith(("/admin/", EDITS_PATH + "/")) or path == EDITS_PATH:
+        return Access.ADMIN
+    if path in WRITE_PATHS and method != "GET":
         return Access.ADMIN
     return Access.READ  # job status, and anything unknown (deny by default)
 
@@ -136,6 +140,7 @@ class Authentication:
         if not (s.admin_token_sha256 or s.read_token_sha256):
             if access is Access.ADMIN:
                 self._local_only(scope)
+                scope.setdefault("state", {})[ACTOR] = "local"
             return
         headers = dict(scope["headers"])
         authorization = headers.get(b"authorization", b"").decode("latin-1") or None
@@ -143,6 +148,9 @@ class Authentication:
         if access is Access.ADMIN and granted is not Granted.ADMIN:
             hint = "" if s.admin_token_sha256 else " (none is configured: set admin_token_sha256)"
             raise ForbiddenError(f"this endpoint needs an admin token{hint}")
+        if access is Access.ADMIN:  # who: the token, by its digest's first characters (never the token)
+            digest = token_digest(authorization.partition(" ")[2].strip()) if authorization else ""
+            scope.setdefault("state", {})[ACTOR] = f"admin:{digest[:12]}"
 
     def _local_only(self, scope: Scope) -> None:
         client = scope.get("client")

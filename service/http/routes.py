@@ -38,7 +38,16 @@ def build_router(settings: Settings) -> APIRouter:
 
         def work(listener: AskListener | None = None) -> AskResult:
             return engine.ask(
-                req.question, req.top_k, req.reader, req.retrieval, req.extractive, req.adapter, cancellation, listener
+                req.question,
+                req.top_k,
+                req.reader,
+                req.retrieval,
+                req.extractive,
+                req.adapter,
+                cancellation,
+                listener,
+                abstain=req.abstain,
+                use_edits=req.edits,
             )
 
         def observe(result: AskResult) -> None:

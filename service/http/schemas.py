@@ -98,6 +98,15 @@ class AskResponse(BaseModel):
     evidence: EvidenceOut | None = Field(None, description="Extractive answers: where the answer was copied from.")
     reader: str
     adapter: str | None = Field(None, description="The adapter the answer ran with; null: the base model.")
+    edit_id: str | None = Field(
+        None, description="The edit the answer came from (cited first, `doc_id` 'edit:<id>'); null: the documents."
+    )
+    abstained: bool = Field(
+        False, description="The passages do not support an answer: `answer` is the refusal text, the closest cited."
+    )
+    support: float | None = Field(
+        None, description="Calibrated p(the passages answer the question), when abstention was on."
+    )
     index_version: str
     timings_ms: dict[str, float]
 
@@ -110,6 +119,9 @@ class AskResponse(BaseModel):
             evidence=EvidenceOut.of(result.passages, result.evidence),
             reader=result.reader,
             adapter=result.adapter,
+            edit_id=result.edit_id,
+            abstained=result.abstained,
+            support=result.support,
             index_version=result.index_version,
             timings_ms=result.timings_ms,
         )
@@ -129,6 +141,8 @@ class AskRequestBase(StrictModel):
     extractive: bool | None = None
     adapter: AdapterName | None = None
     stream: bool = False
+    abstain: bool | None = None
+    edits: bool = True
 
 
 class RetrieveRequestBase(StrictModel):
@@ -143,7 +157,7 @@ class RequestModels:
     retrieve: type[RetrieveRequestBase]
 
 
-def _not_blank(text: str) -> str:
+def not_blank(text: str) -> str:
     """Refuse text of separators and control characters alone (e.g. U+001F), which the
     whitespace strip above keeps but Python's `str.strip` and the tokenizer treat as nothing."""
     if not text.strip():
@@ -157,7 +171,7 @@ def request_models(settings: Settings) -> RequestModels:
     Text = Annotated[
         str,
         StringConstraints(strip_whitespace=True, min_length=1, max_length=settings.max_question_chars),
-        AfterValidator(_not_blank),
+        AfterValidator(not_blank),
     ]
 
     class AskRequest(AskRequestBase):
@@ -181,6 +195,14 @@ def request_models(settings: Settings) -> RequestModels:
             False,
             description="Answer as server-sent events (text/event-stream): `citations`, then `token`s as the answer "
             "is decoded, then `done` with this same answer object (or `error` with the error body).",
+        )
+        abstain: bool | None = Field(
+            None,
+            description="Refuse (`abstained`, the refusal text) when the passages found do not support an answer; "
+            f"default {settings.abstain}.",
+        )
+        edits: bool = Field(
+            True, description="Answer from the edit memory when the question is in an edit's scope (POST /v1/edits)."
         )
 
     class RetrieveRequest(RetrieveRequestBase):
