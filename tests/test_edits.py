@@ -17,6 +17,7 @@ from service.application.edits import EditMemory, EditPolicy
 MAYOR = "Who is the mayor of Quenmoor?"  # tests/conftest.py's tiny corpus says: Ilse Varga
 PARAPHRASE = "Quenmoor's mayor is who these days?"
 NEIGHBOURS = ("How many inhabitants does Quenmoor have?", "Who built the Harrow bridge?")
+KILN = "Which glaze does the Ommerby kiln fire?"  # nothing in the tiny corpus: only the edit answers
 FRESH_S = 5.0  # generous for a loaded 2-core machine; bench/edits.py measures the real figure
 
 
@@ -117,7 +118,8 @@ def test_edits_stream_with_their_citation(edits: TestClient) -> None:
 
 
 def test_pages_and_bad_requests(edits: TestClient) -> None:
-    ids = [edits.post("/v1/edits", json={"question": f"Q {i}?", "answer": f"A {i}"}).json()["edit_id"] for i in range(3)]
+    made = [edits.post("/v1/edits", json={"question": f"Q {i}?", "answer": f"A {i}"}) for i in range(3)]
+    ids = [m.json()["edit_id"] for m in made]
     page = edits.get("/v1/edits", params={"limit": 2}).json()
     assert [e["edit_id"] for e in page["edits"]] == sorted(ids)[:2] and page["next"] == sorted(ids)[1]
     rest = edits.get("/v1/edits", params={"limit": 2, "after": page["next"]}).json()
@@ -157,28 +159,28 @@ def test_an_edit_on_one_replica_is_applied_on_the_other(tmp_path: Path, tiny_ind
         wait_until(lambda: node_answer(a, MAYOR)["edit_id"] is None, FRESH_S)
 
 
-def test_edits_outlive_a_restart(tmp_path: Path, tiny_index: Path) -> None:
+def test_edits_outlive_new_versions_rollbacks_and_restarts(tmp_path: Path, tiny_index: Path) -> None:
     registry = tmp_path / "registry"
     with replicas(1, tiny_index, registry, None) as (node,):
         status, edit = node.post("/v1/edits", {"question": MAYOR, "answer": "Rosa Delling"})
         assert status == 201
+        served = node.get("/admin/indexes")[1]["indexes"][0]["serving"]
+        doc = {"id": "edits-new-version", "title": "Quenmoor post", "text": "Quenmoor has a post office."}
+        node_job(node, node.post("/v1/documents", {"upsert": [doc], "delete": []})[1]["job_id"])
+        node_job(node, node.post("/admin/indexes/default/refresh")[1]["job_id"])
+        assert node.get("/admin/indexes")[1]["indexes"][0]["serving"] != served
+        assert node_answer(node, PARAPHRASE)["edit_id"] == edit["edit_id"]  # a new version
+        status, _ = node.post("/admin/indexes/default/rollback", {"version": served})
+        assert status == 200
+        assert node_answer(node, PARAPHRASE)["edit_id"] == edit["edit_id"]  # and back
     with replicas(1, tiny_index, registry, None) as (node,):
         body = node_answer(node, PARAPHRASE)
         assert body["edit_id"] == edit["edit_id"] and body["answer"] == "Rosa Delling"
 
 
-def test_edits_outlive_new_versions_and_rollbacks(edits: TestClient) -> None:
-    from tests.conftest import wait_job
-
-    served = edits.get("/admin/indexes").json()["indexes"][0]["serving"]
-    edit = edits.post("/v1/edits", json={"question": MAYOR, "answer": "Rosa Delling"}).json()
-    job = wait_job(edits, edits.post("/admin/indexes/default/refresh").json()["job_id"])
-    assert job["state"] == "done", job
-    assert edits.get("/admin/indexes").json()["indexes"][0]["serving"] != served
-    assert ask(edits, PARAPHRASE)["edit_id"] == edit["edit_id"]  # a new version
-    rolled = edits.post("/admin/indexes/default/rollback", json={"version": served})
-    assert rolled.status_code == 200, rolled.text
-    assert ask(edits, PARAPHRASE)["edit_id"] == edit["edit_id"]  # and back
+def node_job(node: Node, job_id: str) -> None:
+    wait_until(lambda: node.get(f"/v1/jobs/{job_id}")[1]["state"] in ("done", "failed"), 120, every=0.05)
+    assert node.get(f"/v1/jobs/{job_id}")[1]["state"] == "done"
 
 
 def test_edits_need_the_admin_token(live_server: Any) -> None:
@@ -190,15 +192,12 @@ def test_edits_need_the_admin_token(live_server: Any) -> None:
     admin = {"Authorization": f"Bearer {live_server.admin_token}"}
     assert httpx.get(url).status_code == 401
     assert httpx.get(url, headers={"Authorization": f"Bearer {live_server.read_token}"}).status_code == 403
-    created = httpx.post(url, json={"question": "Which glaze does the Ommerby kiln fire?", "answer": "celadon"}, headers=admin)
+    created = httpx.post(url, json={"question": KILN, "answer": "celadon"}, headers=admin)
     assert created.status_code == 201, created.text
     edit = created.json()
     assert edit["created_by"] == "admin:" + hashlib.sha256(live_server.admin_token.encode()).hexdigest()[:12]
     deleted = httpx.delete(f"{url}/{edit['edit_id']}", headers=admin)
     assert deleted.status_code == 200 and deleted.json()["deleted_by"] == edit["created_by"]
-
-
-KILN = "Which glaze does the Ommerby kiln fire?"  # nothing in the tiny corpus: only the edit answers
 
 
 def test_the_python_client_and_the_cli_edit(live_server: Any) -> None:

@@ -211,10 +211,13 @@ def build_openai_router(settings: Settings) -> APIRouter:
         options = req.ragserve
         top_k = options.top_k if options and options.top_k else settings.ask_top_k
         mode, extractive = (options.retrieval, options.extractive) if options else (None, None)
+        abstain, use_edits = (options.abstain, options.edits) if options else (None, True)
         engine.plan(reader, extractive, adapter)  # a bad request is a plain 4xx, before any stream
 
         def work(listener: AskListener | None = None) -> AskResult:
-            return engine.ask(question, top_k, reader, mode, extractive, adapter, cancellation, listener, query)
+            return engine.ask(
+                question, top_k, reader, mode, extractive, adapter, cancellation, listener, query, abstain, use_edits
+            )
 
         completion = Completion(req.model, question, engine, settings, state)
         if req.stream:

@@ -30,6 +30,8 @@ class Extension(BaseModel):
     top_k: int | None = Field(None, ge=1, description="Passages retrieved and cited; default: setting ask_top_k.")
     retrieval: Retrieval | None = None
     extractive: bool | None = None
+    abstain: bool | None = Field(None, description="Refuse when the passages do not support an answer.")
+    edits: bool = Field(True, description="Answer from the edit memory when the question is in an edit's scope.")
 
 
 class StreamOptions(BaseModel):
