@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from bench.common import SQUAD, header
-from ragserve.types import Passage, RetrievalMode
+from ragserve.types import Passage, RetrievalMode, SearchResult
 from retriever.support import FEATURES, SUPPORT_FILE, SupportModel, features
 from retriever.version import VersionRetriever
 from service.application.evaluation import Question, SquadData, load_squad, spread_sample, squad_retriever
@@ -41,13 +41,9 @@ CURVE_POINTS = 10
 L2 = 1e-2  # ridge on the logistic weights: the features are on comparable [0, 1]-ish scales
 
 
-# --- indexes ---------------------------------------------------------------------------------
-
-
 def halves(articles: set[str]) -> tuple[set[str], set[str]]:
     """An article set cut in two (sorted titles, first half and second half)."""
-    ordered = sorted(articles)
-    middle = len(ordered) // 2
+    ordered, middle = sorted(articles), len(articles) // 2
     return set(ordered[:middle]), set(ordered[middle:])
 
 
@@ -69,9 +65,6 @@ def build_all(settings: Settings, data: SquadData) -> None:
     for split in ("train", "heldout"):
         for half, removed in enumerate(halves(select_articles(titles, split)), start=1):
             index_without(settings, data, split, half, removed).close()
-
-
-# --- retrieval -------------------------------------------------------------------------------
 
 
 @dataclass
@@ -121,9 +114,6 @@ def supported(question: Question, passages: Sequence[Passage]) -> bool:
     )
 
 
-# --- features and the fit --------------------------------------------------------------------
-
-
 @dataclass
 class Rows:
     """One mode's feature rows: answerable questions first, then the same ones unanswerable."""
@@ -138,21 +128,21 @@ class Rows:
         return np.column_stack([self.x[n] for n in names])  # (2Q, f)
 
 
-def rows_of(got: Retrieved, mode: RetrievalMode, first_half: set[str]) -> Rows:
-    """Feature rows of one mode (a question that found no passage gets zeros)."""
+def rows_of(got: Retrieved, mode: RetrievalMode, first_half: set[str], count: int) -> Rows:
+    """Feature rows of one mode from the first `count` passages; the label from all top_k."""
     lists = got.answerable[mode] + got.unanswerable[mode]
     questions = got.questions + got.questions
     n = len(got.questions)
     table = [
-        features(q.question, ps) if ps else dict.fromkeys(FEATURES, 0.0) for q, ps in zip(questions, lists, strict=True)
+        features(q.question, ps[:count]) if ps else dict.fromkeys(FEATURES, 0.0)
+        for q, ps in zip(questions, lists, strict=True)
     ]
     x = {name: np.array([t[name] for t in table]) for name in FEATURES}
     label = np.array(
         [i < n and supported(q, ps) for i, (q, ps) in enumerate(zip(questions, lists, strict=True))], float
     )
-    answerable = np.arange(2 * n) < n
     half = np.array([1 if q.article in first_half else 2 for q in questions])
-    return Rows(x, label, answerable, half, x["top_score"])
+    return Rows(x, label, np.arange(2 * n) < n, half, x["top_score"])
 
 
 def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = L2, steps: int = 30) -> np.ndarray:
@@ -209,24 +199,21 @@ CANDIDATE_SETS = {
 }
 
 
-def fit_mode(rows: Rows) -> tuple[dict[str, object], list[str]]:
-    """One mode's parameters (best candidate set, Platt-calibrated, threshold) and the table lines
-    saying what each feature set and each dropped feature did out of fold."""
-    lines = []
-    scored = {}
+def fit_combination(rows: Rows) -> tuple[dict[str, object], np.ndarray, list[str]]:
+    """The best candidate feature set, fitted on all rows and Platt-calibrated on out-of-fold
+    logits; its calibrated out-of-fold p (2Q,); table lines of each set and each dropped feature."""
+    lines, scored = [], {}
     for name, names in CANDIDATE_SETS.items():
         p = sigmoid(out_of_fold(rows, names))
         scored[name] = log_loss(p, rows.label)
         lines.append(f"| {name} | {scored[name]:.4f} | {_goal_line(p, rows)} |")
     for dropped in FEATURES:
-        names = tuple(n for n in FEATURES if n != dropped)
-        p = sigmoid(out_of_fold(rows, names))
+        p = sigmoid(out_of_fold(rows, [n for n in FEATURES if n != dropped]))
         lines.append(f"| all but {dropped} | {log_loss(p, rows.label):.4f} | {_goal_line(p, rows)} |")
     best = min(scored, key=lambda k: scored[k])
     names = CANDIDATE_SETS[best]
     oof = out_of_fold(rows, names)
     scale, shift = fit_logistic(oof[:, None], rows.label, l2=0.0)  # Platt: p = sigmoid(scale * z + shift)
-    calibrated = sigmoid(scale * oof + shift)
     w = fit_logistic(rows.matrix(names), rows.label)
     params: dict[str, object] = {
         "feature_set": best,
@@ -234,34 +221,44 @@ def fit_mode(rows: Rows) -> tuple[dict[str, object], list[str]]:
         "weights": [round(float(v), 6) for v in w[:-1]],
         "bias": round(float(w[-1]), 6),
         "calibration": {"scale": round(float(scale), 6), "shift": round(float(shift), 6)},
-        "threshold": round(choose_threshold(calibrated, rows.answerable), 4),
-        "baseline_top_score_threshold": round(choose_threshold(rows.top, rows.answerable), 4),
     }
-    return params, lines
+    return params, sigmoid(scale * oof + shift), lines
+
+
+def fit_mode(got: Retrieved, mode: RetrievalMode, top_k: int) -> dict[str, object]:
+    """One mode: a combination per passage count 1..top_k, the threshold chosen on the top_k one."""
+    first, _ = halves({q.article for q in got.questions})
+    fitted = [fit_combination(rows_of(got, mode, first, count)) for count in range(1, top_k + 1)]
+    rows = rows_of(got, mode, first, top_k)
+    threshold = choose_threshold(fitted[-1][1], rows.answerable)
+    print(f"\n## {mode.value}: out-of-fold on the training articles, {top_k} passages (threshold chosen per row)")
+    print("| features | log loss | abstain unanswerable | abstain answerable |\n|---|---:|---:|---:|")
+    print("\n".join(fitted[-1][2]))
+    print(f"threshold {threshold:.4f}; per passage count (out of fold, at that threshold):")
+    for count, (params, p, _) in enumerate(fitted, start=1):
+        unans, ans = abstention(p, rows.answerable, threshold)
+        print(f"- {count}: {params['feature_set']}, abstains on {unans:.3f} unanswerable, {ans:.3f} answerable")
+    return {
+        "threshold": round(threshold, 4),
+        "baseline_top_score_threshold": round(choose_threshold(rows.top, rows.answerable), 4),
+        "by_passages": {str(count): params for count, (params, _, _) in enumerate(fitted, start=1)},
+    }
 
 
 def _goal_line(p: np.ndarray, rows: Rows) -> str:
-    t = choose_threshold(p, rows.answerable)
-    unans, ans = abstention(p, rows.answerable, t)
+    unans, ans = abstention(p, rows.answerable, choose_threshold(p, rows.answerable))
     return f"{unans:.3f} | {ans:.3f}"
 
 
 def fit(settings: Settings, data: SquadData, top_k: int) -> None:
     """Fit every mode on the training articles and write retriever/data/support.json."""
     got = retrieve(settings, data, "train", top_k)
-    first, _ = halves({q.article for q in got.questions})
-    modes = {}
-    for mode in MODES:
-        rows = rows_of(got, mode, first)
-        modes[mode.value], lines = fit_mode(rows)
-        print(f"\n## {mode.value}: out-of-fold on the training articles (threshold chosen per row)")
-        print("| features | log loss | abstain unanswerable | abstain answerable |\n|---|---:|---:|---:|")
-        print("\n".join(lines))
-        print(f"kept: {modes[mode.value]['feature_set']}; threshold {modes[mode.value]['threshold']}")
+    modes = {mode.value: fit_mode(got, mode, top_k) for mode in MODES}
     doc = {
         "description": "p(the retrieved passages answer the question) from retrieval alone (retriever/support.py)",
         "label": "1: the full index's top_k passages include the gold paragraph or a gold answer; 0: otherwise, "
-        "and always for a question asked against the index without its article",
+        "and always for a question asked against the index without its article; by_passages[c] judges that "
+        "event from the first c passages alone",
         "fit": {
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "command": "python -m bench.abstention --fit",
@@ -276,9 +273,6 @@ def fit(settings: Settings, data: SquadData, top_k: int) -> None:
     SUPPORT_FILE.parent.mkdir(parents=True, exist_ok=True)
     SUPPORT_FILE.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
     print(f"\nwrote {SUPPORT_FILE}")
-
-
-# --- the held-out report ---------------------------------------------------------------------
 
 
 def ece(p: np.ndarray, y: np.ndarray, bins: int = ECE_BINS) -> float:
@@ -304,22 +298,27 @@ def print_curve(title: str, model: np.ndarray, top: np.ndarray, good: np.ndarray
 
 
 def report_mode(model: SupportModel, got: Retrieved, mode: RetrievalMode, first: set[str]) -> None:
-    """Abstention at the stored threshold, calibration and the support curve of one mode."""
-    rows = rows_of(got, mode, first)
+    """Abstention at the stored threshold, calibration and the support curve of one mode (the
+    fit's top_k passages judged), and abstention when a request hands the top passage alone."""
+    params = model.modes[mode]
+    rows = rows_of(got, mode, first, params.top_k)
     lists, questions = got.answerable[mode] + got.unanswerable[mode], got.questions + got.questions
     started = time.perf_counter()
     p = np.array([model.probability(q.question, ps, mode) for q, ps in zip(questions, lists, strict=True)])
     micros = (time.perf_counter() - started) * 1e6 / len(lists)
-    params = model.modes[mode]
+    one = np.array([model.probability(q.question, ps[:1], mode) for q, ps in zip(questions, lists, strict=True)])
     unans, ans = abstention(p, rows.answerable, params.threshold)
+    one_unans, one_ans = abstention(one, rows.answerable, params.threshold)
     top_t = float(json.loads(SUPPORT_FILE.read_text())["modes"][mode.value]["baseline_top_score_threshold"])
     b_unans, b_ans = abstention(rows.top, rows.answerable, top_t)
     print(
         f"\n## {mode.value} (features: {', '.join(params.features)})\n"
         f"threshold {params.threshold:.4f}: abstains on {unans:.3f} of unanswerable (goal >= {GOAL_UNANSWERABLE}) "
         f"and {ans:.3f} of answerable (goal <= {GOAL_ANSWERABLE}); {micros:.0f} µs per probability\n"
-        f"ECE ({ECE_BINS} bins, label: passages hold the answer): {ece(p, rows.label):.4f}; "
+        f"ECE ({ECE_BINS} bins, label: the top {params.top_k} hold the answer): {ece(p, rows.label):.4f}; "
         f"log loss {log_loss(p, rows.label):.4f}; share positive {rows.label.mean():.3f}\n"
+        f"handed the top passage alone: abstains on {one_unans:.3f} of unanswerable and {one_ans:.3f} of "
+        f"answerable; ECE {ece(one, rows.label):.4f}\n"
         f"baseline, top score < {top_t:.4f} (chosen the same way on the training articles): "
         f"abstains on {b_unans:.3f} of unanswerable and {b_ans:.3f} of answerable"
     )
@@ -328,47 +327,37 @@ def report_mode(model: SupportModel, got: Retrieved, mode: RetrievalMode, first:
     print_curve(title, p[a], rows.top[a], rows.label[a])
 
 
-def reader_em(
-    settings: Settings, data: SquadData, got: Retrieved, sample: list[Question], mode: RetrievalMode
-) -> np.ndarray:
-    """Exact match (n,) of the default reader on the full index's passages of `sample`."""
-    from ragserve.types import SearchResult
+def report_em(
+    settings: Settings, data: SquadData, model: SupportModel, got: Retrieved, limit: int, mode: RetrievalMode
+) -> None:
+    """Exact match of the default reader on the full index's passages of a spread sample of
+    answerable held-out questions, with and without abstention, and its precision/coverage curve."""
+    from tqdm import tqdm
+
     from service.application.loading import load_engine
 
     retriever = squad_retriever(settings, SQUAD, False, data)
     engine = load_engine(settings, retriever)
     plan = engine.plan(None, None, None)
     position = {q.id: i for i, q in enumerate(got.questions)}
-    em = []
-    for q in sample:
-        passages = got.answerable[mode][position[q.id]]
-        found = SearchResult(passages, retriever.index_version, {"embed": 0.0, "search": 0.0})
-        answer = engine.read(q.question, passages, plan, found, time.perf_counter())
-        em.append(exact_match(answer.answer, q.answers))
-    return np.array(em)
-
-
-def report_em(
-    settings: Settings, data: SquadData, model: SupportModel, got: Retrieved, limit: int, mode: RetrievalMode
-) -> None:
     sample = spread_sample(got.questions, limit)
-    started = time.perf_counter()
-    em = reader_em(settings, data, got, sample, mode)
-    seconds = time.perf_counter() - started
-    position = {q.id: i for i, q in enumerate(got.questions)}
     lists = [got.answerable[mode][position[q.id]] for q in sample]
+    started = time.perf_counter()
+    em = []
+    for q, passages in tqdm(list(zip(sample, lists, strict=True)), desc=f"reading ({mode.value})", unit=" q"):
+        found = SearchResult(passages, retriever.index_version, {"embed": 0.0, "search": 0.0})
+        em.append(exact_match(engine.read(q.question, passages, plan, found, time.perf_counter()).answer, q.answers))
+    seconds = (time.perf_counter() - started) / len(sample)
     p = np.array([model.probability(q.question, ps, mode) for q, ps in zip(sample, lists, strict=True)])
     top = np.array([ps[0].score if ps else 0.0 for ps in lists])
-    kept = p >= model.modes[mode].threshold
+    kept, right = p >= model.modes[mode].threshold, np.array(em)
     print(
         f"\n## exact match, {mode.value}, default reader ({settings.default_reader}), {len(sample)} held-out "
-        f"answerable questions (spread sample), {seconds / len(sample):.2f} s each"
+        f"answerable questions (spread sample), {seconds:.2f} s each\n"
+        f"EM without abstention: {right.mean():.4f}; answered at the threshold: {kept.mean():.3f}, "
+        f"EM among them: {right[kept].mean() if kept.any() else float('nan'):.4f} (goal: no lower)"
     )
-    print(
-        f"EM without abstention: {em.mean():.4f}; answered at the threshold: {kept.mean():.3f}, "
-        f"EM among them: {em[kept].mean() if kept.any() else float('nan'):.4f} (goal: no lower)"
-    )
-    print_curve("precision = EM among the answered:", p, top, em)
+    print_curve("precision = EM among the answered:", p, top, right)
 
 
 def report(settings: Settings, data: SquadData, top_k: int, limit: int, reader_modes: Sequence[RetrievalMode]) -> None:

@@ -28,9 +28,9 @@ def main() -> None:
     settings = Settings()
     engine = load_services(settings).engine
     cases = [json.loads(line) for line in QUESTIONS.read_text().splitlines() if line.strip()]
-    print(f"{'top_k':>5}{'answered':>10}{'cited':>8}{'p50 s':>8}")
+    print(f"{'top_k':>5}{'answered':>10}{'cited':>8}{'abstained':>10}{'p50 s':>8}  (abstention {settings.abstain})")
     for k in args.top_k:
-        answered = cited = 0
+        answered = cited = abstained = 0
         seconds: list[float] = []
         for case in cases:
             started = time.perf_counter()
@@ -39,10 +39,12 @@ def main() -> None:
             ok = f1_score(result.answer, [case["answer"]]) >= 0.5
             answered += ok
             cited += case["doc_id"] in {p.doc_id for p in result.passages}
+            abstained += result.abstained
             if args.show:
                 cited_ids = ", ".join(p.doc_id for p in result.passages)
                 print(f"  [{'ok' if ok else '--'}] {case['question']} -> {result.answer} [{cited_ids}]")
-        print(f"{k:>5}{answered:>7}/{len(cases)}{cited:>5}/{len(cases)}{statistics.median(seconds):>8.2f}")
+        line = f"{k:>5}{answered:>7}/{len(cases)}{cited:>5}/{len(cases)}{abstained:>10}"
+        print(f"{line}{statistics.median(seconds):>8.2f}")
 
 
 if __name__ == "__main__":

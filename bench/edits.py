@@ -13,7 +13,7 @@ One server process serves SQuAD's 2,067 paragraphs and the written corpus, with 
 Then freshness: the seconds from an edit's 201 on one replica until another replica answers from
 it, on a shared SQLite registry (polled) and on PostgreSQL (notified).
 
-    python -m bench.edits [--limit N] [--no-baseline] [--no-freshness]
+    python -m bench.edits [--limit N] [--no-baseline] [--no-freshness] [--edit-answers reader]
 """
 
 import argparse
@@ -157,6 +157,7 @@ def main() -> None:
     ap.add_argument("--no-baseline", action="store_true", help="skip the edits-as-documents comparison")
     ap.add_argument("--no-freshness", action="store_true", help="skip the two-replica timing")
     ap.add_argument("--rounds", type=int, default=10, help="edits timed per store (freshness)")
+    ap.add_argument("--edit-answers", choices=("edit", "reader"), default="edit", help="setting edit_answers")
     args = ap.parse_args()
     header("edits: reliability, generalization, locality; edit memory vs edits ingested as documents")
     cases = load_edit_set(SQUAD)
@@ -169,9 +170,9 @@ def main() -> None:
           f"server defaults (top_k {settings.ask_top_k}, reader {settings.default_reader}, "
           f"edit_scope_threshold {settings.edit_scope_threshold})")  # fmt: skip
     registry = Path(settings.cache_dir / "bench" / f"edits-registry-{time.time_ns()}")
-    with replicas(1, index, registry, None) as (node,):
+    with replicas(1, index, registry, None, {"RAGSERVE_EDIT_ANSWERS": args.edit_answers}) as (node,):
         before = answers(node, neighbours_of(cases))
-        rows = {"edit memory (POST /v1/edits)": edit_memory(node, cases, before)}
+        rows = {f"edit memory (POST /v1/edits), edit_answers={args.edit_answers}": edit_memory(node, cases, before)}
         if not args.no_baseline:
             rows["edit ingested as a document"] = as_documents(node, cases, before)
     table(rows)

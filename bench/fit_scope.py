@@ -6,23 +6,23 @@ Pairs (query, edit question), by kind:
 - paraphrase (label 1): a SQuAD training question and a hand-written paraphrase
   (bench/data/scope_train.jsonl), or two paraphrases, both orders;
 - same_attribute (0): hand-written "same question, another entity" (same file);
+- other_attribute (0): hand-written "same entity, another attribute" (same file);
 - entity_swap (0): a capitalised span or number of the question replaced by one from another article;
+- wh_swap (0): the question with its asking phrase changed (same entity, other attribute);
 - same_entity (0): another question on the same paragraph (skipped when it has the same gold answer:
   SQuAD has near-duplicates on a paragraph);
 - nearest (0): the most similar questions (encoder cosine) of other paragraphs, and random (0): any
   question of another article.
-Features and regularisation are chosen by cross-validation by article (folds of whole articles);
-Platt scaling is fitted on the out-of-fold scores; the final weights on all pairs. Writes
-retriever/data/scope.json and prints the CV figures next to a cosine-threshold baseline.
+Model and regularisation are chosen by cross-validation by article (folds of whole articles), Platt
+scaling is fitted on the out-of-fold scores, the final model on all pairs. Writes retriever/data/scope.json;
+prints the CV figures next to a cosine-threshold baseline.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import random
 import re
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -31,21 +31,36 @@ from pathlib import Path
 import numpy as np
 
 from bench.common import SQUAD, header
-from retriever.scope import BUNDLED, FEATURES, pair_features
+from bench.scope import (
+    FLOOR_QUANTILE,
+    Labelled,
+    auc,
+    balanced_accuracy,
+    best_threshold,
+    cascade_floor,
+    cross_fitted_cosine,
+    encoder,
+    fit_logistic,
+    per_kind,
+    reliability,
+    report_cascade,
+)
+from retriever.scope import BUNDLED, FEATURES, ScopeClassifier, full_features, pair_features, question_type
+from retriever.scope_features import ALIGNMENT_FEATURES, Words
 from service.application.evaluation import Question, load_squad
-from service.application.loading import make_encoder
-from service.application.squad import select_articles
-from service.settings import Settings
+from service.application.squad import normalize_answer, select_articles
 
 TRAIN_FILE = Path(__file__).resolve().parent / "data" / "scope_train.jsonl"
 FOLDS = 4  # 24 training articles: 6 per fold
 NEAREST = 3  # nearest other-paragraph questions per anchor
 RANDOM = 2  # random other-article questions per anchor
 SEED = 21
-L2_GRID = (0.1, 1.0, 10.0)
-UV_L2_GRID = (1.0, 10.0, 100.0)  # the u*v projection has 384 weights: it needs more shrinkage
-KINDS = ("paraphrase", "same_entity", "same_attribute", "entity_swap", "nearest", "random")
-BINS = 10
+L2_GRID = (0.1, 1.0)
+MLP_GRID = ((8, 1e-3), (16, 1e-1))  # (hidden units, L2 alpha)
+BELOW_FLOOR = -50.0  # the logit of a pair the cascade drops (p = 0 after any Platt map)
+MLP_ITERATIONS = 2000  # enough for adam to converge on ~12k pairs of 10 features
+_KIND_TEXT = "paraphrase same_entity other_attribute wh_swap same_attribute entity_swap nearest random"
+KINDS = tuple(_KIND_TEXT.split())
 
 
 @dataclass
@@ -67,12 +82,8 @@ class Pairs:
             self.fold.append(fold)
 
 
-def _norm_answer(text: str) -> str:
-    return re.sub(r"\W+", " ", text.lower()).strip()
-
-
 def same_answer(x: Question, y: Question) -> bool:
-    return bool({_norm_answer(a) for a in x.answers} & {_norm_answer(a) for a in y.answers})
+    return bool({normalize_answer(a) for a in x.answers} & {normalize_answer(a) for a in y.answers})
 
 
 _SPAN = re.compile(r"\b(?:\d[\d,.]*|(?:[A-Z][\w'\-]*)(?:\s+(?:of\s+)?[A-Z][\w'\-]*)*)")
@@ -105,6 +116,31 @@ def entity_swap(text: str, pool: dict[str, list[str]], rng: random.Random) -> st
     return text[:start] + rng.choice(choices) + text[end:] if choices else None
 
 
+# The asking phrase of a question: a specific wh-phrase, or "what"/"which" with the word after it.
+_ASKING = re.compile(
+    r"\b(?:how (?:many|much|long)|(?:what|which) (?:year|city|country|person|reason)|when|where|why|who|whom|how"
+    r"|(?:what|which)(?: \w+)?)\b",
+    re.IGNORECASE,
+)
+ASKING = ("when", "where", "why", "who", "how many", "in what year", "in which country", "how")
+
+
+def wh_swap(text: str, rng: random.Random) -> str | None:
+    """The question with its asking phrase changed ("When was X founded?" -> "Who was X founded?", "Who
+    wrote X?" -> "Where wrote X?"): the same entity asked about another attribute, nearly every word
+    shared. Grammar suffers at times; the features (words, entities, types) and the encoder barely mind."""
+    matches = list(_ASKING.finditer(text))
+    if len(matches) != 1:  # "When X moved, what ...?": which phrase asks is unclear, leave it
+        return None
+    match = matches[0]
+    for phrase in rng.sample(ASKING, len(ASKING)):
+        phrase = phrase.capitalize() if match.group()[0].isupper() else phrase
+        swapped = text[: match.start()] + phrase + text[match.end() :]
+        if question_type(swapped) not in (question_type(text), "THING"):
+            return swapped
+    return None
+
+
 def build_pairs(questions: list[Question], vectors: dict[str, np.ndarray], rng: random.Random) -> Pairs:
     """All pair kinds, from the hand-written file and mined from the training articles."""
     by_id = {q.id: q for q in questions}
@@ -128,13 +164,17 @@ def build_pairs(questions: list[Question], vectors: dict[str, np.ndarray], rng: 
         for i, x in enumerate(texts):
             for y in texts[i + 1 :]:
                 pairs.add(x, y, 1, "paraphrase", fold)
+            asked = wh_swap(x, rng)
+            if asked:
+                pairs.add(asked, x, 0, "wh_swap", fold)
             swapped = entity_swap(x, pool, rng)
             if swapped:
                 pairs.add(swapped, x, 0, "entity_swap", fold, both=False)
                 pairs.add(swapped, rng.choice([t for t in texts if t != x]), 0, "entity_swap", fold, both=False)
-        for neg in row["other_entity"]:
-            for x in texts:
-                pairs.add(neg, x, 0, "same_attribute", fold)
+        for key, kind in (("other_entity", "same_attribute"), ("other_attribute", "other_attribute")):
+            for neg in row[key]:
+                for x in texts:
+                    pairs.add(neg, x, 0, kind, fold)
         for other in by_doc[anchor.gold_doc]:
             if other.id != anchor.id and not same_answer(anchor, other):
                 pairs.add(other.question, anchor.question, 0, "same_entity", fold)
@@ -150,199 +190,202 @@ def build_pairs(questions: list[Question], vectors: dict[str, np.ndarray], rng: 
     return pairs
 
 
-def features_of(pairs: Pairs, vectors: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """(P, f) pair features and (P, dim) u*v products."""
-    rows = [pair_features(a, vectors[a], [b], vectors[b][None, :])[0] for a, b in zip(pairs.a, pairs.b, strict=True)]
-    products = np.stack([vectors[a] * vectors[b] for a, b in zip(pairs.a, pairs.b, strict=True)])
-    return np.stack(rows), products.astype(np.float64)
+def features_of(pairs: Pairs, vectors: dict[str, np.ndarray], words: dict[str, Words]) -> np.ndarray:
+    """(P, f + a) pair features: FEATURES then ALIGNMENT_FEATURES, computed as the service computes them."""
+    rows = [
+        full_features(pair_features(a, vectors[a], [b], vectors[b][None, :]), words[a], [words[b]])[0]
+        for a, b in zip(pairs.a, pairs.b, strict=True)
+    ]
+    return np.stack(rows)
 
 
-def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float, weight: np.ndarray | None = None, steps: int = 30) -> np.ndarray:
-    """Weights (f + 1,) of sigmoid(x @ w[:-1] + w[-1]) by weighted Newton's method (bias not penalised)."""
-    weight = np.ones(len(y)) if weight is None else weight  # (n,)
-    x = np.column_stack([x, np.ones(len(x))])  # (n, f + 1)
-    w = np.zeros(x.shape[1])
-    penalty = np.full(len(w), l2)
-    penalty[-1] = 0.0
-    for _ in range(steps):
-        p = 1 / (1 + np.exp(-np.clip(x @ w, -50, 50)))
-        grad = x.T @ (weight * (p - y)) + penalty * w
-        hess = (x * (weight * p * (1 - p))[:, None]).T @ x + np.diag(penalty + 1e-9)
-        step = np.linalg.solve(hess, grad)
-        w -= step
-        if np.abs(step).max() < 1e-8:
-            break
-    return w
+@dataclass(frozen=True)
+class Option:
+    """One model of the grid: logistic or MLP, on FEATURES alone or with ALIGNMENT_FEATURES; `cascade`:
+    pairs below the cosine floor are dropped (p = 0), the model is fitted and calibrated on the rest."""
+
+    label: str
+    kind: str = "logistic"
+    l2: float = 0.0
+    hidden: int = 0
+    alpha: float = 0.0
+    aligned: bool = False
+    cascade: bool = False
+
+    def __str__(self) -> str:
+        size = f"hidden {self.hidden}, alpha {self.alpha}" if self.hidden else f"L2 {self.l2}"
+        return f"{self.label}{', + alignment' if self.aligned else ''}{', cascade' if self.cascade else ''} ({size})"
 
 
-def design(feats: np.ndarray, products: np.ndarray, uv: bool) -> np.ndarray:
-    return np.column_stack([feats, products]) if uv else feats
+GRID = tuple(
+    option
+    for aligned, cascade in ((False, False), (True, False), (True, True))
+    for option in (
+        *(Option("logistic", l2=l2, aligned=aligned, cascade=cascade) for l2 in L2_GRID),
+        *(Option("MLP, tanh", "mlp", hidden=h, alpha=a, aligned=aligned, cascade=cascade) for h, a in MLP_GRID),
+    )
+)
 
 
-def out_of_fold(x: np.ndarray, y: np.ndarray, folds: np.ndarray, l2: float) -> np.ndarray:
-    """(P,) logits, each from a model fitted without the pair's fold (whole articles)."""
-    z = np.zeros(len(y))
+def columns(x: np.ndarray, option: Option) -> np.ndarray:
+    """(P, f) the option's feature columns: FEATURES, then ALIGNMENT_FEATURES if `aligned`."""
+    return x if option.aligned else x[:, : len(FEATURES)]
+
+
+def fit_model(x: np.ndarray, data: Labelled, option: Option) -> dict[str, object]:
+    """One grid option fitted on (P, f) features: the `model` object of scope.json."""
+    x = columns(x, option)
+    if option.kind == "mlp":
+        return fit_mlp(x, data, option.hidden, option.alpha)
+    w = fit_logistic(x, data.y, option.l2, data.weight)
+    return {"kind": "logistic", "weights": w[:-1].tolist(), "bias": float(w[-1])}
+
+
+def fit_mlp(x: np.ndarray, data: Labelled, hidden: int, alpha: float) -> dict[str, object]:
+    """A one-hidden-layer tanh MLP on standardised features (scikit-learn; weighted pairs)."""
+    from sklearn.neural_network import MLPClassifier  # type: ignore[import-untyped]
+
+    mean, scale = x.mean(axis=0), x.std(axis=0) + 1e-9  # (f,), (f,); 1e-9: constant columns
+    net = MLPClassifier((hidden,), activation="tanh", alpha=alpha, max_iter=MLP_ITERATIONS, random_state=SEED)
+    net.fit((x - mean) / scale, data.y, sample_weight=data.weight)
+    return {
+        "kind": "mlp",
+        "mean": mean.tolist(),
+        "scale": scale.tolist(),
+        "hidden_weights": net.coefs_[0].T.tolist(),  # (h, f)
+        "hidden_bias": net.intercepts_[0].tolist(),
+        "output_weights": net.coefs_[1][:, 0].tolist(),
+        "output_bias": float(net.intercepts_[1][0]),
+    }
+
+
+def classifier(model: dict[str, object]) -> ScopeClassifier:
+    """The serving class over a fitted model, so the fit scores pairs exactly as the service will."""
+    arrays = {k: np.asarray(v, dtype=np.float64) for k, v in model.items() if k != "kind"}
+    return ScopeClassifier(str(model["kind"]), arrays, (1.0, 0.0), {})
+
+
+def kept(x: np.ndarray, option: Option, floor: float) -> np.ndarray:
+    """(P,) bool: the pairs the option's model sees (all, or those at or above the cascade's floor)."""
+    return x[:, 0] >= floor if option.cascade else np.ones(len(x), dtype=bool)
+
+
+def out_of_fold(x: np.ndarray, data: Labelled, option: Option, floor: float) -> np.ndarray:
+    """(P,) logits, each from a model fitted without the pair's fold (whole articles); BELOW_FLOOR for
+    pairs the cascade drops."""
+    z = np.full(len(data.y), BELOW_FLOOR)
+    seen = kept(x, option, floor)
     for k in range(FOLDS):
-        test = folds == k
-        w = fit_logistic(x[~test], y[~test], l2)
-        z[test] = x[test] @ w[:-1] + w[-1]
+        test, train = (data.folds == k) & seen, (data.folds != k) & seen
+        z[test] = classifier(fit_model(x[train], data.part(train), option)).logits(columns(x[test], option))
     return z
 
 
-def auc(scores: np.ndarray, labels: np.ndarray) -> float:
-    """Area under the ROC curve (Mann-Whitney, ties counted half)."""
-    order = np.argsort(scores, kind="stable")
-    ranks = np.empty(len(scores))
-    sorted_scores = scores[order]
-    _, first, counts = np.unique(sorted_scores, return_index=True, return_counts=True)
-    ranks[order] = np.repeat(first + (counts + 1) / 2.0, counts)
-    pos = labels == 1
-    n_pos, n_neg = pos.sum(), (~pos).sum()
-    return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
-
-
-def platt(logits: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-    """(a, b) of p = sigmoid(a * logit + b), a one-feature logistic fit."""
-    w = fit_logistic(logits[:, None], y, l2=1e-6)
+def platt(logits: np.ndarray, data: Labelled) -> tuple[float, float]:
+    """(a, b) of p = sigmoid(a * logit + b), a one-feature weighted logistic fit (dropped pairs excluded)."""
+    seen = logits > BELOW_FLOOR
+    w = fit_logistic(logits[seen, None], data.y[seen], 1e-6, data.weight[seen])
     return float(w[0]), float(w[1])
 
 
-def cross_fitted_platt(z: np.ndarray, y: np.ndarray, folds: np.ndarray) -> np.ndarray:
-    """(P,) calibrated probabilities, the Platt map of each fold fitted on the other folds' scores."""
-    p = np.zeros(len(y))
+def cross_fitted_platt(z: np.ndarray, data: Labelled) -> np.ndarray:
+    """(P,) calibrated probabilities, the Platt map of each fold fitted on the other folds' scores; 0 for
+    pairs the cascade drops."""
+    p = np.zeros(len(z))
     for k in range(FOLDS):
-        test = folds == k
-        a, b = platt(z[~test], y[~test])
+        test = (data.folds == k) & (z > BELOW_FLOOR)
+        a, b = platt(z[data.folds != k], data.part(data.folds != k))
         p[test] = 1 / (1 + np.exp(-(a * z[test] + b)))
     return p
 
 
-def best_threshold(scores: np.ndarray, y: np.ndarray) -> float:
-    """The cosine threshold with the best balanced accuracy (mean of in-scope and out-of-scope rates)."""
-    candidates = np.unique(np.round(scores, 3))
-    accuracy = [((scores[y == 1] >= t).mean() + (scores[y == 0] < t).mean()) / 2 for t in candidates]
-    return float(candidates[int(np.argmax(accuracy))])
-
-
-def cross_fitted_cosine(cosine: np.ndarray, y: np.ndarray, folds: np.ndarray) -> np.ndarray:
-    """(P,) 0/1 decisions of the baseline, each fold's threshold chosen on the other folds."""
-    decided = np.zeros(len(y))
-    for k in range(FOLDS):
-        test = folds == k
-        decided[test] = cosine[test] >= best_threshold(cosine[~test], y[~test])
-    return decided
-
-
-def reliability(p: np.ndarray, y: np.ndarray) -> float:
-    """Prints predicted vs observed in BINS equal-width bins; returns the ECE."""
-    print("| bin | pairs | mean predicted | observed |")
-    print("|---|---:|---:|---:|")
-    bins = np.minimum((p * BINS).astype(int), BINS - 1)
-    ece = 0.0
-    for b in range(BINS):
-        mask = bins == b
-        if mask.any():
-            ece += mask.mean() * abs(p[mask].mean() - y[mask].mean())
-            print(f"| {b / BINS:.1f}-{(b + 1) / BINS:.1f} | {mask.sum()} | {p[mask].mean():.3f} | {y[mask].mean():.3f} |")
-    print(f"ECE: {ece:.4f}")
-    return ece
-
-
-def per_kind(kinds: np.ndarray, y: np.ndarray, columns: dict[str, np.ndarray]) -> None:
-    """Accuracy by pair kind of each column of 0/1 decisions."""
-    print("| kind | pairs | " + " | ".join(columns) + " |")
-    print("|---|---:|" + "---:|" * len(columns))
-    for kind in [*KINDS, "all (balanced)"]:
-        mask = kinds == kind if kind in KINDS else np.ones(len(y), bool)
-        cells = []
-        for decided in columns.values():
-            correct = decided == y
-            if kind in KINDS:
-                cells.append(f"{correct[mask].mean():.3f}")
-            else:
-                cells.append(f"{(correct[y == 1].mean() + correct[y == 0].mean()) / 2:.3f}")
-        print(f"| {kind} | {mask.sum()} | " + " | ".join(cells) + " |")
-
-
 def encode_all(texts: Sequence[str]) -> dict[str, np.ndarray]:
-    encoder = make_encoder(Settings())
     unique = sorted(set(texts))
-    return dict(zip(unique, encoder.encode_queries(unique), strict=True))
+    return dict(zip(unique, encoder().encode_queries(unique), strict=True))
 
 
-def select(x: np.ndarray, uv: np.ndarray, y: np.ndarray, folds: np.ndarray) -> tuple[bool, float, np.ndarray]:
-    """Chooses u*v or not and the L2 by pooled out-of-fold AUC; prints the grid."""
-    print("\n## Model selection (CV by article, pooled out-of-fold AUC)\n")
-    print("| u*v projection | L2 | CV AUC |")
-    print("|---|---:|---:|")
-    best: tuple[float, bool, float, np.ndarray] = (-1.0, False, 0.0, np.zeros(0))
-    for use_uv, grid in ((False, L2_GRID), (True, UV_L2_GRID)):
-        for l2 in grid:
-            z = out_of_fold(design(x, uv, use_uv), y, folds, l2)
-            score = auc(z, y)
-            print(f"| {'yes' if use_uv else 'no'} | {l2} | {score:.4f} |", flush=True)
-            if score > best[0]:
-                best = (score, use_uv, l2, z)
-    return best[1], best[2], best[3]
+def select(x: np.ndarray, data: Labelled, floor: float) -> dict[Option, np.ndarray]:
+    """Out-of-fold logits of every grid option; prints the grid."""
+    print("\n## Model selection (CV by article: 4 folds of 6 articles, pooled out-of-fold AUC)\n")
+    print("| model | CV AUC | balanced accuracy at 0.5 |\n|---|---:|---:|")
+    found = {}
+    for option in GRID:
+        z = found[option] = out_of_fold(x, data, option, floor)
+        accuracy = balanced_accuracy((cross_fitted_platt(z, data) >= 0.5).astype(float), data)
+        print(f"| {option} | {auc(z, data.y):.4f} | {accuracy:.3f} |", flush=True)
+    return found
 
 
-def main() -> None:
-    header("Scope classifier fit (edit memory), SQuAD training articles")
-    os.environ.setdefault("OMP_NUM_THREADS", "2")
-    rng = random.Random(SEED)
+def training_pairs() -> tuple[Pairs, dict[str, np.ndarray], dict[str, Words], int]:
+    """The pairs, every text's vector and word vectors, and the number of hand-written anchors."""
     data = load_squad(SQUAD)
     train = select_articles({q.article for q in data.questions}, "train")
     questions = [q for q in data.questions if q.article in train]
     rows = [json.loads(line) for line in TRAIN_FILE.read_text(encoding="utf-8").splitlines() if line.strip()]
-    hand = [t for r in rows for t in r["paraphrases"] + r["other_entity"]]
-    started = time.perf_counter()
+    hand = [t for r in rows for t in r["paraphrases"] + r["other_entity"] + r["other_attribute"]]
     vectors = encode_all([q.question for q in questions] + hand)
-    pairs = build_pairs(questions, vectors, rng)
-    missing = sorted({t for t in pairs.a + pairs.b if t not in vectors})
-    vectors.update(encode_all(missing))  # the automatic swaps
-    print(f"encoded {len(vectors)} texts in {time.perf_counter() - started:.0f} s")
-    x, products = features_of(pairs, vectors)
-    y, folds, kinds = np.array(pairs.label, float), np.array(pairs.fold), np.array(pairs.kind)
-    print(f"\nanchors: {len(rows)} SQuAD training questions, {sum(len(r['paraphrases']) for r in rows)} paraphrases, ")
-    print(f"{sum(len(r['other_entity']) for r in rows)} hand-written other-entity negatives; pairs per kind:")
-    counts = {k: int((kinds == k).sum()) for k in KINDS}
-    print(", ".join(f"{k} {n}" for k, n in counts.items()) + f"; total {len(y)}")
-    use_uv, l2, z = select(x, products, y, folds)
-    print(f"\nchosen: u*v projection {'yes' if use_uv else 'no'}, L2 {l2}; CV AUC {auc(z, y):.4f} "
-          f"(cosine alone: {auc(x[:, 0], y):.4f})")
-    p_oof = cross_fitted_platt(z, y, folds)
-    print("\n## Reliability of the calibrated out-of-fold probabilities\n")
-    ece = reliability(p_oof, y)
-    threshold = best_threshold(x[:, 0], y)
-    print(f"\n## Accuracy by kind, out of fold (classifier at p >= 0.5; cosine threshold chosen on the other folds;"
-          f" on all training pairs it is {threshold:.3f})\n")
-    per_kind(kinds, y, {"classifier": (p_oof >= 0.5).astype(float), "cosine baseline": cross_fitted_cosine(x[:, 0], y, folds)})
-    a, b = platt(z, y)
-    w = fit_logistic(design(x, products, use_uv), y, l2)
-    f = len(FEATURES)
+    pairs = build_pairs(questions, vectors, random.Random(SEED))
+    vectors.update(encode_all(sorted({t for t in pairs.a + pairs.b if t not in vectors})))  # the swaps
+    texts = sorted(set(pairs.a + pairs.b))
+    words = dict(zip(texts, encoder().encode_words(texts), strict=True))
+    print(
+        f"anchors: {len(rows)} SQuAD training questions, {sum(len(r['paraphrases']) for r in rows)} "
+        f"paraphrases, {sum(len(r['other_entity']) for r in rows)} hand-written other-entity and "
+        f"{sum(len(r['other_attribute']) for r in rows)} other-attribute negatives"
+    )
+    return pairs, vectors, words, len(rows)
+
+
+def main() -> None:
+    header("Scope classifier fit (edit memory), SQuAD training articles")
+    pairs, vectors, words, anchors = training_pairs()
+    x = features_of(pairs, vectors, words)
+    data = Labelled.of(pairs.label, pairs.kind, pairs.fold)
+    counts = {k: int((data.kinds == k).sum()) for k in KINDS}
+    print("pairs per kind: " + ", ".join(f"{k} {n}" for k, n in counts.items()) + f"; total {len(data.y)}")
+    floor = cascade_floor(x[:, 0], data)
+    report_cascade(x, data, floor)
+    grid = select(x, data, floor)
+    # Served: the lexical model, or an aligned one behind the cascade (without it, every candidate would need
+    # word vectors); the aligned options without the cascade are in the grid to show what the cascade costs.
+    option = max((o for o in grid if o.cascade or not o.aligned), key=lambda o: auc(grid[o], data.y))
+    lexical = max((o for o in grid if not o.aligned), key=lambda o: auc(grid[o], data.y))
+    z = grid[option]
+    cv_auc = auc(z, data.y)
+    print(f"\nchosen: {option}; CV AUC {cv_auc:.4f} (cosine alone: {auc(x[:, 0], data.y):.4f})")
+    p_oof = cross_fitted_platt(z, data)
+    print("\n## Reliability of the calibrated out-of-fold probabilities (pairs weighted as in the fit)\n")
+    ece = reliability(p_oof, data.y, data.weight)
+    threshold = best_threshold(x[:, 0], data)
+    print(
+        f"\n## Accuracy by kind, out of fold (classifiers: p >= 0.5; cosine: threshold chosen on the other folds, "
+        f"on all training pairs {threshold:.3f})\n"
+    )
+    decided = {f"chosen: {option}": (p_oof >= 0.5).astype(float)}
+    decided[f"lexical only: {lexical}"] = (cross_fitted_platt(grid[lexical], data) >= 0.5).astype(float)
+    per_kind(data, KINDS, {**decided, "cosine baseline": cross_fitted_cosine(x[:, 0], data)})
+    fit = {"anchors": anchors, "pairs": counts, "model": str(option), "cv_auc": round(cv_auc, 4)}
+    fit.update({"cv_ece": round(ece, 4), "cosine_threshold": threshold})
+    seen = kept(x, option, floor)
     params = {
-        "features": list(FEATURES),
-        "weights": [round(float(v), 6) for v in w[:f]],
-        "bias": round(float(w[-1]), 6),
-        "uv_weights": [round(float(v), 6) for v in w[f:-1]] if use_uv else None,
-        "calibration": {"method": "platt on out-of-fold logits", "a": round(a, 6), "b": round(b, 6)},
+        "features": list(FEATURES + ALIGNMENT_FEATURES if option.aligned else FEATURES),
+        "model": {
+            k: np.round(v, 6).tolist() if isinstance(v, list) else v
+            for k, v in fit_model(x[seen], data.part(seen), option).items()
+        },
+        "calibration": dict(zip(("a", "b"), platt(z, data), strict=True), method="Platt, on out-of-fold logits"),
+        "cascade": {"cosine_floor": floor if option.cascade else -1.0, "quantile": FLOOR_QUANTILE},
         "fit": {
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-            "command": " ".join(["python", "-m", "bench.fit_scope", *sys.argv[1:]]),
+            "command": "flock /tmp/bench.lock .venv/bin/python -m bench.fit_scope",
             "data": "SQuAD v1.1 dev, training articles (select_articles 'train'); bench/data/scope_train.jsonl",
-            "anchors": len(rows),
-            "pairs": counts,
-            "l2": l2,
-            "uv_projection": use_uv,
-            "cv_auc": round(auc(z, y), 4),
-            "cv_ece": round(ece, 4),
-            "cosine_threshold": threshold,
+            "prior": "in-scope and out-of-scope pairs weighted 1/2 each; negative kinds equally",
+            **fit,
         },
     }
     BUNDLED.parent.mkdir(parents=True, exist_ok=True)
     BUNDLED.write_text(json.dumps(params, indent=1) + "\n", encoding="utf-8")
-    print(f"\nwrote {BUNDLED.relative_to(Path.cwd()) if BUNDLED.is_relative_to(Path.cwd()) else BUNDLED}")
-    print("weights: " + ", ".join(f"{n} {v:+.3f}" for n, v in zip(FEATURES, w[:f], strict=True)) + f", bias {w[-1]:+.3f}")
+    print(f"\nwrote {BUNDLED} ({option})")
 
 
 if __name__ == "__main__":

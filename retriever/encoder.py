@@ -168,3 +168,37 @@ class Encoder:
         emb = self.model(features)["sentence_embedding"]  # (B, dim)
         emb = torch.nn.functional.normalize(emb.float(), dim=-1)
         return emb.cpu().numpy()
+
+    @on_compute_thread  # see ragserve/compute.py
+    @torch.inference_mode()
+    def encode_words(self, texts: Sequence[str]) -> list[tuple[list[str], np.ndarray]]:
+        """Per text: its words (the tokenizer's pre-tokenized words, punctuation apart) and (n_words, dim)
+        float32 unit vectors, each the mean of its word pieces' last-layer contextual embeddings (what the
+        mean pooling of `_forward` averages). For the edit memory's token-alignment features
+        (retriever/scope_features.py): a synonym aligns high in this space, a changed attribute does not."""
+        tokenized = [(t.ids[: self.max_tokens], t) for t in self.tokenize(texts)]
+        found: list[tuple[list[str], np.ndarray]] = []
+        for start in range(0, len(tokenized), self.batch_size):
+            batch = tokenized[start : start + self.batch_size]
+            seqs = [[*self._prefix, *ids, *self._suffix] for ids, _ in batch]
+            input_ids = torch.full((len(seqs), max(len(s) for s in seqs)), self.pad_id, dtype=torch.long)  # (B, T)
+            mask = torch.zeros_like(input_ids)  # (B, T)
+            for row, seq in enumerate(seqs):
+                input_ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+                mask[row, : len(seq)] = 1
+            features = {"input_ids": input_ids.to(self.device), "attention_mask": mask.to(self.device)}
+            if self._uses_token_types:
+                features["token_type_ids"] = torch.zeros_like(features["input_ids"])
+            states = self.model[0](features)["token_embeddings"].float().cpu().numpy()  # (B, T, dim)
+            for row, (ids, tok) in enumerate(zip([b[0] for b in batch], [b[1] for b in batch], strict=True)):
+                word_of = [w if w is not None else -1 for w in tok.word_ids[: len(ids)]]
+                words = sorted(set(word_of) - {-1})
+                index = np.array([words.index(w) for w in word_of if w != -1], dtype=np.int64)  # (t,)
+                pieces = states[row, len(self._prefix) : len(self._prefix) + len(ids)][np.array(word_of) != -1]
+                pooled = np.zeros((len(words), states.shape[2]), dtype=np.float32)  # (n_words, dim)
+                np.add.at(pooled, index, pieces)
+                pooled /= np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-9)
+                spans = {w: (tok.offsets[i][0], tok.offsets[i][1]) for i, w in reversed(list(enumerate(word_of)))}
+                ends = {w: tok.offsets[i][1] for i, w in enumerate(word_of)}
+                found.append(([texts[start + row][spans[w][0] : ends[w]] for w in words], pooled))
+        return found

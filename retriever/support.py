@@ -10,6 +10,11 @@ not see. The parameters live in `retriever/data/support.json` (plain JSON), writ
 `python -m bench.abstention --fit` from SQuAD's training articles, each question asked once
 against the full index (answerable) and once against an index without its article (unanswerable).
 
+The event is the same whatever the number of passages handed in: "the top `top_k` passages of
+this mode (5, the setting retrieve_top_k) hold the answer". A request that retrieves fewer (the
+/v1/ask default top_k is 1) is judged by a combination fitted on that many, so the probability
+and the one threshold per mode keep their meaning.
+
 Serving cost is a few tokenisations of the passages and one dot product: well under 1 ms.
 """
 
@@ -78,20 +83,37 @@ def features(question: str, passages: Sequence[Passage]) -> dict[str, float]:
 
 
 @dataclass(frozen=True, slots=True)
-class ModeModel:
-    """One retrieval mode's fitted combination: p = sigmoid(a * (x . w + bias) + b)."""
+class Combination:
+    """One fitted combination: p = sigmoid(scale * (x . weights + bias) + shift)."""
 
     features: tuple[str, ...]
     weights: np.ndarray  # (f,) logistic weights, aligned with `features`
     bias: float
-    scale: float  # Platt calibration of the logit: a
-    shift: float  # and b
-    threshold: float  # the calibrated default below which the service abstains
+    scale: float  # Platt calibration of the logit, fitted out of fold
+    shift: float
 
     def probability(self, values: dict[str, float]) -> float:
         x = np.array([values[name] for name in self.features])  # (f,)
         logit = self.scale * (float(x @ self.weights) + self.bias) + self.shift
         return 1.0 / (1.0 + math.exp(-max(min(logit, 50.0), -50.0)))  # clipped: exp must not overflow
+
+
+@dataclass(frozen=True, slots=True)
+class ModeModel:
+    """One retrieval mode: a combination per number of passages judged (1 to top_k; the features
+    of two passages are not those of five), all calibrated to the same event, and one threshold."""
+
+    by_count: dict[int, Combination]  # passages judged -> its combination
+    threshold: float  # the calibrated default below which the service abstains
+
+    @property
+    def top_k(self) -> int:
+        return max(self.by_count)
+
+    @property
+    def features(self) -> tuple[str, ...]:
+        """The features of the full top_k combination."""
+        return self.by_count[self.top_k].features
 
 
 class SupportModel:
@@ -119,22 +141,33 @@ class SupportModel:
         return self.modes[mode].threshold
 
     def probability(self, question: str, passages: Sequence[Passage], mode: RetrievalMode) -> float:
-        """Calibrated p(the passages, best first with `mode`'s scores, answer `question`); 0 for none."""
+        """Calibrated p(`question` is answered by what retrieval finds: its top_k passages in
+        `mode` hold the answer), judged from the passages given, best first with `mode`'s scores
+        (beyond top_k only the first top_k count); 0 for none."""
         if not passages:
             return 0.0
-        return self.modes[mode].probability(features(question, passages))
+        model = self.modes[mode]
+        judged = passages[: model.top_k]
+        return model.by_count[len(judged)].probability(features(question, judged))
 
 
 def _mode(params: object) -> ModeModel:
     assert isinstance(params, dict), "support.json: each mode's parameters are an object"
-    names = tuple(str(n) for n in params["features"])
+    by_count = {int(count): _combination(c) for count, c in params["by_passages"].items()}
+    assert sorted(by_count) == list(range(1, len(by_count) + 1)), "support.json: one combination per count 1..k"
+    return ModeModel(by_count, float(params["threshold"]))
+
+
+def _combination(params: dict[str, object]) -> Combination:
+    names = tuple(str(n) for n in params["features"])  # type: ignore[attr-defined]
     unknown = set(names) - set(FEATURES)
     assert not unknown, f"support.json names unknown features {sorted(unknown)}"
-    return ModeModel(
+    calibration = params["calibration"]
+    assert isinstance(calibration, dict), "support.json: calibration is an object"
+    return Combination(
         features=names,
         weights=np.array(params["weights"], np.float64),
-        bias=float(params["bias"]),
-        scale=float(params["calibration"]["scale"]),
-        shift=float(params["calibration"]["shift"]),
-        threshold=float(params["threshold"]),
+        bias=float(params["bias"]),  # type: ignore[arg-type]
+        scale=float(calibration["scale"]),
+        shift=float(calibration["shift"]),
     )

@@ -32,7 +32,7 @@ class AnswerSettings(BaseModel):
 
     # --- abstention (README "Abstention") ----------------------------------------------------
     abstain: bool = Field(
-        False, description="Refuse when the passages found do not support an answer (requests may say otherwise)."
+        True, description="Refuse when the passages found do not support an answer (requests may say otherwise)."
     )
     abstain_threshold: Annotated[float, Field(ge=0, le=1)] | None = Field(
         None,

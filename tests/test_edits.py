@@ -12,6 +12,7 @@ from bench.cluster import Node, replicas, wait_until
 from indexer.edits import EditStore, NewEdit, SqliteEditStore
 from ragserve.errors import TooManyEditsError
 from retriever.encoder import Encoder
+from retriever.scope import ScopeClassifier
 from service.application.edits import EditMemory, EditPolicy
 
 MAYOR = "Who is the mayor of Quenmoor?"  # tests/conftest.py's tiny corpus says: Ilse Varga
@@ -55,7 +56,8 @@ def test_the_table_keeps_edits_tombstones_and_their_order(edit_store: EditStore)
 
 def test_the_memory_catches_paraphrases_not_neighbours(tmp_path: Path, encoder: Encoder) -> None:
     store = SqliteEditStore(tmp_path / "edits.sqlite")
-    memory = EditMemory(store, encoder.encode_queries, encoder.dimension, EditPolicy(0.5, 8, 100))
+    classifier = ScopeClassifier.load(words=encoder.encode_words)
+    memory = EditMemory(store, encoder.encode_queries, encoder.dimension, EditPolicy(0.5, 8, 100), classifier)
     assert memory.match(MAYOR) is None  # no edits: nothing is embedded, nothing matches
     edit = memory.create(NewEdit(MAYOR, "Rosa Delling"), "local")
     memory.create(NewEdit("When was the Harrow bridge built?", "1902"), "local")
@@ -64,7 +66,7 @@ def test_the_memory_catches_paraphrases_not_neighbours(tmp_path: Path, encoder: 
         assert found is not None and found.edit.id == edit.id, query
     for query in NEIGHBOURS:
         assert memory.match(query) is None, query
-    other = EditMemory(store, encoder.encode_queries, encoder.dimension, EditPolicy(0.5, 8, 100))
+    other = EditMemory(store, encoder.encode_queries, encoder.dimension, EditPolicy(0.5, 8, 100), classifier)
     assert len(other) == 2  # a second process reads the same table
     memory.delete(edit.id, "local")
     assert other.catch_up() == 1 and other.match(MAYOR) is None and len(other) == 1

@@ -58,6 +58,13 @@ def test_a_high_score_alone_does_not_make_unrelated_passages_support(model: Supp
     assert fooled < honest
 
 
+def test_the_issues_lighthouse_answer_is_abstained(model: SupportModel) -> None:
+    """Issue 21: a lighthouse question answered "1975" from a k-d tree passage at a (hybrid) score of 0.80."""
+    question = "When was the lighthouse on Kessel Island built?"
+    found = passages(("K-d tree", "K-d trees were first described in 1975 by Jon Bentley."), [0.80])
+    assert model.probability(question, found, RetrievalMode.HYBRID) < model.threshold(RetrievalMode.HYBRID)
+
+
 @pytest.mark.parametrize("mode", list(RetrievalMode))
 def test_probabilities_lie_in_the_unit_interval(model: SupportModel, mode: RetrievalMode) -> None:
     for score in (-5.0, 0.0, 0.5, 1.0, 3.0, 100.0):
@@ -90,3 +97,14 @@ def test_a_probability_takes_well_under_a_millisecond(model: SupportModel) -> No
     for _ in range(rounds):
         model.probability(QUESTION, given, RetrievalMode.HYBRID)
     assert (time.perf_counter() - started) / rounds < 1e-3
+
+
+@pytest.mark.parametrize("mode", list(RetrievalMode))
+def test_a_single_passage_is_judged_by_its_own_combination(model: SupportModel, mode: RetrievalMode) -> None:
+    """/v1/ask reads one passage by default: the fit has a combination for every count up to top_k."""
+    assert sorted(model.modes[mode].by_count) == list(range(1, model.modes[mode].top_k + 1))
+    good = model.probability(QUESTION, passages(ON_TOPIC, [HIGH[mode]]), mode)
+    bad = model.probability(QUESTION, passages(OFF_TOPIC, [LOW[mode]]), mode)
+    assert good > model.threshold(mode) > bad
+    many = passages(ON_TOPIC, [HIGH[mode]] * 9)  # beyond top_k, only the first top_k count
+    assert model.probability(QUESTION, many, mode) == model.probability(QUESTION, many[: model.modes[mode].top_k], mode)

@@ -66,15 +66,14 @@ class EditMemory:
         embed: Callable[[list[str]], Any],  # texts -> (n, dim) unit vectors (the retriever's encoder)
         dim: int,
         policy: EditPolicy,
-        classifier: ScopeClassifier | None = None,
+        classifier: ScopeClassifier,
     ) -> None:
         from retriever.edit_index import EditSnapshot
-        from retriever.scope import ScopeClassifier
 
         self.store = store
         self.embed = embed
         self.policy = policy
-        self.classifier = classifier or ScopeClassifier.load()
+        self.classifier = classifier
         # (the index, the live edits by id): replaced as one, so a search sees one state or the next
         self._state: tuple[EditSnapshot, dict[str, Edit]] = (EditSnapshot.empty(dim), {})
         self.seq = 0  # the edit table's counter value the snapshot includes

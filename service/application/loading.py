@@ -207,8 +207,11 @@ def make_engine(
 
 def make_edits(settings: Settings, store: Store, encoder: Encoder) -> EditMemory:
     """The edit memory of the index, caught up with its table (every live edit embedded now)."""
+    from retriever.scope import ScopeClassifier
+
     policy = EditPolicy(settings.edit_scope_threshold, settings.edit_candidates, settings.max_edits)
-    return EditMemory(store.edits, encoder.encode_queries, encoder.dimension, policy)
+    classifier = ScopeClassifier.load(words=encoder.encode_words)
+    return EditMemory(store.edits, encoder.encode_queries, encoder.dimension, policy, classifier)
 
 
 def make_abstention(settings: Settings) -> Abstention:

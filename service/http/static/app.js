@@ -259,6 +259,8 @@ function showAnswer(result) {
   $("answer").textContent = result.answer;
   renderCitations(result.citations, result.evidence, result.index_version);
   const parts = [`reader ${result.reader}`, `adapter ${result.adapter || "none"}`];
+  if (result.edit_id) parts.unshift(`answered from edit ${result.edit_id}`);
+  if (result.abstained) parts.unshift(`abstained: the passages do not support an answer (support ${result.support.toFixed(2)})`);
   if (result.probability !== null && result.probability !== undefined) {
     parts.push(`p = ${result.probability.toFixed(3)}`);
   }
