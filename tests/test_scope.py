@@ -13,6 +13,7 @@ import pytest
 
 from retriever.encoder import Encoder
 from retriever.scope import BUNDLED, FEATURES, ScopeClassifier, analyse, lexical_features
+from retriever.scope_features import ALIGNMENT_FEATURES
 from service.application.loading import make_encoder
 from service.settings import Settings
 
@@ -40,8 +41,8 @@ def encoder() -> Encoder:
 
 
 @pytest.fixture(scope="module")
-def model() -> ScopeClassifier:
-    return ScopeClassifier.load()
+def model(encoder: Encoder) -> ScopeClassifier:
+    return ScopeClassifier.load(words=encoder.encode_words)
 
 
 def scores(encoder: Encoder, model: ScopeClassifier, query: str, edits: list[str]) -> np.ndarray:
@@ -49,13 +50,13 @@ def scores(encoder: Encoder, model: ScopeClassifier, query: str, edits: list[str
     return model.probabilities(query, vectors[0], edits, vectors[1:])
 
 
-def test_bundled_parameters_load_and_record_their_fit(model: ScopeClassifier) -> None:
+def test_bundled_parameters_load_and_record_their_fit(encoder: Encoder, model: ScopeClassifier) -> None:
     data = json.loads(BUNDLED.read_text(encoding="utf-8"))
-    assert data["features"] == list(FEATURES)
+    assert data["features"] == list(FEATURES) + list(ALIGNMENT_FEATURES)[: len(data["features"]) - len(FEATURES)]
     assert model.kind in ("logistic", "mlp")
     for key in ("date", "command", "anchors", "pairs", "cv_auc", "cosine_threshold"):
         assert key in model.meta
-    assert ScopeClassifier.load(BUNDLED).platt == model.platt
+    assert ScopeClassifier.load(BUNDLED, words=encoder.encode_words).platt == model.platt
 
 
 def test_paraphrases_in_scope_neighbours_out(encoder: Encoder, model: ScopeClassifier) -> None:

@@ -109,10 +109,13 @@ class Client:
         retrieval: RetrievalMode | str | None = None,
         extractive: bool | None = None,
         adapter: str | None = None,
+        abstain: bool | None = None,
+        edits: bool | None = None,
     ) -> Iterator[StreamEvent]:
         """The answer as it is written: a CitationsEvent, TokenEvents, then a DoneEvent with the
         whole Answer. An error mid-way raises its domain exception."""
         options = {"top_k": top_k, "reader": reader, "retrieval": retrieval, "extractive": extractive}
+        options |= {"abstain": abstain, "edits": edits}
         call = _ops.ask_stream(question, adapter=adapter, **options)
         response = self._send(call, stream=True)
         try:
