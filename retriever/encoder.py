@@ -190,15 +190,15 @@ class Encoder:
             if self._uses_token_types:
                 features["token_type_ids"] = torch.zeros_like(features["input_ids"])
             states = self.model[0](features)["token_embeddings"].float().cpu().numpy()  # (B, T, dim)
-            for row, (ids, tok) in enumerate(zip([b[0] for b in batch], [b[1] for b in batch], strict=True)):
-                word_of = [w if w is not None else -1 for w in tok.word_ids[: len(ids)]]
-                words = sorted(set(word_of) - {-1})
-                index = np.array([words.index(w) for w in word_of if w != -1], dtype=np.int64)  # (t,)
-                pieces = states[row, len(self._prefix) : len(self._prefix) + len(ids)][np.array(word_of) != -1]
+            for row, (ids, tok) in enumerate(batch):
+                word_of = np.array([-1 if w is None else w for w in tok.word_ids[: len(ids)]])  # (t,) word per piece
+                words, index = np.unique(word_of[word_of >= 0], return_inverse=True)  # (n_words,), (t',)
+                first = len(self._prefix)
+                pieces = states[row, first : first + len(ids)][word_of >= 0]  # (t', dim)
                 pooled = np.zeros((len(words), states.shape[2]), dtype=np.float32)  # (n_words, dim)
                 np.add.at(pooled, index, pieces)
                 pooled /= np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-9)
-                spans = {w: (tok.offsets[i][0], tok.offsets[i][1]) for i, w in reversed(list(enumerate(word_of)))}
-                ends = {w: tok.offsets[i][1] for i, w in enumerate(word_of)}
-                found.append(([texts[start + row][spans[w][0] : ends[w]] for w in words], pooled))
+                spans = [np.flatnonzero(word_of == w) for w in words]  # the pieces of each word
+                text = texts[start + row]
+                found.append(([text[tok.offsets[p[0]][0] : tok.offsets[p[-1]][1]] for p in spans], pooled))
         return found

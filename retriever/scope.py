@@ -13,15 +13,16 @@ cosine plus lexical features that see what the cosine misses:
   lacks: a swapped entity or number is the mark of a same-attribute neighbour;
 - agreement of the question type (wh-word, "how many" ~ "what number", "in what year" ~ "when"):
   a same-entity neighbour usually asks another type of question;
-- optionally a learned projection of u * v (the elementwise product of the two unit vectors), used
-  only when cross-validation by article says it helps (`bench/fit_scope.py` records the choice).
+- token alignment from the frozen encoder (retriever/scope_features.py, BERTScore-style): each content
+  word's best contextual cosine to the other question; a synonym aligns high, a changed attribute does not.
 
 A logistic combination of these (or a tiny one-hidden-layer MLP, when cross-validation by article prefers
 it: `fit.model` in the JSON says which), then Platt scaling fitted on out-of-fold scores, gives a
 calibrated probability. Parameters live in `retriever/data/scope.json` (JSON, never pickle), fitted by
-`python -m bench.fit_scope` on SQuAD training articles only. Serving is pure numpy: the n candidates
-are scored with one matrix product; the text analysis of each string is cached, so an edit question
-seen before costs a dictionary look-up.
+`python -m bench.fit_scope` on SQuAD training articles only. Serving is a cascade: candidates whose cosine
+is below the fitted floor get p = 0 at once; the rest get the lexical features (each string's analysis
+cached) and, when the model uses them, the alignment features (the query's words encoded once per call,
+the edit questions' from a bounded LRU cache).
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ import pytest
 
 from retriever.encoder import Encoder
 from retriever.scope import BUNDLED, FEATURES, ScopeClassifier, analyse, lexical_features
-from retriever.scope_features import ALIGNMENT_FEATURES
+from retriever.scope_features import ALIGNMENT_FEATURES, WordCache
 from service.application.loading import make_encoder
 from service.settings import Settings
 
@@ -116,4 +116,53 @@ def test_a_parameter_file_of_other_features_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "scope.json"
     path.write_text(json.dumps(data), encoding="utf-8")
     with pytest.raises(ValueError, match="features"):
-        ScopeClassifier.load(path)
+        ScopeClassifier.load(path, words=lambda texts: [])
+
+
+def test_an_aligned_model_without_a_word_encoder_is_refused() -> None:
+    data = json.loads(BUNDLED.read_text(encoding="utf-8"))
+    if tuple(data["features"]) == FEATURES:
+        pytest.skip("the bundled model uses no alignment features")
+    with pytest.raises(ValueError, match="encode_words"):
+        ScopeClassifier.load()
+
+
+def test_encode_words_pools_word_pieces_into_unit_vectors(encoder: Encoder) -> None:
+    (words, vectors), (empty, none) = encoder.encode_words(["Who founded Céloron's fort?", ""])
+    assert words == ["Who", "founded", "Céloron", "'", "s", "fort", "?"]
+    assert vectors.shape == (len(words), encoder.dimension) and vectors.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, rtol=1e-5)
+    assert empty == [] and none.shape == (0, encoder.dimension)
+
+
+def test_cascade_skips_far_candidates_and_caches_edit_words(encoder: Encoder) -> None:
+    calls: list[list[str]] = []
+
+    def counting(texts: list[str]) -> list[tuple[list[str], np.ndarray]]:
+        calls.append(list(texts))
+        return encoder.encode_words(texts)
+
+    model = ScopeClassifier.load(words=counting)  # type: ignore[arg-type]  # a list is a Sequence
+    if model.words is None:
+        pytest.skip("the bundled model uses no alignment features")
+    far = "What is the boiling point of water at sea level?"
+    vectors = encoder.encode_queries([EDIT, far, PARAPHRASES[0]])
+    assert float(vectors[1] @ vectors[0]) < model.floor
+    assert model.probabilities(EDIT, vectors[0], [far], vectors[1:2])[0] == 0.0
+    assert calls == []  # nothing past the floor: no word vectors at all
+    p = model.probabilities(EDIT, vectors[0], [far, PARAPHRASES[0]], vectors[1:])
+    assert p[0] == 0.0 and p[1] >= 0.5
+    assert calls == [[EDIT], [PARAPHRASES[0]]]  # the query once, the near edit question once
+    model.probabilities(EDIT, vectors[0], [PARAPHRASES[0]], vectors[2:])
+    assert calls[-1] == [EDIT]  # the edit question's words came from the cache
+
+
+def test_word_cache_is_bounded_and_least_recently_used_goes_first() -> None:
+    def fake(texts: list[str]) -> list[tuple[list[str], np.ndarray]]:
+        return [([t], np.ones((1, 2), dtype=np.float32)) for t in texts]
+
+    cache = WordCache(fake, size=2)  # type: ignore[arg-type]
+    cache.get(["a", "b"])
+    cache.get(["a"])  # "a" is now the most recently used
+    cache.get(["c"])
+    assert list(cache._entries) == ["a", "c"]
