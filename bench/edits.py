@@ -28,6 +28,7 @@ from typing import Any
 from bench.cluster import Node, replicas, wait_until
 from bench.common import SQUAD, header, percentile
 from bench.edit_set import EditCase, load_corpus, load_edit_set
+from bench.replicas import wait_job
 from service.application.evaluation import load_squad
 from service.application.loading import cached_index_path, ensure_index, make_encoder
 from service.application.squad import normalize_answer
@@ -113,14 +114,10 @@ def as_documents(node: Node, cases: list[EditCase], before: dict[str, dict[str, 
         {"id": f"correction-{c.id}", "title": "Correction", "text": c.statement or f"{c.question} {c.answer}."}
         for c in cases
     ]
-    wait_job(node, node.post("/v1/documents", {"upsert": docs, "delete": []})[1]["job_id"])
+    wait_job(node, node.post("/v1/documents", {"upsert": docs, "delete": []})[1]["job_id"], 600)
     after = answers(node, [q for c in cases for q in (c.question, *c.paraphrases)] + neighbours_of(cases))
-    wait_job(node, node.post("/v1/documents", {"upsert": [], "delete": [d["id"] for d in docs]})[1]["job_id"])
+    wait_job(node, node.post("/v1/documents", {"upsert": [], "delete": [d["id"] for d in docs]})[1]["job_id"], 600)
     return score(cases, before, after)
-
-
-def wait_job(node: Node, job_id: str) -> None:
-    wait_until(lambda: node.get(f"/v1/jobs/{job_id}")[1]["state"] in ("done", "failed"), 600, every=0.2)
 
 
 def answered_by(node: Node) -> str | None:

@@ -9,6 +9,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from bench.cluster import Node, replicas, wait_until
+from bench.replicas import wait_job
 from indexer.edits import EditStore, NewEdit, SqliteEditStore
 from ragserve.errors import TooManyEditsError
 from retriever.encoder import Encoder
@@ -168,8 +169,10 @@ def test_edits_outlive_new_versions_rollbacks_and_restarts(tmp_path: Path, tiny_
         assert status == 201
         served = node.get("/admin/indexes")[1]["indexes"][0]["serving"]
         doc = {"id": "edits-new-version", "title": "Quenmoor post", "text": "Quenmoor has a post office."}
-        node_job(node, node.post("/v1/documents", {"upsert": [doc], "delete": []})[1]["job_id"])
-        node_job(node, node.post("/admin/indexes/default/refresh")[1]["job_id"])
+        assert (
+            wait_job(node, node.post("/v1/documents", {"upsert": [doc], "delete": []})[1]["job_id"])["state"] == "done"
+        )
+        assert wait_job(node, node.post("/admin/indexes/default/refresh")[1]["job_id"])["state"] == "done"
         assert node.get("/admin/indexes")[1]["indexes"][0]["serving"] != served
         assert node_answer(node, PARAPHRASE)["edit_id"] == edit["edit_id"]  # a new version
         status, _ = node.post("/admin/indexes/default/rollback", {"version": served})
@@ -178,11 +181,6 @@ def test_edits_outlive_new_versions_rollbacks_and_restarts(tmp_path: Path, tiny_
     with replicas(1, tiny_index, registry, None) as (node,):
         body = node_answer(node, PARAPHRASE)
         assert body["edit_id"] == edit["edit_id"] and body["answer"] == "Rosa Delling"
-
-
-def node_job(node: Node, job_id: str) -> None:
-    wait_until(lambda: node.get(f"/v1/jobs/{job_id}")[1]["state"] in ("done", "failed"), 120, every=0.05)
-    assert node.get(f"/v1/jobs/{job_id}")[1]["state"] == "done"
 
 
 def test_edits_need_the_admin_token(live_server: Any) -> None:
