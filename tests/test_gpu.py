@@ -6,6 +6,7 @@ check of the same)."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import faiss
 import numpy as np
@@ -18,6 +19,8 @@ from ragserve.types import Precision
 from retriever import faiss_index, gpu
 from retriever.encoder import Encoder, resolve_device
 from retriever.gpu import CPU_ONLY, GpuOptions
+from service.application.loading import make_encoder
+from service.settings import Settings
 
 DIM = 384
 FAISS_GPUS = gpu.gpu_count()
@@ -125,6 +128,15 @@ def test_cuda_is_refused_where_torch_sees_none() -> None:
         resolve_device("cuda")
     with pytest.raises(InvalidInputError, match="torch sees no CUDA GPU"):
         Encoder("all-MiniLM-L6-v2", "fp32", "cuda")
+
+
+@pytest.mark.skipif(CUDA, reason="torch sees a CUDA GPU")
+def test_the_retriever_device_setting_reaches_the_encoder(tmp_path: Path) -> None:
+    """RAGSERVE_RETRIEVER_DEVICE is what the service's encoder is built with, not a dead setting."""
+    settings = Settings(home=tmp_path)
+    assert make_encoder(settings.model_copy(update={"retriever_device": "cpu"})).device == "cpu"
+    with pytest.raises(InvalidInputError, match="torch sees no CUDA GPU"):
+        make_encoder(settings.model_copy(update={"retriever_device": "cuda"}))
 
 
 # --- where a GPU is present -----------------------------------------------------------------------

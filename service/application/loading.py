@@ -54,7 +54,7 @@ def configure_threads(settings: Settings) -> None:
 
 
 def make_encoder(settings: Settings) -> Encoder:
-    return Encoder(settings.retriever_model, precision=settings.encoder_precision)
+    return Encoder(settings.retriever_model, precision=settings.encoder_precision, device=settings.retriever_device)
 
 
 def make_generator(settings: Settings) -> Generator:
