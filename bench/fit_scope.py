@@ -27,6 +27,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -51,6 +52,9 @@ from service.application.evaluation import Question, load_squad
 from service.application.squad import normalize_answer, select_articles
 
 TRAIN_FILE = Path(__file__).resolve().parent / "data" / "scope_train.jsonl"
+# Anchors about invented entities (their own question, no SQuAD id): paraphrase styles and neighbours
+# that SQuAD-anchored pairs lack (added context, abbreviations, relation synonyms, close roles).
+WRITTEN_FILE = TRAIN_FILE.with_name("scope_train_written.jsonl")
 FOLDS = 4  # 24 training articles: 6 per fold
 NEAREST = 3  # nearest other-paragraph questions per anchor
 RANDOM = 2  # random other-article questions per anchor
@@ -141,53 +145,85 @@ def wh_swap(text: str, rng: random.Random) -> str | None:
     return None
 
 
+def _swap_pool(others: list[Question], rng: random.Random) -> dict[str, list[str]]:
+    """Entity spans ('num', 'name') of 200 questions of other articles: another entity for sure."""
+    pool: dict[str, list[str]] = {"num": [], "name": []}
+    for q in rng.sample(others, 200):
+        for s, e, cls in entity_spans(q.question):
+            pool[cls].append(q.question[s:e])
+    return pool
+
+
+def anchor_pairs(pairs: Pairs, texts: list[str], row: dict[str, list[str]], fold: int, **mined: object) -> None:
+    """The pairs every anchor gives: its texts (question, paraphrases) in scope of each other; their
+    wh- and entity swaps and the hand-written neighbours out of scope. `mined`: pool, rng."""
+    pool, rng = mined["pool"], mined["rng"]
+    assert isinstance(pool, dict) and isinstance(rng, random.Random)
+    for i, x in enumerate(texts):
+        for y in texts[i + 1 :]:
+            pairs.add(x, y, 1, "paraphrase", fold)
+        asked = wh_swap(x, rng)
+        if asked:
+            pairs.add(asked, x, 0, "wh_swap", fold)
+        swapped = entity_swap(x, pool, rng)
+        if swapped:
+            pairs.add(swapped, x, 0, "entity_swap", fold, both=False)
+            pairs.add(swapped, rng.choice([t for t in texts if t != x]), 0, "entity_swap", fold, both=False)
+    for key, kind in (("other_entity", "same_attribute"), ("other_attribute", "other_attribute")):
+        for neg in row[key]:
+            for x in texts:
+                pairs.add(neg, x, 0, kind, fold)
+
+
+def nearest_pairs(pairs: Pairs, anchor: str, row: dict[str, list[str]], fold: int, near: list[Question]) -> None:
+    """The anchor and one of its paraphrases against questions close by cosine that ask other things."""
+    for q in near[:NEAREST]:
+        pairs.add(q.question, anchor, 0, "nearest", fold)
+        pairs.add(q.question, random.Random(q.id).choice(row["paraphrases"]), 0, "nearest", fold, both=False)
+
+
 def build_pairs(questions: list[Question], vectors: dict[str, np.ndarray], rng: random.Random) -> Pairs:
-    """All pair kinds, from the hand-written file and mined from the training articles."""
+    """All pair kinds, from the hand-written files and mined from the training articles. Written anchors
+    (about invented entities) are spread over the folds by their position in their file."""
     by_id = {q.id: q for q in questions}
     articles = sorted({q.article for q in questions})
     fold_of = {a: i % FOLDS for i, a in enumerate(articles)}
     by_doc: dict[str, list[Question]] = {}
     for q in questions:
         by_doc.setdefault(q.gold_doc, []).append(q)
-    pool: dict[str, list[str]] = {"num": [], "name": []}
     matrix = np.stack([vectors[q.question] for q in questions])  # (Q, dim)
     pairs = Pairs()
-    for row in (json.loads(line) for line in TRAIN_FILE.read_text(encoding="utf-8").splitlines() if line.strip()):
+    for row in read_rows(TRAIN_FILE):
         anchor = by_id[row["squad_id"]]
         fold = fold_of[anchor.article]
         others = [q for q in questions if q.article != anchor.article]
-        pool = {"num": [], "name": []}
-        for q in rng.sample(others, 200):  # swap pool from other articles only (another entity for sure)
-            for s, e, cls in entity_spans(q.question):
-                pool[cls].append(q.question[s:e])
         texts = [anchor.question, *row["paraphrases"]]
-        for i, x in enumerate(texts):
-            for y in texts[i + 1 :]:
-                pairs.add(x, y, 1, "paraphrase", fold)
-            asked = wh_swap(x, rng)
-            if asked:
-                pairs.add(asked, x, 0, "wh_swap", fold)
-            swapped = entity_swap(x, pool, rng)
-            if swapped:
-                pairs.add(swapped, x, 0, "entity_swap", fold, both=False)
-                pairs.add(swapped, rng.choice([t for t in texts if t != x]), 0, "entity_swap", fold, both=False)
-        for key, kind in (("other_entity", "same_attribute"), ("other_attribute", "other_attribute")):
-            for neg in row[key]:
-                for x in texts:
-                    pairs.add(neg, x, 0, kind, fold)
+        anchor_pairs(pairs, texts, row, fold, pool=_swap_pool(others, rng), rng=rng)
         for other in by_doc[anchor.gold_doc]:
             if other.id != anchor.id and not same_answer(anchor, other):
                 pairs.add(other.question, anchor.question, 0, "same_entity", fold)
                 pairs.add(other.question, rng.choice(row["paraphrases"]), 0, "same_entity", fold, both=False)
         cosine = matrix @ vectors[anchor.question]  # (Q,)
         ranked = [questions[int(i)] for i in np.argsort(-cosine)]
-        near = [q for q in ranked if q.gold_doc != anchor.gold_doc and not same_answer(q, anchor)][:NEAREST]
-        for q in near:
-            pairs.add(q.question, anchor.question, 0, "nearest", fold)
-            pairs.add(q.question, rng.choice(row["paraphrases"]), 0, "nearest", fold, both=False)
+        near = [q for q in ranked if q.gold_doc != anchor.gold_doc and not same_answer(q, anchor)]
+        nearest_pairs(pairs, anchor.question, row, fold, near)
         for q in rng.sample(others, RANDOM):
             pairs.add(q.question, rng.choice(texts), 0, "random", fold)
+    for i, row in enumerate(read_rows(WRITTEN_FILE)):
+        fold, texts = i % FOLDS, [row["question"], *row["paraphrases"]]
+        anchor_pairs(pairs, texts, row, fold, pool=_swap_pool(questions, rng), rng=rng)
+        cosine = matrix @ vectors[row["question"]]  # (Q,): SQuAD questions are about other entities
+        nearest_pairs(pairs, row["question"], row, fold, [questions[int(j)] for j in np.argsort(-cosine)])
+        for q in rng.sample(questions, RANDOM):
+            pairs.add(q.question, rng.choice(texts), 0, "random", fold)
     return pairs
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    """The JSON lines of a hand-written training file (none when the file is absent)."""
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def features_of(pairs: Pairs, vectors: dict[str, np.ndarray], words: dict[str, Words]) -> np.ndarray:
@@ -321,19 +357,21 @@ def training_pairs() -> tuple[Pairs, dict[str, np.ndarray], dict[str, Words], in
     data = load_squad(SQUAD)
     train = select_articles({q.article for q in data.questions}, "train")
     questions = [q for q in data.questions if q.article in train]
-    rows = [json.loads(line) for line in TRAIN_FILE.read_text(encoding="utf-8").splitlines() if line.strip()]
-    hand = [t for r in rows for t in r["paraphrases"] + r["other_entity"] + r["other_attribute"]]
+    rows, written = read_rows(TRAIN_FILE), read_rows(WRITTEN_FILE)
+    hand = [r["question"] for r in written]
+    hand += [t for r in rows + written for t in r["paraphrases"] + r["other_entity"] + r["other_attribute"]]
     vectors = encode_all([q.question for q in questions] + hand)
     pairs = build_pairs(questions, vectors, random.Random(SEED))
     vectors.update(encode_all(sorted({t for t in pairs.a + pairs.b if t not in vectors})))  # the swaps
     texts = sorted(set(pairs.a + pairs.b))
     words = dict(zip(texts, encoder().encode_words(texts), strict=True))
     print(
-        f"anchors: {len(rows)} SQuAD training questions, {sum(len(r['paraphrases']) for r in rows)} "
-        f"paraphrases, {sum(len(r['other_entity']) for r in rows)} hand-written other-entity and "
-        f"{sum(len(r['other_attribute']) for r in rows)} other-attribute negatives"
+        f"anchors: {len(rows)} SQuAD training questions and {len(written)} written ones, "
+        f"{sum(len(r['paraphrases']) for r in rows + written)} paraphrases, "
+        f"{sum(len(r['other_entity']) for r in rows + written)} hand-written other-entity and "
+        f"{sum(len(r['other_attribute']) for r in rows + written)} other-attribute negatives"
     )
-    return pairs, vectors, words, len(rows)
+    return pairs, vectors, words, len(rows) + len(written)
 
 
 def main() -> None:

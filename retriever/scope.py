@@ -159,7 +159,9 @@ def _is_entity(token: str, position: int) -> bool:
     return position > 0 or token.lower() not in STOPWORDS
 
 
-_TIME_AND_SPAN = {"TIME", "DURATION"}  # "how long has X ..." is asked as "since when has X ..." too
+# Types that can ask the same thing: "how long has X ..." is "since when has X ...", and "how long is the
+# bridge?" asks a length ("how many metres long ...?").
+_COMPATIBLE = {frozenset({"TIME", "DURATION"}), frozenset({"DURATION", "QUANTITY"})}
 _STOPWORD_STEMS = frozenset(stem(w) for w in STOPWORDS)
 
 
@@ -229,7 +231,8 @@ def lexical_features(query: Analysis, edit: Analysis) -> list[float]:
     numbers_e = sum(1 for n in edit.numbers if not _number_met(n, query.stems))
     names_q, names_e = _missing_names(query, edit), _missing_names(edit, query)
     swapped = float(numbers_q + names_q > 0 and numbers_e + names_e > 0)
-    specific = query.qtype != "THING" and edit.qtype != "THING" and {query.qtype, edit.qtype} != _TIME_AND_SPAN
+    types = frozenset({query.qtype, edit.qtype})
+    specific = "THING" not in types and types not in _COMPATIBLE
     same = float(specific and query.qtype == edit.qtype)
     conflict = float(specific and query.qtype != edit.qtype)
     partial = float((query.qtype == "THING") != (edit.qtype == "THING"))

@@ -2,6 +2,7 @@
 loader's refusal of broken cases (checked on a tiny stand-in SQuAD Parquet, so it runs anywhere)."""
 
 import json
+import re
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -154,3 +155,41 @@ def test_a_neighbour_another_case_edits_is_refused(tmp_path: Path) -> None:
     other["neighbours"][0] = {"question": "When was Delta built?", "kind": "entity", "answer": "1901"}
     with pytest.raises(ValueError, match="corpus-1"):
         load_rows(tmp_path, [corpus_row(), other], squad=False)
+
+
+# Ordinary capitalised words both sides may use ("Festival" in a name is not the name).
+_COMMON_TEXT = """America Athletic Bank Black Bridge City Club Company Duchy Festival Hall Hill House Institute
+Mount Museum Northern Observatory Orchestra Park Prize Radio Saturday Stadium Street Sunday Tower United University"""
+COMMON = frozenset(_COMMON_TEXT.split())
+
+
+def _names(texts: list[str]) -> set[str]:
+    """Capitalised words not at a sentence start: the invented entities' names."""
+    found = set()
+    for text in texts:
+        words = re.findall(r"[\w'’-]+", text)
+        found |= {w.strip(",.'’s") for w in words[1:] if w[:1].isupper() and len(w) > 3}
+    return found
+
+
+def test_written_training_anchors_are_well_formed_and_share_no_name_with_the_evaluation_set() -> None:
+    """bench/data/scope_train_written.jsonl trains the scope classifier on invented entities; a name shared
+    with the evaluation set or its corpus would leak held-out cases into the fit."""
+    data = Path(__file__).resolve().parents[1] / "bench" / "data"
+    rows = [json.loads(line) for line in (data / "scope_train_written.jsonl").read_text().splitlines() if line]
+    counts = {"paraphrases": 3, "other_entity": 2, "other_attribute": 3}
+    texts: list[str] = []
+    for row in rows:
+        assert set(row) == {"question", *counts}, row
+        assert all(len(row[key]) == n for key, n in counts.items()), row["question"]
+        texts += [row["question"], *(t for key in counts for t in row[key])]
+    assert len(rows) >= 100 and all(t.endswith("?") for t in texts)
+    assert len({t.lower() for t in texts}) == len(texts), "a question appears twice"
+    held_out = [
+        json.dumps(json.loads(line))
+        for name in ("edits_eval.jsonl", "edits_corpus.jsonl")
+        for line in (data / name).read_text().splitlines()
+        if line
+    ]
+    shared = (_names(texts) & _names(held_out)) - COMMON
+    assert not shared, shared
