@@ -58,7 +58,8 @@ class EditCase:
     doc_id: str | None = None
 
 
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The JSON objects of a hand-written JSON-lines file, blank lines skipped."""
     rows = []
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if line.strip():
@@ -91,7 +92,7 @@ def _contains(text: str, phrase: str) -> bool:
 def load_corpus(path: Path = CORPUS_FILE) -> list[Document]:
     """The invented documents the corpus half of the set edits (ingest them before evaluating)."""
     documents = []
-    for row in _read_jsonl(path):
+    for row in read_jsonl(path):
         where = f"{path.name}: document {row.get('id')!r}"
         documents.append(Document(_text(row, "id", where), _text(row, "title", where), _text(row, "text", where)))
     if len({d.id for d in documents}) != len(documents):
@@ -223,7 +224,7 @@ def _check_set(cases: list[EditCase]) -> None:
 
 def load_edit_set(squad: Path | None, path: Path = EVAL_FILE, corpus: Path = CORPUS_FILE) -> list[EditCase]:
     """Every case in file order; with `squad=None` (no SQuAD Parquet at hand) only the corpus ones."""
-    rows = _read_jsonl(path)
+    rows = read_jsonl(path)
     for row in rows:
         if row.get("source") not in SOURCES:
             raise ValueError(f"{row.get('id')}: source must be one of {', '.join(SOURCES)}")

@@ -27,11 +27,11 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from bench.common import SQUAD, header
+from bench.edit_set import read_jsonl
 from bench.scope import (
     FLOOR_QUANTILE,
     Labelled,
@@ -154,11 +154,11 @@ def _swap_pool(others: list[Question], rng: random.Random) -> dict[str, list[str
     return pool
 
 
-def anchor_pairs(pairs: Pairs, texts: list[str], row: dict[str, list[str]], fold: int, **mined: object) -> None:
+def anchor_pairs(
+    pairs: Pairs, texts: list[str], row: dict[str, list[str]], fold: int, pool: dict[str, list[str]], rng: random.Random
+) -> None:
     """The pairs every anchor gives: its texts (question, paraphrases) in scope of each other; their
-    wh- and entity swaps and the hand-written neighbours out of scope. `mined`: pool, rng."""
-    pool, rng = mined["pool"], mined["rng"]
-    assert isinstance(pool, dict) and isinstance(rng, random.Random)
+    wh- and entity swaps (from `pool`) and the hand-written neighbours out of scope."""
     for i, x in enumerate(texts):
         for y in texts[i + 1 :]:
             pairs.add(x, y, 1, "paraphrase", fold)
@@ -193,7 +193,7 @@ def build_pairs(questions: list[Question], vectors: dict[str, np.ndarray], rng: 
         by_doc.setdefault(q.gold_doc, []).append(q)
     matrix = np.stack([vectors[q.question] for q in questions])  # (Q, dim)
     pairs = Pairs()
-    for row in read_rows(TRAIN_FILE):
+    for row in read_jsonl(TRAIN_FILE):
         anchor = by_id[row["squad_id"]]
         fold = fold_of[anchor.article]
         others = [q for q in questions if q.article != anchor.article]
@@ -209,7 +209,7 @@ def build_pairs(questions: list[Question], vectors: dict[str, np.ndarray], rng: 
         nearest_pairs(pairs, anchor.question, row, fold, near)
         for q in rng.sample(others, RANDOM):
             pairs.add(q.question, rng.choice(texts), 0, "random", fold)
-    for i, row in enumerate(read_rows(WRITTEN_FILE)):
+    for i, row in enumerate(read_jsonl(WRITTEN_FILE)):
         fold, texts = i % FOLDS, [row["question"], *row["paraphrases"]]
         anchor_pairs(pairs, texts, row, fold, pool=_swap_pool(questions, rng), rng=rng)
         cosine = matrix @ vectors[row["question"]]  # (Q,): SQuAD questions are about other entities
@@ -217,13 +217,6 @@ def build_pairs(questions: list[Question], vectors: dict[str, np.ndarray], rng: 
         for q in rng.sample(questions, RANDOM):
             pairs.add(q.question, rng.choice(texts), 0, "random", fold)
     return pairs
-
-
-def read_rows(path: Path) -> list[dict[str, Any]]:
-    """The JSON lines of a hand-written training file (none when the file is absent)."""
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def features_of(pairs: Pairs, vectors: dict[str, np.ndarray], words: dict[str, Words]) -> np.ndarray:
@@ -357,7 +350,7 @@ def training_pairs() -> tuple[Pairs, dict[str, np.ndarray], dict[str, Words], in
     data = load_squad(SQUAD)
     train = select_articles({q.article for q in data.questions}, "train")
     questions = [q for q in data.questions if q.article in train]
-    rows, written = read_rows(TRAIN_FILE), read_rows(WRITTEN_FILE)
+    rows, written = read_jsonl(TRAIN_FILE), read_jsonl(WRITTEN_FILE)
     hand = [r["question"] for r in written]
     hand += [t for r in rows + written for t in r["paraphrases"] + r["other_entity"] + r["other_attribute"]]
     vectors = encode_all([q.question for q in questions] + hand)
