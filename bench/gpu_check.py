@@ -1,4 +1,5 @@
-"""GPU against CPU on SQuAD v1.1 dev: embedding rate and agreement, FAISS build and search agreement.
+"""GPU against CPU on SQuAD v1.1 dev: embedding rate and agreement, FAISS build and search
+agreement, the generator's answers.
 
 One command for the moment a GPU machine is at hand (a few minutes on one GPU; most of it is the
 CPU embedding pass):
@@ -13,17 +14,23 @@ CPU embedding pass):
    (GpuOptions(build=True)), and that one searched on the GPU (GpuOptions(search=True), and with
    shard=True), through faiss_index.build / write / load as the product does: recall@5 and the
    share of questions whose top 5 chunks equal the CPU index's.
+4. The stuff reader, given each of `--answers` held-out questions and its gold paragraph, on the
+   generator on the CPU (fp32, the reference) and on CUDA in fp32, bf16 and fp16: exact match,
+   the share of answers equal to the CPU's, and answers/s.
 
-PASS when every recall is within 0.005 of its CPU reference and Flat / IVF-Flat really ran on the
-GPU; then exit 0, on FAIL exit 1. Without a GPU (neither torch nor faiss sees one) it prints
-"no GPU: nothing to check" and exits 0, or 3 with --require-gpu. Where only one of them sees a GPU
-(e.g. faiss-cpu with CUDA torch), the other part is skipped and said so. `--cpu-only-dry-run`
+PASS when every recall is within 0.005 of its CPU reference, Flat / IVF-Flat really ran on the
+GPU, CUDA fp32 answers what the CPU answers for >= 0.95 of the questions and every CUDA precision's
+exact match is within 0.03 of the CPU's; then exit 0, on FAIL exit 1. Without a GPU (neither
+torch nor faiss sees one) it prints "no GPU: nothing to check" and exits 0, or 3 with
+--require-gpu. Where only one of them sees a GPU (e.g. faiss-cpu with CUDA torch), the other
+part is skipped and said so. `--cpu-only-dry-run`
 runs the whole comparison with the CPU on both sides on a subset (the logic, not the hardware).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import tempfile
 import time
@@ -36,25 +43,32 @@ import torch
 
 from bench.common import SQUAD, header
 from indexer.chunking import ChunkingConfig, chunk_document
+from ragserve.types import Passage
+from reader.generator import Generator
+from reader.registry import ReaderContext, create_reader
 from retriever import faiss_index, gpu
 from retriever.encoder import Encoder
 from retriever.gpu import CPU_ONLY, GpuOptions
 from service.application.evaluation import load_squad, spread_sample
-from service.application.squad import select_articles
+from service.application.loading import reader_config
+from service.application.squad import exact_match, select_articles
+from service.settings import Settings
 
 MODEL = "all-MiniLM-L6-v2"
 TOLERANCE = 0.005
 DEPTH = 10  # chunks searched, so that 5 distinct paragraphs remain
 NO_GPU_EXIT = 3
+SAME_ANSWERS = 0.95  # CUDA fp32 answers what the CPU answers, for at least this share of questions
+EM_TOLERANCE = 0.03  # exact match of each CUDA precision within this of the CPU's
 
 
 @dataclass
 class Check:
     name: str
     side: str
-    recall5: float
-    reference: float
-    same_top5: float | None
+    score: float  # recall@5 (encoder, FAISS) or exact match (generator)
+    reference: float  # the same on the CPU
+    agreement: float | None  # share of top 5 chunks, or answers, equal to the CPU's
     placed: str  # where it ran
     ok: bool
 
@@ -65,6 +79,8 @@ class Squad:
     doc_of: np.ndarray  # (chunks,) paragraph number of each chunk
     questions: list[str]
     gold: np.ndarray  # (questions,) paragraph number of each question
+    passages: list[str]  # (questions,) the text of each question's gold paragraph
+    answers: list[list[str]]  # (questions,) its reference answers
 
 
 def squad(encoder: Encoder, n_chunks: int | None, n_questions: int) -> Squad:
@@ -86,7 +102,9 @@ def squad(encoder: Encoder, n_chunks: int | None, n_questions: int) -> Squad:
     pool = [q for q in data.questions if q.article in heldout and paragraph[q.gold_doc] in kept]
     chosen = spread_sample(pool, n_questions)
     gold = np.array([paragraph[q.gold_doc] for q in chosen], np.int64)
-    return Squad(token_ids, np.array(doc_of, np.int64), [q.question for q in chosen], gold)
+    texts = [data.paragraphs[i].text for i in gold.tolist()]
+    questions, answers = [q.question for q in chosen], [q.answers for q in chosen]
+    return Squad(token_ids, np.array(doc_of, np.int64), questions, gold, texts, answers)
 
 
 def embed(encoder: Encoder, token_ids: list[list[int]]) -> tuple[np.ndarray, float]:
@@ -165,6 +183,36 @@ def faiss_checks(vectors: np.ndarray, queries: np.ndarray, data: Squad, dry_run:
     return checks
 
 
+def answers(generator: Generator, data: Squad, n: int) -> tuple[list[str], float]:
+    """The stuff reader's answers to the first `n` questions, each from its gold paragraph; answers/s."""
+    stuff = create_reader("stuff", ReaderContext(generator, reader_config(Settings())))
+    stuff.answer(data.questions[0], [Passage("warm-up", "warm-up", "", data.passages[0], 1.0)])
+    t0 = time.perf_counter()
+    got = [
+        stuff.answer(q, [Passage(f"gold{i}", f"gold{i}", "", text, 1.0)]).text
+        for i, (q, text) in enumerate(zip(data.questions[:n], data.passages[:n], strict=True))
+    ]
+    return got, n / (time.perf_counter() - t0)
+
+
+def generator_checks(data: Squad, n: int, dry_run: bool, rates: dict[str, float]) -> list[Check]:
+    """The generator's answers on the CPU (fp32) against CUDA fp32, bf16 and fp16 (in a dry run:
+    the CPU again, fp32 and bf16)."""
+    settings = Settings()
+    load = functools.partial(Generator, settings.generator_model, settings.cache_dir)
+    reference, rates["generator cpu fp32 (answers/s)"] = answers(load("fp32", "cpu"), data, n)
+    ref_em = float(np.mean([exact_match(a, g) for a, g in zip(reference, data.answers, strict=False)]))
+    device = "cpu" if dry_run else "cuda"
+    checks: list[Check] = []
+    for precision in ("fp32", "bf16") if dry_run else ("fp32", "bf16", "fp16"):
+        got, rates[f"generator {device} {precision} (answers/s)"] = answers(load(precision, device), data, n)
+        em = float(np.mean([exact_match(a, g) for a, g in zip(got, data.answers, strict=False)]))
+        same = float(np.mean([a == b for a, b in zip(got, reference, strict=True)]))
+        ok = abs(em - ref_em) <= EM_TOLERANCE and (precision != "fp32" or same >= SAME_ANSWERS)
+        checks.append(Check(f"generator {precision}, exact match", device, em, ref_em, same, device, ok))
+    return checks
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--questions", type=int, default=300)
@@ -172,6 +220,7 @@ def main() -> None:
     parser.add_argument("--cpu-only-dry-run", action="store_true", help="CPU on both sides, on a subset")
     parser.add_argument("--require-gpu", action="store_true", help=f"exit {NO_GPU_EXIT} without a GPU")
     parser.add_argument("--threads", type=int, default=2, help="torch and FAISS CPU threads")
+    parser.add_argument("--answers", type=int, default=100, help="questions the generator answers (dry run: 10)")
     args = parser.parse_args()
     sys.exit(run(args))
 
@@ -207,17 +256,22 @@ def run(args: argparse.Namespace) -> int:
             checks += faiss_checks(vectors, queries, data, dry_run, Path(folder))
     else:
         print("FAISS part skipped: faiss sees no GPU (faiss-cpu installed? see the gpu extra in pyproject.toml)")
-    print("\n| encoder | chunks/s |\n|---|---:|")
+    if dry_run or cuda:
+        checks += generator_checks(data, min(args.answers, 10 if dry_run else len(data.questions)), dry_run, rates)
+    else:
+        print("generator part skipped: torch sees no CUDA GPU")
+    print("\n| model | chunks/s (encoder), answers/s (generator) |\n|---|---:|")
     for name, rate in rates.items():
         print(f"| {name} | {rate:,.1f} |")
-    print("\n| what | side | ran on | recall@5 | CPU recall@5 | diff | top 5 = CPU's | ok |")
+    print(
+        "\nscore: recall@5 (encoder, FAISS) or exact match (generator); same: share of top 5s or answers as the CPU's"
+    )
+    print("\n| what | side | ran on | score | CPU score | diff | same | ok |")
     print("|---|---|---|---:|---:|---:|---:|---|")
     for c in checks:
-        same = "-" if c.same_top5 is None else f"{c.same_top5:.3f}"
-        diff, ok = c.recall5 - c.reference, "yes" if c.ok else "NO"
-        print(
-            f"| {c.name} | {c.side} | {c.placed} | {c.recall5:.4f} | {c.reference:.4f} | {diff:+.4f} | {same} | {ok} |"
-        )
+        same = "-" if c.agreement is None else f"{c.agreement:.3f}"
+        diff, ok = c.score - c.reference, "yes" if c.ok else "NO"
+        print(f"| {c.name} | {c.side} | {c.placed} | {c.score:.4f} | {c.reference:.4f} | {diff:+.4f} | {same} | {ok} |")
     passed = all(c.ok for c in checks)
     verdict = "PASS" if passed else "FAIL"
     print(f"\n{verdict}{' (dry run: CPU on both sides)' if dry_run else ''}; {time.perf_counter() - t0:.0f} s")

@@ -1,4 +1,5 @@
-"""Which number format a model runs in: `auto` is bf16 where the hardware multiplies bf16 natively."""
+"""Where a model runs (`auto`: CUDA when torch sees a GPU) and in which number format (`auto`: bf16
+where the hardware multiplies bf16 natively)."""
 
 import functools
 from pathlib import Path
@@ -38,3 +39,15 @@ def resolve_precision(precision: Precision | str, device: str) -> Precision:
     if precision is Precision.FP16 and not device.startswith("cuda"):
         raise InvalidInputError(f"precision fp16 runs only on a CUDA device, not on {device!r}: use fp32, bf16 or auto")
     return precision
+
+
+def resolve_device(device: str | None, role: str) -> str:
+    """`auto` (or None): CUDA when torch sees a GPU, else the CPU; `cuda[:n]` without one is refused.
+    `role` names the model in the message (the retriever, the generator)."""
+    import torch
+
+    if device in (None, "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise InvalidInputError(f"{role} device {device!r}: torch sees no CUDA GPU (use auto or cpu)")
+    return device

@@ -224,7 +224,7 @@ class _Run:
         self.pad = generator.lm.pad_id
 
     def _nll(self, rows: Sequence[Encoded]) -> tuple[torch.Tensor, int]:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.autocast):
+        with torch.autocast(self.model.device.type, dtype=torch.bfloat16, enabled=self.autocast):
             return answer_nll(self.model, rows, self.pad, self.virtual)
 
     def holdout_loss(self) -> float:
@@ -308,6 +308,19 @@ def train(
         raise InvalidInputError(f"{out} already holds a trained adapter; choose another --out or delete it")
     if not generator.lm.adapts:
         raise InvalidInputError("adapters are trained for causal generators")
+    with generator.placed():  # the adapter's weights and every batch on the model's device
+        return _train(generator, examples, out, config, progress_bar, about, stop_after)
+
+
+def _train(
+    generator: Generator,
+    examples: Sequence[Example],
+    out: Path,
+    config: AdapterTrainConfig,
+    progress_bar: bool,
+    about: Mapping[str, Any] | None,
+    stop_after: int | None,
+) -> dict[str, Any] | None:
     run = _Run(generator, examples, out, config)
     progress, total = run.progress, len(run.steps)
     out.mkdir(parents=True, exist_ok=True)

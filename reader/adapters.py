@@ -328,7 +328,7 @@ def load_adapter(folder: Path, name: str, model: PreTrainedModel, base_id: str |
         raise InvalidAdapterError(f"{folder}: not an adapter folder (needs {ADAPTER_CONFIG} and {ADAPTER_WEIGHTS})")
     try:
         config = json.loads(config_path.read_text(encoding="utf-8"))
-        tensors = load_file(weights_path)  # safetensors: plain tensors, no code
+        tensors = load_file(weights_path, device=str(model.device))  # safetensors: plain tensors, no code
         info = read_info(folder)
     except (OSError, ValueError, SafetensorError) as exc:
         raise InvalidAdapterError(f"{folder}: unreadable adapter ({exc})") from exc

@@ -104,7 +104,7 @@ class ContinuousDecoder:
         while not (self._closed and not active):
             arrived = [r for r in self._arrivals(self.max_batch - len(active), not active) if not r.dropped()]
             try:
-                with self.generator.lock, torch.inference_mode():
+                with self.generator.running():
                     for group in _same_start(arrived):
                         joined = self.lm.start(group[0].prefix, [r.prompt for r in group], group[0].adapter)
                         batch = joined if batch is None else self.lm.merge(batch, joined)

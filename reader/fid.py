@@ -45,7 +45,8 @@ def fid_input(question: str, passage: Passage | None) -> str:
 
 
 def fid_generator(context: ReaderContext) -> Generator:
-    """The encoder-decoder model FiD reads with: `fid_model` (a local folder, float32), else the
+    """The encoder-decoder model FiD reads with: `fid_model` (a local folder, float32, on the
+    generator's device), else the
     generator itself when its backend fuses encodings."""
     folder = context.config.fid_model
     if folder is None:
@@ -54,7 +55,7 @@ def fid_generator(context: ReaderContext) -> Generator:
         return context.generator
     if not (Path(folder).expanduser() / "config.json").is_file():
         raise ModelNotFoundError(f"fid model {folder!r} is not a local model folder (no config.json)")
-    generator = Generator(folder, context.config.cache_dir, "fp32")
+    generator = Generator(folder, context.config.cache_dir, "fp32", context.generator.device)
     if not generator.lm.fuses_encodings:
         raise ReaderUnavailableError(f"fid model {folder!r} is not an encoder-decoder model; " + UNAVAILABLE)
     return generator
@@ -129,7 +130,7 @@ class FidReader(Reader):
         """Answers to several questions, each from its own passages, decoded together."""
         started = time.perf_counter()
         text, lm = self.generator.text, self.generator.lm
-        with self.generator.lock, torch.inference_mode():
+        with self.generator.running():
             tokens = greedy(lm, self.prefill(questions, passages), self.config.max_new_tokens, text.ends_answer)
         elapsed = (time.perf_counter() - started) * 1000
         return [

@@ -49,9 +49,10 @@ class FusionReader(Reader):
         used = list(passages)
         text = self.generator.text
         segments = [text.encode(passage_segment(text.truncate(p, self.config.max_passage_tokens).text)) for p in used]
-        asked = torch.tensor([text.encode(question_segment(question))])  # (1, Q)
+        asked_ids = text.encode(question_segment(question))
         started = time.perf_counter()
-        with self.generator.lock, torch.inference_mode():
+        with self.generator.running():
+            asked = torch.tensor([asked_ids])  # (1, Q)
             fused = self.lm.fuse(self.lm.start(self.prefix, segments), len(self.prefix))
             fused, _ = self.lm.extend(fused, asked)
             stream = answer_stream(text)

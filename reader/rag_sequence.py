@@ -34,11 +34,11 @@ class RagSequenceReader(Reader):
         used = list(passages)
         k = len(used)
         text = self.generator.text
-        log_prior = passage_prior([p.score for p in used], self.config.temperature)  # (k,)
         suffixes = [text.encode(qa_suffix(question, [text.truncate(p, self.config.max_passage_tokens)])) for p in used]
         started = time.perf_counter()
         lm = self.generator.lm
-        with self.generator.lock, torch.inference_mode():
+        with self.generator.running():
+            log_prior = passage_prior([p.score for p in used], self.config.temperature)  # (k,)
             batch = lm.start(text.prefix_ids(prefix_for(adapter)), suffixes, adapter)
             kept = lm.select(batch, torch.arange(k))  # a copy: decoding below grows `batch`'s cache
             decoded = greedy(lm, batch, self.config.max_new_tokens, text.ends_answer)

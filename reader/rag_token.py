@@ -53,10 +53,10 @@ class RagTokenReader(Reader):
     def answer(self, question: str, passages: Sequence[Passage], adapter: Adapter | None = None) -> Answer:
         used = list(passages)
         text = self.generator.text
-        log_prior = passage_prior([p.score for p in used], self.config.temperature)  # (k,)
         suffixes = [text.encode(qa_suffix(question, [text.truncate(p, self.config.max_passage_tokens)])) for p in used]
         started = time.perf_counter()
-        with self.generator.lock, torch.inference_mode():
+        with self.generator.running():
+            log_prior = passage_prior([p.score for p in used], self.config.temperature)  # (k,)
             best = self.beam_search(log_prior, suffixes, adapter)
         weights = posterior(log_prior, best.per_passage)
         order = sorted(range(len(used)), key=lambda z: -float(weights[z]))

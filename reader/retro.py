@@ -68,10 +68,10 @@ def load_retrofit(path: Path, model: PreTrainedModel) -> Retrofit:
 
 
 def for_inference(retrofit: Retrofit) -> Retrofit:
-    """In the base model's number format (bf16 where the generator runs in it: half the bytes, and
-    no conversion of hidden states at the hooks) and inference mode. Every retrofit the reader runs
-    goes through here, trained or not."""
-    retrofit.to(retrofit.base.dtype)
+    """On the base model's device, in its number format (bf16 where the generator runs in it: half
+    the bytes, and no conversion of hidden states at the hooks), in inference mode. Every retrofit
+    the reader runs goes through here, trained or not."""
+    retrofit.to(device=retrofit.base.device, dtype=retrofit.base.dtype)
     retrofit.train(False)
     return retrofit
 
@@ -124,7 +124,7 @@ class RetroReader(Reader):
         text = self.generator.text
         prompt = text.encode(qa_prompt(question, [text.truncate(p, self.config.max_passage_tokens) for p in used]))
         started = time.perf_counter()
-        with self.generator.lock, torch.inference_mode():
+        with self.generator.running():
             tokens, retrieve_ms = self._generate(prompt, used)
         elapsed = (time.perf_counter() - started) * 1000
         timings = {"generate": elapsed - retrieve_ms, "retrieve": retrieve_ms}

@@ -137,7 +137,7 @@ def train(
     model = generator.model
     for p in model.parameters():
         p.requires_grad_(False)
-    retrofit = Retrofit(model, retro)
+    retrofit = Retrofit(model, retro).to(model.device)  # new layers beside the base model's
     seqs = sequences(corpus, generator, config.seq_tokens, lambda d: not held_out(d, config.holdout))
     if not seqs:
         raise InvalidInputError(f"no chunk of the corpus has {config.seq_tokens} tokens outside the held-out set")
@@ -148,7 +148,7 @@ def train(
     prepared = time.perf_counter()
     optimizer = torch.optim.AdamW([p for p in retrofit.parameters()], lr=config.lr, weight_decay=0.0)
     losses: list[float] = []
-    with generator.lock:
+    with generator.lock, generator.placed():
         retrofit.train(True)
         for step in range(config.steps):
             at = [(step * config.batch + i) % len(seqs) for i in range(config.batch)]

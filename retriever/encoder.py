@@ -17,8 +17,8 @@ from sentence_transformers import SentenceTransformer
 from tokenizers import Tokenizer
 
 from ragserve.compute import on_compute_thread
-from ragserve.errors import InvalidInputError, ModelNotFoundError
-from ragserve.precision import resolve_precision
+from ragserve.errors import ModelNotFoundError
+from ragserve.precision import resolve_device, resolve_precision
 from ragserve.types import Precision, TokenizedText
 from retriever.bert import LeanBert
 
@@ -64,15 +64,6 @@ PAD_MULTIPLE = {Precision.FP32: 1, Precision.BF16: 16, Precision.FP16: 16}
 HALF = {Precision.BF16: torch.bfloat16, Precision.FP16: torch.float16}  # weights cast to these
 
 
-def resolve_device(device: str | None) -> str:
-    """`auto` (or None): CUDA when torch sees a GPU, else the CPU; `cuda` without one is refused."""
-    if device in (None, "auto"):
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise InvalidInputError(f"retriever device {device!r}: torch sees no CUDA GPU (use auto or cpu)")
-    return device
-
-
 def weights_sha256(model_dir: Path) -> str:
     """Digest over every weight file of a model folder, so an artifact can name the exact weights."""
     digest = hashlib.sha256()
@@ -94,7 +85,7 @@ class Encoder:
         """`device`: auto (None) | cpu | cuda[:n] (the retriever_device setting)."""
         self.name = name_or_path
         self.path = resolve_retriever(name_or_path)
-        self.device = resolve_device(device)
+        self.device = resolve_device(device, "retriever")
         self.precision = resolve_precision(precision, self.device)
         on_cuda = self.device.startswith("cuda")
         self.batch_size = CUDA_BATCH_SIZE if on_cuda else BATCH_SIZE[self.precision]

@@ -60,7 +60,13 @@ class Settings(BaseSettings, AnswerSettings):
     )
     generator_precision: Precision = Field(
         Precision.AUTO,
-        description="fp32 | bf16 | auto (bf16 where the CPU has AMX): number format of the generator when serving.",
+        description="fp32 | bf16 | fp16 (CUDA only) | auto (bf16 where the CPU has AMX or the GPU has bf16): "
+        "number format of the generator when serving.",
+    )
+    generator_device: str = Field(
+        "auto",
+        pattern=r"^(auto|cpu|cuda)$",
+        description="auto | cpu | cuda: where the generator runs; auto is CUDA when torch sees a GPU.",
     )
     default_reader: str = "stuff"
     adapter: Annotated[str, Field(pattern=ADAPTER_NAME.pattern)] = Field(

@@ -249,9 +249,10 @@ def test_the_settings_are_valid_and_fit_the_pods(rendered: Renders, name: str) -
     else:
         assert one(docs, "HorizontalPodAutoscaler")["spec"]["minReplicas"] == replicas == 3
     gpu = container["resources"]["limits"].get("nvidia.com/gpu")
-    assert (container["image"], gpu, settings.retriever_device, settings.faiss_gpu_search) in (
-        ("ragserve:cpu", None, "auto", False),
-        ("ragserve:cuda", 1, "cuda", True),
+    devices = (settings.retriever_device, settings.generator_device)
+    assert (container["image"], gpu, devices, settings.faiss_gpu_search) in (
+        ("ragserve:cpu", None, ("auto", "auto"), False),
+        ("ragserve:cuda", 1, ("cuda", "cuda"), True),
     )
     if gpu:
         assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}

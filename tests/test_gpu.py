@@ -1,11 +1,12 @@
-"""The GPU paths (retriever/gpu.py, the encoder's device and precision): guards that are no-ops on
-a CPU-only machine, run everywhere; agreement of GPU builds, searches and encoders with the CPU,
-run where faiss or torch sees a GPU and skipped elsewhere (bench/gpu_check.py is the SQuAD-scale
-check of the same)."""
+"""The GPU paths (retriever/gpu.py, the encoder's and the generator's device and precision): guards
+that are no-ops on a CPU-only machine, run everywhere; agreement of GPU builds, searches, encoders
+and readers with the CPU, run where faiss or torch sees a GPU and skipped elsewhere
+(bench/gpu_check.py is the SQuAD-scale check of the same)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import faiss
@@ -14,13 +15,16 @@ import pytest
 import torch
 
 from ragserve.errors import InvalidInputError
-from ragserve.precision import resolve_precision
+from ragserve.precision import resolve_device, resolve_precision
 from ragserve.types import Precision
+from reader.generator import Generator
 from retriever import faiss_index, gpu
-from retriever.encoder import Encoder, resolve_device
+from retriever.encoder import Encoder
 from retriever.gpu import CPU_ONLY, GpuOptions
-from service.application.loading import make_encoder
+from service.application.loading import make_encoder, make_generator
 from service.settings import Settings
+from tests.defaults import SETTINGS
+from tests.test_readers import PASSAGES, QUESTION, reader
 
 DIM = 384
 FAISS_GPUS = gpu.gpu_count()
@@ -122,10 +126,10 @@ def test_fp16_is_refused_off_cuda() -> None:
 
 @pytest.mark.skipif(CUDA, reason="torch sees a CUDA GPU")
 def test_cuda_is_refused_where_torch_sees_none() -> None:
-    assert resolve_device("auto") == "cpu"
-    assert resolve_device(None) == "cpu"
-    with pytest.raises(InvalidInputError, match="torch sees no CUDA GPU"):
-        resolve_device("cuda")
+    assert resolve_device("auto", "retriever") == "cpu"
+    assert resolve_device(None, "retriever") == "cpu"
+    with pytest.raises(InvalidInputError, match="retriever device 'cuda': torch sees no CUDA GPU"):
+        resolve_device("cuda", "retriever")
     with pytest.raises(InvalidInputError, match="torch sees no CUDA GPU"):
         Encoder("all-MiniLM-L6-v2", "fp32", "cuda")
 
@@ -191,3 +195,44 @@ def test_half_precision_on_cuda_points_where_fp32_on_the_cpu_does(precision: str
     assert vectors.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-3)
     assert float(np.min(np.sum(vectors * reference, axis=1))) > 0.99
+
+
+# --- the generator's device -----------------------------------------------------------------------
+
+
+@pytest.mark.skipif(CUDA, reason="torch sees a CUDA GPU")
+def test_the_generator_device_setting_reaches_the_generator(tmp_path: Path, generator: Generator) -> None:
+    """RAGSERVE_GENERATOR_DEVICE is what the service's generator is built with (refused before any
+    weights are read); `auto` is the CPU here."""
+    assert generator.device == "cpu" and Settings(home=tmp_path).generator_device == "auto"
+    with pytest.raises(InvalidInputError, match="generator device 'cuda': torch sees no CUDA GPU"):
+        make_generator(Settings(home=tmp_path).model_copy(update={"generator_device": "cuda"}))
+    with pytest.raises(InvalidInputError, match="fp16 runs only on a CUDA device"):
+        make_generator(Settings(home=tmp_path).model_copy(update={"generator_precision": "fp16"}))
+
+
+@pytest.fixture(scope="module")
+def cuda_generators(cache_home: Path) -> dict[str, Generator]:
+    return {p: Generator(SETTINGS.generator_model, cache_home, p, "cuda") for p in ("fp32", "bf16", "fp16")}
+
+
+@needs_cuda
+@pytest.mark.parametrize("name", ["stuff", "rag-token", "rag-sequence", "fusion", "retro"])
+def test_every_reader_on_a_cuda_generator_answers_as_on_the_cpu(
+    generator: Generator, cuda_generators: dict[str, Generator], name: str
+) -> None:
+    """fp32 on the GPU answers what fp32 on the CPU does; bf16 and fp16 the same short answer."""
+    expected = reader(generator, name).answer(QUESTION, PASSAGES).text
+    for precision, on_cuda in cuda_generators.items():
+        assert on_cuda.device == "cuda" and next(on_cuda.model.parameters()).is_cuda
+        assert reader(on_cuda, name).answer(QUESTION, PASSAGES).text == expected, precision
+
+
+@needs_cuda
+def test_concurrent_answers_on_a_cuda_generator_batch_like_lone_ones(cuda_generators: dict[str, Generator]) -> None:
+    """The continuous batcher (prefill, merge, steps) keeps every tensor on the GPU."""
+    stuff = reader(cuda_generators["fp32"], "stuff")
+    alone = [stuff.answer(QUESTION, [p]).text for p in PASSAGES]
+    with ThreadPoolExecutor(len(PASSAGES)) as pool:
+        together = list(pool.map(lambda p: stuff.answer(QUESTION, [p]).text, PASSAGES))
+    assert together == alone

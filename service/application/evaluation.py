@@ -186,7 +186,7 @@ def run_squad_eval(
     adapter: str | None = None,
 ) -> dict[str, Any]:
     """`adapter`: a name, a folder or "none"; None: the configured default (as `serve` answers)."""
-    from ragserve.precision import resolve_precision
+    from ragserve.precision import resolve_device, resolve_precision
     from service.application.loading import configure_threads, load_engine
 
     configure_threads(settings)
@@ -223,7 +223,8 @@ def run_squad_eval(
         "max_new_tokens": settings.max_new_tokens,
         "torch_threads": settings.torch_threads,
         "encoder_precision": str(encoder.precision),
-        "generator_precision": str(resolve_precision(settings.generator_precision, "cpu")),
+        "generator_device": (device := resolve_device(settings.generator_device, "generator")),
+        "generator_precision": str(resolve_precision(settings.generator_precision, device)),
     }
     return report
 

@@ -58,7 +58,9 @@ def make_encoder(settings: Settings) -> Encoder:
 
 
 def make_generator(settings: Settings) -> Generator:
-    return Generator(settings.generator_model, settings.cache_dir, settings.generator_precision)
+    return Generator(
+        settings.generator_model, settings.cache_dir, settings.generator_precision, settings.generator_device
+    )
 
 
 def search_config(settings: Settings) -> SearchConfig:
