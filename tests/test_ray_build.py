@@ -183,3 +183,64 @@ def test_the_cli_builds_on_ray(
     assert main(["index", "verify", str(out)]) == 0
     assert main(["index", "build", "--address", "auto", "--input", str(corpus), "--out", str(tmp_path / "x")]) == 2
     assert "--address needs --engine ray" in capsys.readouterr().err
+
+
+def test_pdf_html_docx_and_csv_build_on_ray_as_locally(ray_cluster: None, encoder: Encoder, tmp_path: Path) -> None:
+    """The read tasks use the local readers: pages, titles, CSV column mappings and skipped files
+    come out the same, and the artifacts are equal."""
+    from indexer.ray_build import build_artifact_ray
+    from indexer.sources import CsvColumns, ReadOptions, Skipped
+    from tests.test_formats import ARTICLE, make_docx, make_html, make_pdf
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "report.pdf").write_bytes(make_pdf(["Page one of the dam report. " * 8, "", ARTICLE[1]], "Dam report"))
+    (corpus / "locked.pdf").write_bytes(make_pdf(["A secret page."], user_password="pw"))
+    (corpus / "news.html").write_text(make_html(ARTICLE), "utf-8")
+    make_docx(corpus / "cellar.docx", core_title="Cellar")
+    (corpus / "faq.csv").write_text("Q,A,Ref\nWhere are the keys?,In the blue box.,k1\nWho?,,k2\n", "utf-8")
+    options = ReadOptions(CsvColumns(id="Ref", title="Q", text="A"))
+    local_skips: list[Skipped] = []
+    ray_skips: list[Skipped] = []
+    config = build()
+    build_artifact(read_corpus([corpus], options, local_skips.append), tmp_path / "local", encoder, config, False)
+    build_artifact_ray([corpus], tmp_path / "ray", encoder, ray_config(config), False, options, ray_skips.append)  # type: ignore[arg-type]
+    assert sorted(map(str, ray_skips)) == sorted(map(str, local_skips)) and len(local_skips) == 2  # locked; row 3
+    assert read_manifest(tmp_path / "ray").counts["documents"] == 4
+    assert_same_artifact(tmp_path / "local", tmp_path / "ray", encoder, 1)
+
+
+def test_the_cli_builds_on_ray_into_a_registry(
+    ray_cluster: None, corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from retriever.registry import IndexRegistry
+
+    monkeypatch.setenv("RAGSERVE_REGISTRY_DIR", str(tmp_path / "registry"))
+    args = ["index", "build", "--engine", "ray", "--input", str(corpus), "--registry", "notes", "--no-progress"]
+    versions = []
+    for _ in range(2):
+        assert main(args) == 0
+        report = json.loads(capsys.readouterr().out)
+        assert report["engine"] == "ray" and verify_artifact(Path(report["artifact"]))
+        versions.append(report["version"])
+    registry = IndexRegistry(tmp_path / "registry", "notes")
+    assert registry.version_ids() == versions and len(set(versions)) == 2
+    assert registry.serving() is None  # adding a version does not switch to it
+
+
+@pytest.mark.parametrize(
+    ("requested", "threads", "resources", "pool"),
+    [
+        (0, 2, {"CPU": 2.0}, (1, 1.0, 0.0)),  # this machine: one actor, one CPU left to the chunk tasks
+        (0, 2, {"CPU": 16.0}, (5, 2.0, 0.0)),  # 16 // 3 actors of 2 threads
+        (0, 2, {"CPU": 16.0, "GPU": 4.0}, (4, 2.0, 1.0)),  # one actor per GPU, a GPU each
+        (2, 4, {"CPU": 8.0, "GPU": 4.0}, (2, 3.5, 1.0)),  # asked for 2: their CPUs share what is left
+        (3, 1, {"CPU": 1.0}, (3, 1 / 3, 0.0)),  # one CPU: the actors share it, the chunk tasks too
+    ],
+)
+def test_the_embedding_pool_takes_a_gpu_per_actor_where_there_are_gpus(
+    requested: int, threads: int, resources: dict[str, float], pool: tuple[int, float, float]
+) -> None:
+    from indexer.ray_build import embed_pool
+
+    assert embed_pool(requested, threads, resources) == pytest.approx(pool)

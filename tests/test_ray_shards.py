@@ -197,12 +197,13 @@ def test_through_ray_the_router_searches_like_all_shards(
     status, ready = proxy.request("GET", "/readyz")
     assert status == 200, ready
     assert sorted(g["shards"] for g in ready["groups"].values()) == SPLIT
-    for query in QUERIES[:12]:
-        status, body = proxy.request("POST", "/v1/retrieve", {"query": query, "top_k": 6, "retrieval": "dense"})
-        assert status == 200, body
-        want = everything.search(query, 6, RetrievalMode.DENSE)
-        assert body["index_version"] == want.index_version
-        assert_same([Passage(**_fields(p)) for p in body["passages"]], want.passages)
+    for mode in RetrievalMode:  # dense, sparse and hybrid scores all merge by value
+        for query in QUERIES[:6]:
+            status, body = proxy.request("POST", "/v1/retrieve", {"query": query, "top_k": 6, "retrieval": mode.value})
+            assert status == 200, body
+            want = everything.search(query, 6, mode)
+            assert body["index_version"] == want.index_version
+            assert_same([Passage(**_fields(p)) for p in body["passages"]], want.passages)
     status, bad = proxy.request("POST", "/v1/retrieve", {"query": "", "top_k": 9999})
     assert status == 422 and bad["error"]["code"] == "invalid_request", bad
 
