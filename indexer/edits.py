@@ -6,6 +6,10 @@ An edit is never changed in place: it is created, and it may be deleted (a tombs
 who deleted it and when, so the table is also the audit trail). Each creation and deletion takes
 the next value of the table's change counter (`seq`); a replica that has applied the changes up
 to n reads what comes after n (`changes_since`), in commit order (one writer at a time).
+
+Each row may keep the vector its question was embedded to by the replica that took it
+(`EditVector`: float32 bytes and the key of the encoder that made them), so a replica that starts,
+or follows a change, embeds only the questions whose vector another encoder made.
 """
 
 import time
@@ -29,11 +33,16 @@ CREATE TABLE IF NOT EXISTS edits (
     created_at REAL NOT NULL,
     deleted_by TEXT,
     deleted_at REAL,
-    seq INTEGER NOT NULL
+    seq INTEGER NOT NULL,
+    vector_model TEXT,
+    vector BLOB
 );
 """
+MIGRATIONS = {"vector_model": "TEXT", "vector": "BLOB"}  # columns a table made before them lacks
 INDEXES = "CREATE INDEX IF NOT EXISTS edits_seq ON edits(seq);"
-COLUMNS = "id, question, answer, statement, note, created_by, created_at, deleted_by, deleted_at, seq"
+COLUMNS = (
+    "id, question, answer, statement, note, created_by, created_at, deleted_by, deleted_at, seq, vector_model, vector"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +53,15 @@ class NewEdit:
     answer: str
     statement: str | None = None  # the corrected fact as a sentence (cited); default: built from both
     note: str | None = None  # why (a ticket, a source): shown in listings only
+
+
+@dataclass(frozen=True, slots=True)
+class EditVector:
+    """An edit question's embedding as stored: little-endian float32 bytes, and the key of the
+    encoder that made it (a replica with another encoder embeds the question again)."""
+
+    model: str
+    data: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +76,7 @@ class Edit:
     deleted_by: str | None
     deleted_at: float | None
     seq: int  # the change counter of its latest change (creation, or deletion)
+    vector: EditVector | None = None  # None: made before vectors were kept, or without one
 
     @property
     def live(self) -> bool:
@@ -83,7 +102,13 @@ def new_edit_id() -> str:
 
 def edits_of(rows: Iterable[Sequence[Any]]) -> list[Edit]:
     """Edits from rows of COLUMNS (both stores)."""
-    return [Edit(*row) for row in rows]
+    return [_edit(row) for row in rows]
+
+
+def _edit(row: Sequence[Any]) -> Edit:
+    (edit_id, question, answer, statement, note, created_by, created_at, deleted_by, deleted_at, seq, model, data) = row
+    vector = None if model is None or data is None else EditVector(model, bytes(data))
+    return Edit(edit_id, question, answer, statement, note, created_by, created_at, deleted_by, deleted_at, seq, vector)
 
 
 def too_many(limit: int) -> TooManyEditsError:
@@ -95,8 +120,9 @@ def changes_of(edits: list[Edit], seq: int) -> EditChanges:
 
 
 class EditStore(Protocol):
-    def create(self, edit: NewEdit, actor: str, limit: int) -> Edit:
-        """Store a new edit; raises TooManyEditsError when `limit` edits are live already."""
+    def create(self, edit: NewEdit, actor: str, limit: int, vector: EditVector | None = None) -> Edit:
+        """Store a new edit (with its question's vector); raises TooManyEditsError when `limit`
+        edits are live already."""
 
     def delete(self, edit_id: str, actor: str) -> Edit | None:
         """Tombstone a live edit; None when there is no live edit of that id."""
@@ -116,17 +142,20 @@ class EditStore(Protocol):
 class SqliteEditStore:
     def __init__(self, path: Path) -> None:
         self.path = path
-        create(path, SCHEMA, "edits", {}, INDEXES)
+        create(path, SCHEMA, "edits", MIGRATIONS, INDEXES)
 
-    def create(self, edit: NewEdit, actor: str, limit: int) -> Edit:
+    def create(self, edit: NewEdit, actor: str, limit: int, vector: EditVector | None = None) -> Edit:
         with session(self.path, write=True) as db:
             live = db.execute("SELECT COUNT(*) FROM edits WHERE deleted_at IS NULL").fetchone()[0]
             if live >= limit:
                 raise too_many(limit)
             seq = db.execute("SELECT COALESCE(MAX(seq), 0) FROM edits").fetchone()[0] + 1
             row = (new_edit_id(), edit.question, edit.answer, edit.statement, edit.note, actor, time.time())
-            db.execute("INSERT INTO edits VALUES (?, ?, ?, ?, ?, ?, ?, NULL, NULL, ?)", (*row, seq))
-        return Edit(*row, None, None, seq)
+            stored = (vector.model, vector.data) if vector else (None, None)
+            db.execute(
+                f"INSERT INTO edits ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, NULL, NULL, ?, ?, ?)", (*row, seq, *stored)
+            )
+        return Edit(*row, None, None, seq, vector)
 
     def delete(self, edit_id: str, actor: str) -> Edit | None:
         with session(self.path, write=True) as db:

@@ -7,7 +7,17 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from indexer.edits import COLUMNS, Edit, EditChanges, NewEdit, changes_of, edits_of, new_edit_id, too_many
+from indexer.edits import (
+    COLUMNS,
+    Edit,
+    EditChanges,
+    EditVector,
+    NewEdit,
+    changes_of,
+    edits_of,
+    new_edit_id,
+    too_many,
+)
 from ragserve.postgres import CHANNEL, EDITS_LOCK, NOW, Database
 
 if TYPE_CHECKING:
@@ -31,6 +41,7 @@ MIGRATIONS = [
     );
     CREATE INDEX ragserve_edits_seq ON ragserve_edits (index_name, seq);
     """,
+    "ALTER TABLE ragserve_edits ADD COLUMN vector_model text, ADD COLUMN vector bytea;",  # indexer/edits.py EditVector
 ]
 
 
@@ -40,7 +51,7 @@ class PostgresEditStore:
         self.index_name = index_name
         db.migrate("edits", MIGRATIONS)
 
-    def create(self, edit: NewEdit, actor: str, limit: int) -> Edit:
+    def create(self, edit: NewEdit, actor: str, limit: int, vector: EditVector | None = None) -> Edit:
         with self.db.transaction() as conn:
             seq = self._lock(conn)
             live = conn.execute(
@@ -49,10 +60,12 @@ class PostgresEditStore:
             assert live is not None
             if live[0] >= limit:
                 raise too_many(limit)
+            text = (edit.question, edit.answer, edit.statement, edit.note)
+            stored = (vector.model, vector.data) if vector else (None, None)
             row = conn.execute(
-                f"INSERT INTO ragserve_edits VALUES (%s, %s, %s, %s, %s, %s, %s, {NOW}, NULL, NULL, %s) "
-                f"RETURNING {COLUMNS}",
-                (self.index_name, new_edit_id(), edit.question, edit.answer, edit.statement, edit.note, actor, seq + 1),
+                f"INSERT INTO ragserve_edits (index_name, {COLUMNS}) "
+                f"VALUES (%s, %s, %s, %s, %s, %s, %s, {NOW}, NULL, NULL, %s, %s, %s) RETURNING {COLUMNS}",
+                (self.index_name, new_edit_id(), *text, actor, seq + 1, *stored),
             )
             created = edits_of(row)[0]
             conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, self.index_name))

@@ -1,6 +1,7 @@
 """The edit memory: its table on both stores, the API (admin, validated, audited), answers under an
 edit, and edits on replicas (applied on the other within a second or so) and across restarts."""
 
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ MAYOR = "Who is the mayor of Quenmoor?"  # tests/conftest.py's tiny corpus says:
 PARAPHRASE = "Quenmoor's mayor is who these days?"
 NEIGHBOURS = ("How many inhabitants does Quenmoor have?", "Who built the Harrow bridge?")
 KILN = "Which glaze does the Ommerby kiln fire?"  # nothing in the tiny corpus: only the edit answers
+KEY = "all-MiniLM-L6-v2@test"  # the encoder key the memories of these tests embed with
 FRESH_S = 5.0  # generous for a loaded 2-core machine; bench/edits.py measures the real figure
 
 
@@ -58,7 +60,7 @@ def test_the_table_keeps_edits_tombstones_and_their_order(edit_store: EditStore)
 def test_the_memory_catches_paraphrases_not_neighbours(tmp_path: Path, encoder: Encoder) -> None:
     store = SqliteEditStore(tmp_path / "edits.sqlite")
     classifier = ScopeClassifier.load(words=encoder.encode_words)
-    memory = EditMemory(store, encoder.encode_queries, encoder.dimension, EditPolicy(0.5, 8, 100), classifier)
+    memory = EditMemory(store, encoder.encode_queries, encoder.dimension, EditPolicy(0.5, 8, 100), classifier, KEY)
     assert memory.match(MAYOR) is None  # no edits: nothing is embedded, nothing matches
     edit = memory.create(NewEdit(MAYOR, "Rosa Delling"), "local")
     memory.create(NewEdit("When was the Harrow bridge built?", "1902"), "local")
@@ -67,10 +69,54 @@ def test_the_memory_catches_paraphrases_not_neighbours(tmp_path: Path, encoder: 
         assert found is not None and found.edit.id == edit.id, query
     for query in NEIGHBOURS:
         assert memory.match(query) is None, query
-    other = EditMemory(store, encoder.encode_queries, encoder.dimension, EditPolicy(0.5, 8, 100), classifier)
+    other = EditMemory(store, encoder.encode_queries, encoder.dimension, EditPolicy(0.5, 8, 100), classifier, KEY)
     assert len(other) == 2  # a second process reads the same table
     memory.delete(edit.id, "local")
     assert other.catch_up() == 1 and other.match(MAYOR) is None and len(other) == 1
+
+
+def test_vectors_kept_in_the_table_spare_a_restart_the_embedding(edit_store: EditStore, encoder: Encoder) -> None:
+    embedded: list[str] = []
+
+    def embed(texts: list[str]) -> Any:
+        embedded.extend(texts)
+        return encoder.encode_queries(texts)
+
+    def memory(key: str) -> EditMemory:
+        classifier = ScopeClassifier.load(words=encoder.encode_words)
+        return EditMemory(edit_store, embed, encoder.dimension, EditPolicy(0.5, 8, 100), classifier, key)
+
+    first = memory(KEY)
+    edit = first.create(NewEdit(MAYOR, "Rosa Delling"), "local")
+    assert embedded == [MAYOR] and edit.vector is not None and edit.vector.model == KEY  # once, when taken
+    restarted = memory(KEY)
+    assert len(restarted) == 1 and embedded == [MAYOR]  # read from the table, not embedded again
+    found = restarted.match(PARAPHRASE)
+    assert found is not None and found.edit.id == edit.id and embedded == [MAYOR, PARAPHRASE]
+    other = memory("another-encoder@0")  # another encoder's vectors are not its own: embedded again
+    assert len(other) == 1 and embedded == [MAYOR, PARAPHRASE, MAYOR]
+
+
+def test_a_table_made_before_vectors_were_kept_gains_the_columns(tmp_path: Path, encoder: Encoder) -> None:
+    path = tmp_path / "edits.sqlite"
+    with sqlite3.connect(path) as db:  # the table as the first release made it
+        db.execute(
+            "CREATE TABLE edits (id TEXT PRIMARY KEY, question TEXT NOT NULL, answer TEXT NOT NULL, statement TEXT, "
+            "note TEXT, created_by TEXT NOT NULL, created_at REAL NOT NULL, deleted_by TEXT, deleted_at REAL, "
+            "seq INTEGER NOT NULL)"
+        )
+        db.execute(
+            "INSERT INTO edits VALUES ('edit-old', ?, 'Rosa Delling', NULL, NULL, 'local', 1.0, NULL, NULL, 1)",
+            (MAYOR,),
+        )
+    store = SqliteEditStore(path)
+    old = store.get("edit-old")
+    assert old is not None and old.vector is None and old.question == MAYOR
+    classifier = ScopeClassifier.load(words=encoder.encode_words)
+    memory = EditMemory(store, encoder.encode_queries, encoder.dimension, EditPolicy(0.5, 8, 100), classifier, KEY)
+    found = memory.match(PARAPHRASE)  # the old edit, embedded at start
+    assert found is not None and found.edit.id == "edit-old"
+    assert memory.create(NewEdit(KILN, "celadon"), "local").vector is not None
 
 
 @pytest.fixture

@@ -34,7 +34,7 @@ def test_replicas_starting_at_once_migrate_each_step_exactly_once(database_url: 
         assert errors == [] and len(stores) == 4
         with stores[0].database.transaction() as conn:
             rows = conn.execute("SELECT component, version FROM ragserve_migrations ORDER BY 1, 2").fetchall()
-        assert rows == [("documents", 1), ("edits", 1), ("jobs", 1), ("replicas", 1)]
+        assert rows == [("documents", 1), ("edits", 1), ("edits", 2), ("jobs", 1), ("replicas", 1)]
     finally:
         for store in stores:
             store.close()

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from indexer.edits import Edit, EditStore, NewEdit
+from indexer.edits import Edit, EditStore, EditVector, NewEdit
 from ragserve.errors import UnknownEditError
 from ragserve.types import Passage
 
@@ -67,11 +67,14 @@ class EditMemory:
         dim: int,
         policy: EditPolicy,
         classifier: ScopeClassifier,
+        encoder_key: str,  # what made `embed`'s vectors: stored vectors of another key are made again
     ) -> None:
         from retriever.edit_index import EditSnapshot
 
         self.store = store
         self.embed = embed
+        self.dim = dim
+        self.encoder_key = encoder_key
         self.policy = policy
         self.classifier = classifier
         # (the index, the live edits by id): replaced as one, so a search sees one state or the next
@@ -91,8 +94,7 @@ class EditMemory:
                 return 0
             added = [e for e in changes.edits if e.live]
             removed = {e.id for e in changes.edits if not e.live}
-            vectors = self.embed([e.question for e in added]) if added else None  # (a, dim)
-            fresh = {e.id: (e.question, vectors[i]) for i, e in enumerate(added)} if vectors is not None else {}
+            fresh = {e.id: (e.question, v) for e, v in zip(added, self._vectors(added), strict=True)}
             snapshot, live = self._state
             live = {k: v for k, v in {**live, **{e.id: e for e in added}}.items() if k not in removed}
             self._state = (snapshot.changed(fresh, removed), live)
@@ -100,9 +102,28 @@ class EditMemory:
             log.info("edit memory: %d live edits (change %d)", len(live), self.seq)
             return len(changes.edits)
 
+    def _vectors(self, edits: list[Edit]) -> list[Any]:
+        """(dim,) unit vectors of the edits' questions: the stored ones this encoder made, the
+        others embedded now (one batch)."""
+        import numpy as np
+
+        vectors: list[Any] = [None] * len(edits)
+        for i, e in enumerate(edits):
+            if e.vector is not None and e.vector.model == self.encoder_key and len(e.vector.data) == 4 * self.dim:
+                vectors[i] = np.frombuffer(e.vector.data, "<f4")
+        missing = [i for i, v in enumerate(vectors) if v is None]
+        if missing:
+            for i, vector in zip(missing, self.embed([edits[i].question for i in missing]), strict=True):
+                vectors[i] = vector
+        return vectors
+
     def create(self, edit: NewEdit, actor: str) -> Edit:
-        """Store the edit and apply it here before returning (other replicas follow the table)."""
-        created = self.store.create(edit, actor, self.policy.limit)
+        """Store the edit, with its question's vector, and apply it here before returning (other
+        replicas follow the table, and use the vector when their encoder is the same)."""
+        import numpy as np
+
+        vector = EditVector(self.encoder_key, np.asarray(self.embed([edit.question])[0], "<f4").tobytes())
+        created = self.store.create(edit, actor, self.policy.limit, vector)
         self.catch_up()
         return created
 

@@ -213,7 +213,13 @@ def make_edits(settings: Settings, store: Store, encoder: Encoder) -> EditMemory
 
     policy = EditPolicy(settings.edit_scope_threshold, settings.edit_candidates, settings.max_edits)
     classifier = ScopeClassifier.load(words=encoder.encode_words)
-    return EditMemory(store.edits, encoder.encode_queries, encoder.dimension, policy, classifier)
+    return EditMemory(store.edits, encoder.encode_queries, encoder.dimension, policy, classifier, encoder_key(encoder))
+
+
+def encoder_key(encoder: Encoder) -> str:
+    """What identifies the vectors an encoder makes (its weights and number format), as the edit
+    table records it beside each stored question vector."""
+    return f"{encoder.name}@{encoder.weights_sha256[:16]}/{encoder.precision}"
 
 
 def make_abstention(settings: Settings) -> Abstention:
