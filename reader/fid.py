@@ -46,8 +46,7 @@ def fid_input(question: str, passage: Passage | None) -> str:
 
 def fid_generator(context: ReaderContext) -> Generator:
     """The encoder-decoder model FiD reads with: `fid_model` (a local folder, float32, on the
-    generator's device), else the
-    generator itself when its backend fuses encodings."""
+    generator's device), else the generator itself when its backend fuses encodings."""
     folder = context.config.fid_model
     if folder is None:
         if not context.generator.lm.fuses_encodings:

@@ -57,8 +57,9 @@ class Generator:
 
     def placed(self) -> contextlib.AbstractContextManager[object]:
         """Tensors made inside are made on the model's device (torch's device context: thread-local,
-        so other threads are not affected)."""
-        return torch.device(self.device)
+        so other threads are not affected). On the CPU, torch's default, nothing is entered: the
+        context is a function mode that every torch call inside would go through."""
+        return contextlib.nullcontext() if self.device == "cpu" else torch.device(self.device)
 
     @contextlib.contextmanager
     def running(self) -> Iterator[None]:
