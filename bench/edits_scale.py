@@ -19,8 +19,9 @@ from pathlib import Path
 
 from bench.cluster import Node, replicas
 from bench.common import SQUAD, header, percentile
-from indexer.edits import EditVector, NewEdit, SqliteEditStore
+from indexer.edits import NewEdit, SqliteEditStore
 from retriever.registry import IndexRegistry
+from service.application.edits import stored_vector
 from service.application.evaluation import load_squad, spread_sample, squad_retriever
 from service.application.loading import encoder_key, make_encoder
 from service.application.squad import select_articles
@@ -100,7 +101,7 @@ def main() -> None:
     edits = synthetic_edits(args.edits)
     vectors = encoder.encode_queries([e.question for e in edits])  # (edits, dim)
     for edit, vector in zip(edits, vectors, strict=True):
-        stored = None if args.unstored else EditVector(encoder_key(encoder), vector.astype("<f4").tobytes())
+        stored = None if args.unstored else stored_vector(encoder_key(encoder), vector)
         store.create(edit, "bench", settings.max_edits, stored)
     full_start = started_in(index, root / "full")
     rows: dict[bool, list[tuple[float, float, float, str | None]]] = {True: [], False: []}

@@ -31,6 +31,14 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 EDIT_PREFIX = "edit:"  # the doc_id and chunk_id of an edit cited as a passage
+VECTOR_DTYPE = "<f4"  # how a question's vector is kept in the edit table: little-endian float32
+
+
+def stored_vector(encoder_key: str, vector: Any) -> EditVector:
+    """A (dim,) question vector as the edit table keeps it, with the key of the encoder that made it."""
+    import numpy as np
+
+    return EditVector(encoder_key, np.asarray(vector, VECTOR_DTYPE).tobytes())
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,7 +118,7 @@ class EditMemory:
         vectors: list[Any] = [None] * len(edits)
         for i, e in enumerate(edits):
             if e.vector is not None and e.vector.model == self.encoder_key and len(e.vector.data) == 4 * self.dim:
-                vectors[i] = np.frombuffer(e.vector.data, "<f4")
+                vectors[i] = np.frombuffer(e.vector.data, VECTOR_DTYPE)
         missing = [i for i, v in enumerate(vectors) if v is None]
         if missing:
             for i, vector in zip(missing, self.embed([edits[i].question for i in missing]), strict=True):
@@ -120,9 +128,7 @@ class EditMemory:
     def create(self, edit: NewEdit, actor: str) -> Edit:
         """Store the edit, with its question's vector, and apply it here before returning (other
         replicas follow the table, and use the vector when their encoder is the same)."""
-        import numpy as np
-
-        vector = EditVector(self.encoder_key, np.asarray(self.embed([edit.question])[0], "<f4").tobytes())
+        vector = stored_vector(self.encoder_key, self.embed([edit.question])[0])
         created = self.store.create(edit, actor, self.policy.limit, vector)
         self.catch_up()
         return created
